@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it
+# needs by itself: Debian packages via scripts/install-deps.sh (when run as root) and
+# Python packages into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit integration bench deps clean
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP) lint
+	NSBOX_TEST_STRICT=1 $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nsbox tests scripts
+	$(VENV)/bin/ruff format --check nsbox tests scripts
+	$(VENV)/bin/mypy nsbox
+	$(VENV)/bin/bandit -q -r nsbox
+
+bench: $(STAMP)
+	scripts/install-deps.sh bench
+	$(PY) scripts/bench.py
+
+deps:
+	scripts/install-deps.sh
+
+$(STAMP): pyproject.toml scripts/install-deps.sh
+	scripts/install-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""``python -m nsbox`` is the ``nsbox`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""Capabilities: the payload keeps none (capabilities(7)).
+
+The bounding set is emptied while we still hold CAP_SETPCAP, ambient and inheritable
+are cleared, and the uid change that follows clears permitted and effective; what is
+left is then checked in /proc, and any remaining bit aborts the run (fail closed).
+python-prctl knows the capabilities it was built with; the kernel's own count
+(/proc/sys/kernel/cap_last_cap) is what we iterate, so a newer kernel's extra
+capabilities are dropped too.
+"""
+
+from __future__ import annotations
+
+import _prctl
+import prctl
+
+from . import _linux
+
+_CAP_FIELDS = (b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:")
+
+
+def last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+        return int(f.read())
+
+
+def drop_bounding_in_child(last: int) -> None:
+    """Empty the bounding set (needs CAP_SETPCAP, so before the uid change)."""
+    for cap in range(last + 1):
+        _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+    _linux.clear_ambient_caps()
+    prctl.cap_inheritable.limit()
+
+
+def clear_sets_in_child() -> None:
+    """Clear permitted and effective explicitly (a no-op after leaving uid 0; needed
+    when the payload's uid was already the namespace creator's, rootless)."""
+    prctl.cap_effective.limit()
+    prctl.cap_permitted.limit()
+
+
+def assert_none_in_child() -> None:
+    with open("/proc/thread-self/status", "rb") as f:
+        status = f.read()
+    for line in status.splitlines():
+        if line.startswith(_CAP_FIELDS) and int(line.split()[1], 16) != 0:
+            raise PermissionError(1, f"capabilities remain: {line.decode()}")

@@ -1,0 +1,286 @@
+"""The ordered steps inside the namespaces: read top to bottom, the table of contents
+of a sandbox. Three processes run them, each forked from the one above:
+
+``intermediate_main``  forked by the supervisor; unshares the namespaces and waits
+                       while the supervisor writes its id maps; forks init; writes
+                       init's nested id maps; lives exactly as long as init
+``init_main``          PID 1: builds the root, enters the nested user namespace,
+                       then serves runs (``_init.serve``)
+``payload_main``       forked by init per run; ends in execve
+
+Each step runs inside ``step(name)``: a failure becomes a StepFailed message naming the
+step, the system call, its arguments and errno, and the process exits 125. These
+processes never return into the caller's code: they leave with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import json
+import os
+import signal
+import socket
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NoReturn
+
+import prctl
+
+from . import _caps, _init, _linux, _mount, _net, _userns, _uts
+from ._channel import Channel
+from ._mount import RootPlan
+from ._protocol import MAX_FRAME_FROM_SANDBOX, Exec, Go, InitReady, InitStarted, StepFailed, Unshared
+from ._spec import SandboxSpec
+from ._userns import IdMapping
+
+_NAMESPACES = (
+    _linux.CLONE_NEWUSER
+    | _linux.CLONE_NEWNS
+    | _linux.CLONE_NEWPID
+    | _linux.CLONE_NEWNET
+    | _linux.CLONE_NEWUTS
+    | _linux.CLONE_NEWIPC
+)
+EXIT_SETUP_FAILED = 125
+_DEBUG = bool(os.environ.get("NSBOX_DEBUG"))
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    """Everything the children need, computed by the supervisor before it forks."""
+
+    spec: SandboxSpec
+    mapping: IdMapping
+    root: RootPlan
+    last_cap: int
+    supervisor_pid: int
+
+
+class _StepFailed(Exception):
+    def __init__(self, message: StepFailed) -> None:
+        super().__init__(message.stage)
+        self.message = message
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except _StepFailed:
+        raise
+    except BaseException as exc:
+        err = getattr(exc, "errno", None)
+        raise _StepFailed(
+            StepFailed(
+                stage=name,
+                call=getattr(exc, "call", ""),
+                args=getattr(exc, "call_args", "") or str(getattr(exc, "filename", "") or ""),
+                errno=err if isinstance(err, int) else None,
+                detail=str(exc)[:2000],
+            )
+        ) from exc
+
+
+# --- the intermediate -----------------------------------------------------------------------
+def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: socket.socket) -> NoReturn:
+    gc.disable()  # no finalizer of the parent's objects may run (and close a reused fd) here
+    sync = Channel(sync_sock, MAX_FRAME_FROM_SANDBOX)
+    try:
+        with step("die with the supervisor"):
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != plan.supervisor_pid:
+                os._exit(EXIT_SETUP_FAILED)
+        with step("close inherited file descriptors"):
+            _close_all_but(0, 1, 2, sync_sock.fileno(), ctl_sock.fileno())
+        with step("start a new session"):
+            # Own session and process group: a kill(0, ...) from inside can never
+            # reach the supervisor's group, nor the caller's terminal.
+            os.setsid()
+        with step("drop supplementary groups"):
+            _userns.prepare_in_child()
+        with step("unshare user, mount, pid, net, uts and ipc namespaces"):
+            _linux.unshare(_NAMESPACES)
+        with step("wait for the supervisor to write our id maps"):
+            sync.send(Unshared())
+            _, source_fds = sync.recv(Go)  # as root, the bind sources come along
+        with step("open the bind sources"):
+            if not source_fds:  # rootless: with the caller's permissions, before our uid changes
+                source_fds = _mount.open_sources(plan.root.sources)
+            if len(source_fds) != len(plan.root.sources):
+                raise OSError(22, "the number of bind sources does not match the plan")
+            sources = dict(zip(plan.root.sources, source_fds, strict=True))
+        with step("become root of the sandbox's user namespace"):
+            _userns.become_root_in_child()
+            # A change of euid clears the parent-death signal (prctl(2)): set it again.
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != plan.supervisor_pid:
+                os._exit(EXIT_SETUP_FAILED)
+        with step("unshare the cgroup namespace"):
+            # After the supervisor placed us in our cgroup, so that it is the namespace's root.
+            _linux.unshare(_linux.CLONE_NEWCGROUP)
+        with step("set the hostname"):
+            _uts.set_names_in_child(plan.spec.hostname)
+        with step("bring up the loopback interface"):
+            _net.loopback_up_in_child()
+        with step("fork init"):
+            # Init's pivot_root moves our root too (we share its mount namespace), so the
+            # host's /proc is held by an fd from before the fork.
+            host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            request_r, request_w = os.pipe()
+            reply_r, reply_w = os.pipe()
+            init_pid = os.fork()
+            if init_pid == 0:
+                os.close(request_r)
+                os.close(reply_w)
+                sync_sock.close()
+                os.close(host_proc)
+                init_main(plan, ctl_sock, sources, request_w, reply_r)
+            os.close(request_w)
+            os.close(reply_r)
+            ctl_sock.close()
+            for fd in sources.values():
+                os.close(fd)
+        with step("watch init"):
+            pidfd = os.pidfd_open(init_pid)
+            proc_dir = os.open(str(init_pid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=host_proc)
+            os.close(host_proc)
+        sync.send(InitStarted(init_pid), [pidfd])
+        os.close(pidfd)
+        with step("write init's nested id maps"):
+            _userns.serve_nested_maps_from_parent(plan.mapping, proc_dir, request_r, reply_w)
+        os.close(proc_dir)
+        _, status = os.waitpid(init_pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    except _StepFailed as failed:
+        with contextlib.suppress(OSError):
+            sync.send(failed.message)
+    except BaseException:  # a child must never unwind into the parent's code
+        _debug_trace()
+    os._exit(EXIT_SETUP_FAILED)
+
+
+# --- init (PID 1) -----------------------------------------------------------------------
+def init_main(
+    plan: SandboxPlan, ctl_sock: socket.socket, sources: dict[str, int], request_fd: int, reply_fd: int
+) -> NoReturn:
+    ctl = Channel(ctl_sock, MAX_FRAME_FROM_SANDBOX)
+    root = plan.root
+    try:
+        with step("die with the intermediate"):
+            prctl.set_pdeathsig(signal.SIGKILL)
+        with step("make every mount private"):
+            _mount.make_private_in_child()
+        with step("enter the new root (tmpfs)"):
+            _mount.enter_staging_in_child()
+        with step("create the root's directories, links and /etc files"):
+            _mount.create_skeleton_in_child(root)
+        for bind in root.system_binds:
+            with step(f"bind {bind.target} read-only"):
+                _mount.bind_in_child(bind, sources[bind.source])
+        with step("mount /proc"):
+            # While the host's /proc is still attached at /.old/proc: a user namespace
+            # may mount proc only where one is already fully visible.
+            _mount.mount_proc_in_child()
+        with step("limit user namespaces to the nested one"):
+            _userns.limit_nesting_in_child()  # before /proc/sys becomes read-only
+        with step("mount /dev"):
+            _mount.mount_dev_in_child(sources)
+        with step("mask /proc"):
+            _mount.mask_proc_in_child(sources)
+        with step("mount /tmp and /workspace"):
+            _mount.mount_scratch_in_child(root)
+        for bind in root.user_binds:
+            with step(f"bind {bind.source} to {bind.target}"):
+                _mount.bind_in_child(bind, sources[bind.source])
+        with step("detach the host's root"):
+            for fd in sources.values():
+                os.close(fd)
+            _mount.detach_old_root_in_child()
+        with step("make / and /dev read-only"):
+            _mount.seal_in_child()
+        with step("enter the nested user namespace (locks every mount)"):
+            _userns.enter_nested_in_child(plan.mapping, request_fd, reply_fd)
+            os.close(request_fd)
+            os.close(reply_fd)
+        with step("name init"):
+            prctl.set_name("nsbox-init")
+            prctl.set_proctitle("nsbox-init")  # /proc/1/cmdline must not show host paths
+            os.chdir("/")
+        ctl.send(InitReady())
+        _init.serve(ctl, lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe))
+        os._exit(0)
+    except _StepFailed as failed:
+        with contextlib.suppress(OSError):
+            ctl.send(failed.message)
+    except BaseException:  # a child must never unwind into the parent's code
+        _debug_trace()
+    os._exit(EXIT_SETUP_FAILED)
+
+
+# --- the payload ---------------------------------------------------------------------------
+def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: int) -> NoReturn:
+    """Forked by init for one run. Every step before execve is reported through
+    ``errpipe`` (close-on-exec: EOF means execve succeeded)."""
+    stage = "setsid"
+    try:
+        os.setsid()  # no controlling terminal: TIOCSTI cannot type into the caller's (CVE-2017-5226)
+        stage = "install stdin, stdout and stderr"
+        _install_stdio(stdio, errpipe)
+        stage = "reset signal dispositions"
+        signal.set_wakeup_fd(-1)  # init's, inherited through fork
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        stage = "chdir"
+        os.chdir(request.cwd)
+        stage = "drop capabilities"
+        _caps.drop_bounding_in_child(plan.last_cap)
+        _userns.become_payload_in_child()
+        _caps.clear_sets_in_child()
+        _caps.assert_none_in_child()
+        stage = "set the parent-death signal"
+        prctl.set_pdeathsig(signal.SIGKILL)  # after the uid change, which would clear it
+        stage = "set no_new_privs"
+        prctl.set_no_new_privs(1)
+        stage = "execve"
+        os.execvpe(request.argv[0], request.argv, request.env)  # nosec B606  # running the payload is the point
+    except OSError as exc:
+        _report_payload_failure(stage, exc.errno or 0)
+    except BaseException:  # a child must never unwind into the parent's code
+        _debug_trace()
+        _report_payload_failure(stage, 0)
+    os._exit(127)
+
+
+def _debug_trace() -> None:
+    """An unexpected exception (a bug of ours): shown on stderr when NSBOX_DEBUG is set."""
+    if _DEBUG:
+        with contextlib.suppress(OSError):
+            os.write(2, traceback.format_exc().encode())
+
+
+def _report_payload_failure(stage: str, err: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(3, json.dumps({"stage": stage, "errno": err}).encode())
+
+
+def _install_stdio(stdio: list[int], errpipe: int) -> None:
+    """stdio -> 0, 1, 2 and errpipe -> 3 (close-on-exec); every other fd closed
+    (no fd of ours leaks into the payload, runc CVE-2024-21626)."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (*stdio, errpipe)]
+    for target, fd in enumerate(high[:3]):
+        os.dup2(fd, target, inheritable=True)
+    os.dup2(high[3], 3, inheritable=False)
+    os.closerange(4, 1 << 20)
+
+
+def _close_all_but(*keep: int) -> None:
+    low = 0
+    for fd in sorted(set(keep)):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)

@@ -1,0 +1,143 @@
+"""The command line: a thin client of NsSandbox. Nothing past this module sees argparse.
+
+Exit codes: the payload's own (128+N for signal N, 124 timeout, 126/127 could not
+execute / not found); 2 for bad options; 125 when nsbox itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from ._errors import NsboxError, SandboxError, SetupError, SpecError
+from ._result import EXIT_NSBOX_FAILURE, RunResult
+from ._spec import WORKSPACE, Limits, Mount, SandboxSpec
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nsbox",
+        description="Run untrusted code in a Linux-namespace sandbox.",
+    )
+    parser.add_argument("--version", action="version", version=f"nsbox {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "exec",
+        help="run a command in a fresh sandbox",
+        description="Run COMMAND in a fresh sandbox and exit with its exit code.",
+        usage="nsbox exec [options] -- COMMAND [ARG...]",
+    )
+    fs = run.add_argument_group("filesystem")
+    fs.add_argument("--rootfs", metavar="DIR", help="use a prepared root tree (bound read-only) instead of the host's")
+    fs.add_argument(
+        "--ro-bind", metavar="SRC[:DST]", action="append", default=[], help="make a host path visible, read-only"
+    )
+    fs.add_argument(
+        "--bind", metavar="SRC[:DST]", action="append", default=[], help="make a host path visible, writable"
+    )
+    fs.add_argument("--workspace-size", metavar="SIZE", default="256M", help="size of /workspace and /tmp (256M)")
+    env = run.add_argument_group("environment")
+    env.add_argument("--hostname", default="nsbox", help="the sandbox's hostname (nsbox)")
+    env.add_argument("--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)")
+    env.add_argument("--cwd", default=WORKSPACE, help=f"working directory inside ({WORKSPACE})")
+    limits = run.add_argument_group("limits and report")
+    limits.add_argument("--timeout", metavar="SECONDS", help="wall-clock limit; the run is killed at the deadline")
+    limits.add_argument(
+        "--output-limit", metavar="SIZE", default="16M", help="bytes of captured output kept per stream (16M)"
+    )
+    limits.add_argument("--report", metavar="PATH", help="write the result as JSON to PATH ('-' = stderr)")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
+
+    check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.subcommand == "check":
+        return _check(args.json)
+    return _exec(args)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    try:
+        spec = SandboxSpec(
+            rootfs=args.rootfs,
+            mounts=tuple(Mount.parse(m) for m in args.ro_bind)
+            + tuple(Mount.parse(m, writable=True) for m in args.bind),
+            workspace_size=args.workspace_size,
+            hostname=args.hostname,
+            env=tuple(args.env),
+            limits=Limits(timeout=args.timeout, output_limit=args.output_limit),
+        )
+        if not command:
+            raise SpecError("COMMAND", "no command given; usage: nsbox exec [options] -- COMMAND [ARG...]")
+        from ._sandbox import NsSandbox
+
+        sandbox = NsSandbox._in_process(spec)
+    except SpecError as exc:
+        print(f"nsbox: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with sandbox:
+            result = sandbox.run(command, cwd=args.cwd)
+    except SpecError as exc:
+        print(f"nsbox: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SetupError, SandboxError, NsboxError) as exc:
+        print(f"nsbox: {exc}", file=sys.stderr)
+        _report(args.report, {"status": "error", "exit_code": EXIT_NSBOX_FAILURE, "error": str(exc)})
+        return EXIT_NSBOX_FAILURE
+    if result.error and result.status.value == "error":
+        print(f"nsbox: {result.error}", file=sys.stderr)
+    _report(args.report, _report_data(result))
+    return result.exit_code
+
+
+def _report_data(result: RunResult) -> dict[str, Any]:
+    data = result.to_dict()
+    data["nsbox_version"] = __version__
+    return data
+
+
+def _report(path: str | None, data: dict[str, Any]) -> None:
+    if not path:
+        return
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if path == "-":
+        sys.stderr.write(text)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _check(as_json: bool) -> int:
+    from ._host import probe
+
+    checks = probe()
+    ready = all(c.ok for c in checks if c.required)
+    if as_json:
+        print(json.dumps({"ready": ready, "checks": [c.to_dict() for c in checks]}, indent=2))
+        return 0 if ready else 1
+    width = max(len(c.name) for c in checks)
+    print("nsbox check: what this host supports")
+    for c in checks:
+        mark = "ok" if c.ok else ("FAIL" if c.required else "warn")
+        print(f"  {mark:4}  {c.name:{width}}  {c.detail}")
+        if c.remedy:
+            print(f"        {'':{width}}  -> {c.remedy}")
+    print("ready: nsbox can run sandboxes here" if ready else "NOT ready: fix the FAIL lines above")
+    return 0 if ready else 1

@@ -1,0 +1,211 @@
+"""What this host supports, and what to do about each gap.
+
+``probe()`` reads /proc and /sys only (nothing is created) and backs ``nsbox check``;
+``remedy_for()`` turns a failed setup step into the sentence an operator needs.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MIN_KERNEL = (5, 12)  # mount_setattr(2); open_tree/move_mount (5.2) and pidfd (5.3) come with it
+CONTROLLERS = ("memory", "pids", "cpu")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    remedy: str = ""
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def kernel_version() -> tuple[int, int]:
+    release = platform.release()
+    major, minor = release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def probe() -> list[Check]:
+    checks = [_check_kernel(), _check_arch(), _check_identity(), *_check_userns(), _check_seccomp()]
+    checks += _check_cgroups()
+    return checks
+
+
+def _check_kernel() -> Check:
+    version = kernel_version()
+    ok = version >= MIN_KERNEL
+    return Check(
+        "kernel",
+        ok,
+        f"Linux {platform.release()} (nsbox needs {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer for mount_setattr)",
+        "" if ok else "upgrade the kernel (Debian 12 ships 6.1, Ubuntu 22.04 5.15, RHEL 9 5.14)",
+    )
+
+
+def _check_arch() -> Check:
+    machine = platform.machine()
+    ok = machine in ("x86_64", "aarch64")
+    return Check(
+        "architecture", ok, machine, "" if ok else "nsbox knows the syscall numbers of x86_64 and aarch64 only"
+    )
+
+
+def _check_identity() -> Check:
+    if os.geteuid() == 0:
+        return Check("identity", True, "root: sandbox ids map to an unprivileged host range", required=False)
+    has_newuidmap = shutil.which("newuidmap") is not None
+    return Check(
+        "identity",
+        True,
+        f"uid {os.geteuid()} (rootless): the sandbox's ids map to your own uid"
+        + ("" if has_newuidmap else "; newuidmap not found"),
+        "" if has_newuidmap else "apt-get install uidmap (for subordinate id ranges)",
+        required=False,
+    )
+
+
+def _check_userns() -> list[Check]:
+    checks = []
+    max_ns = _read("/proc/sys/user/max_user_namespaces")
+    ok = max_ns is not None and int(max_ns) > 0
+    checks.append(
+        Check(
+            "user namespaces",
+            ok,
+            f"user.max_user_namespaces = {max_ns}",
+            "" if ok else "sysctl -w user.max_user_namespaces=15000",
+        )
+    )
+    if os.geteuid() != 0:
+        clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
+        if clone is not None:
+            ok = clone == "1"
+            checks.append(
+                Check(
+                    "unprivileged user namespaces",
+                    ok,
+                    f"kernel.unprivileged_userns_clone = {clone}",
+                    "" if ok else "sysctl -w kernel.unprivileged_userns_clone=1",
+                )
+            )
+        apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+        if apparmor is not None:
+            ok = apparmor == "0"
+            checks.append(
+                Check(
+                    "AppArmor user namespace restriction",
+                    ok,
+                    f"kernel.apparmor_restrict_unprivileged_userns = {apparmor}",
+                    ""
+                    if ok
+                    else "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 "
+                    "(or an AppArmor profile that allows userns for nsbox's python)",
+                )
+            )
+    return checks
+
+
+def _check_seccomp() -> Check:
+    actions = _read("/proc/sys/kernel/seccomp/actions_avail")
+    ok = actions is not None and "errno" in actions.split()
+    return Check(
+        "seccomp",
+        ok,
+        f"filter actions: {actions}" if actions else "seccomp is not available",
+        "" if ok else "use a kernel built with CONFIG_SECCOMP_FILTER",
+    )
+
+
+def cgroup_layout() -> dict[str, dict[str, str]]:
+    """For each controller: where its hierarchy is mounted ('v1'/'v2') and our own cgroup in it."""
+    own: dict[str, str] = {}
+    for line in (_read("/proc/self/cgroup") or "").splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            own[c] = path
+    layout: dict[str, dict[str, str]] = {}
+    for line in (_read("/proc/self/mountinfo") or "").splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(rfields) < 3 or len(fields) < 5:
+            continue
+        fstype, mountpoint, options = rfields[0], fields[4], rfields[2].split(",")
+        if fstype == "cgroup":
+            for c in CONTROLLERS:
+                if c in options and c in own:
+                    layout[c] = {"version": "v1", "mount": mountpoint, "cgroup": own[c]}
+        elif fstype == "cgroup2" and "" in own:
+            enabled = (_read(os.path.join(mountpoint, own[""].lstrip("/"), "cgroup.controllers")) or "").split()
+            for c in CONTROLLERS:
+                if c in enabled and c not in layout:
+                    layout[c] = {"version": "v2", "mount": mountpoint, "cgroup": own[""]}
+    return layout
+
+
+def _check_cgroups() -> list[Check]:
+    layout = cgroup_layout()
+    checks = []
+    for controller in CONTROLLERS:
+        where = layout.get(controller)
+        if where is None:
+            checks.append(
+                Check(
+                    f"cgroup {controller}",
+                    False,
+                    "not available from here (neither a v1 hierarchy nor enabled in our v2 cgroup)",
+                    "enable the controller (v2: echo +"
+                    f"{controller} > <parent>/cgroup.subtree_control; systemd: Delegate=yes) or run with --no-cgroups",
+                    required=False,
+                )
+            )
+            continue
+        path = os.path.join(where["mount"], where["cgroup"].lstrip("/"))
+        writable = os.access(path, os.W_OK)
+        checks.append(
+            Check(
+                f"cgroup {controller}",
+                writable,
+                f"{where['version']} at {path}" + ("" if writable else " (not writable by us)"),
+                "" if writable else "delegate this cgroup to the user running nsbox (systemd: Delegate=yes)",
+                required=False,
+            )
+        )
+    return checks
+
+
+def remedy_for(stage: str, call: str, err: int | None) -> str:
+    """The operator's next step for a failed setup step, or ''."""
+    if err == _errno.ENOSYS:
+        return f"this kernel lacks {call or 'a needed system call'}; nsbox needs Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]}+"
+    if call == "unshare" and err == _errno.ENOSPC:
+        return "the user namespace limit is reached: sysctl -w user.max_user_namespaces=15000"
+    if call == "unshare" and err == _errno.EPERM:
+        if os.geteuid() != 0:
+            return (
+                "unprivileged user namespaces are disabled; run `nsbox check` for the sysctl to set "
+                "(kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)"
+            )
+        return "namespaces are forbidden here (a container's seccomp or AppArmor profile?); run nsbox on the host"
+    if "map" in stage and err in (_errno.EPERM, _errno.EACCES):
+        return "the id map was refused; run `nsbox check`, and see user_namespaces(7) on defining id mappings"
+    if err == _errno.EROFS:
+        return "a mount destination lies in a read-only part of the sandbox; choose one under /workspace or /mnt"
+    return ""

@@ -1,0 +1,111 @@
+"""PID 1 of a sandbox: serves runs, reaps every zombie, forwards signals.
+
+One run at a time: an ``Exec`` forks the payload (``payload_main``), answers ``Started``,
+and ``Exited`` once it is reaped, with the errno of a failed execve read from the
+payload's close-on-exec error pipe. ``Signal`` goes to the run's process group,
+``KillRun`` kills every process of the sandbox but init (kill(-1) from PID 1 reaches
+exactly the processes of its pid namespace). When the supervisor's channel closes,
+init exits and the kernel kills whatever is left in the namespace.
+
+As PID 1 of its namespace, init receives from inside only the signals it has
+handlers for (pid_namespaces(7)); it installs one, for SIGCHLD, and runs as a uid
+the payload cannot signal anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+from collections.abc import Callable
+
+from ._channel import Channel, close_fds
+from ._errors import ProtocolError
+from ._protocol import Exec, Exited, KillRun, Signal, Started, parse
+
+PayloadMain = Callable[[Exec, list[int], int], None]
+
+
+class _Run:
+    def __init__(self, pid: int, errpipe: int) -> None:
+        self.pid = pid
+        self.errpipe = errpipe
+
+    def failure(self) -> tuple[int | None, str | None]:
+        """The payload's pre-exec failure report, if it wrote one (it is dead: no blocking)."""
+        try:
+            data = os.read(self.errpipe, 4096)
+        finally:
+            os.close(self.errpipe)
+        if not data:
+            return None, None
+        try:
+            report = json.loads(data)
+            return int(report["errno"]), str(report["stage"])
+        except (ValueError, KeyError, TypeError):
+            return 0, "before execve"
+
+
+def serve(ctl: Channel, payload_main: PayloadMain) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    poller = select.poll()
+    poller.register(ctl.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    run: _Run | None = None
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                run = _reap(ctl, run)
+                continue
+            try:
+                got = ctl.read_packet()
+            except EOFError:
+                return
+            if got is None:
+                continue
+            obj, fds = got
+            message = parse(obj, Exec, Signal, KillRun)
+            if isinstance(message, Exec):
+                if run is not None or len(fds) != 3:
+                    close_fds(fds)
+                    raise ProtocolError("exec while a run is active, or without three stdio fds")
+                run = _start(ctl, message, fds, payload_main)
+            elif isinstance(message, Signal) and run is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.pid, message.signum)
+            elif isinstance(message, KillRun):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-1, signal.SIGKILL)
+
+
+def _start(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadMain) -> _Run:
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(err_r)
+        payload_main(request, stdio, err_w)
+        os._exit(127)  # payload_main never returns
+    os.close(err_w)
+    close_fds(stdio)
+    ctl.send(Started(pid))
+    return _Run(pid, err_r)
+
+
+def _reap(ctl: Channel, run: _Run | None) -> _Run | None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return run
+        if pid == 0:
+            return run
+        if run is not None and pid == run.pid:
+            err, stage = run.failure()
+            ctl.send(Exited(status, err, stage))
+            run = None

@@ -1,0 +1,186 @@
+"""The one module that calls libc through ctypes.
+
+Python 3.11 has no ``os.unshare``/``os.setns`` and no binding at all for the mount
+API, so every such call goes through here. Each wrapper raises :class:`OSError`
+with the call's name and arguments in the message and ``errno`` set, so that the
+callers can turn it into a :class:`~nsbox._errors.SetupError` without guessing.
+
+Syscall numbers from 428 up (the new mount API, ``pidfd_*``, ``close_range``,
+``mount_setattr``) are the same on every architecture; the older ones are looked
+up per machine in ``_SYSCALLS``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+# clone(2)/unshare(2) flags, <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# mount(2) flags, <sys/mount.h>
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 0x2
+
+# open_tree(2) / move_mount(2) / mount_setattr(2), <linux/mount.h>
+OPEN_TREE_CLONE = 0x1
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+# prctl(2) options that python-prctl does not wrap
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155},
+    "aarch64": {"pivot_root": 41},
+}
+_OPEN_TREE = 428
+_MOVE_MOUNT = 429
+_MOUNT_SETATTR = 442
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr, <linux/mount.h> (MOUNT_ATTR_SIZE_VER0 = 32)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# Without argtypes ctypes passes Python ints as C int, which truncates the 64-bit
+# flag words of mount(2) (see ../shared/notes/perf-facts.md).
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.syscall.restype = ctypes.c_long
+
+
+class SyscallError(OSError):
+    """An OSError that remembers the call and its arguments, for SetupError."""
+
+    def __init__(self, err: int, call: str, call_args: str) -> None:
+        super().__init__(err, f"{call}({call_args}): {os.strerror(err)}")
+        self.call = call
+        self.call_args = call_args
+
+
+def _fail(call: str, *args: object) -> SyscallError:
+    return SyscallError(ctypes.get_errno(), call, ", ".join(repr(a) for a in args))
+
+
+def _check(result: int, call: str, *args: object) -> int:
+    if result < 0:
+        raise _fail(call, *args)
+    return result
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _syscall_number(name: str) -> int:
+    machine = platform.machine()
+    try:
+        return _SYSCALLS[machine][name]
+    except KeyError:
+        raise OSError(38, f"{name}: no syscall number known for machine {machine!r}") from None
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare", hex(flags))
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns", fd, hex(nstype))
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(
+        _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
+        "mount",
+        source,
+        target,
+        fstype,
+        hex(flags),
+        data,
+    )
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(_b(target), flags), "umount2", target, flags)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = _syscall_number("pivot_root")
+    _check(_libc.syscall(nr, _b(new_root), _b(put_old)), "pivot_root", new_root, put_old)
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """A detached copy of the mount tree at dirfd/path (OPEN_TREE_CLONE): an fd."""
+    fd = _libc.syscall(_OPEN_TREE, ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags))
+    return _check(fd, "open_tree", dirfd, path, hex(flags))
+
+
+def move_mount(from_fd: int, to_dirfd: int, to_path: str, flags: int = MOVE_MOUNT_F_EMPTY_PATH) -> None:
+    """Attach the detached tree from_fd at to_dirfd/to_path (a final symlink is not followed)."""
+    res = _libc.syscall(
+        _MOVE_MOUNT,
+        ctypes.c_int(from_fd),
+        b"",
+        ctypes.c_int(to_dirfd),
+        _b(to_path),
+        ctypes.c_uint(flags),
+    )
+    _check(res, "move_mount", from_fd, to_dirfd, to_path, hex(flags))
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0) -> None:
+    """Set mount attributes; with AT_RECURSIVE on every mount below path too."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    res = _libc.syscall(
+        _MOUNT_SETATTR,
+        ctypes.c_int(dirfd),
+        _b(path),
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(res, "mount_setattr", dirfd, path, hex(flags), hex(attr_set))
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), "setdomainname", name)
+
+
+def clear_ambient_caps() -> None:
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl", "PR_CAP_AMBIENT_CLEAR_ALL")

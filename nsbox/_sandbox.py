@@ -1,0 +1,322 @@
+"""NsSandbox: the synchronous front-end.
+
+A sandbox is a session: started on ``start()`` (or the first ``run()`` / ``with``), it
+serves many runs in the same namespaces and workspace, and ``close()`` destroys it.
+``run()`` takes ``subprocess.run``'s argument names and returns a RunResult.
+
+Two backends behind one interface: ``_RemoteBackend`` (the default) talks frames to a
+supervisor forked from the spawner, so the caller's process is never forked into
+namespaces; ``_LocalBackend`` makes the calling process the supervisor, which is right
+only for a single-threaded one-shot caller: the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import select
+import signal
+import subprocess  # nosec B404  # only its PIPE/DEVNULL/STDOUT constants
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any, Protocol
+
+from ._channel import Channel, close_fds
+from ._errors import ProtocolError, SandboxError, SetupError, SpecError
+from ._protocol import MAX_FRAME_SESSION, Close, Done, Failed, Open, Ready, Run
+from ._result import RunResult
+from ._spec import WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
+from ._supervisor import Supervisor
+
+StdioArg = int | IO[Any] | None
+_UNSET: Any = object()
+CLOSE_TIMEOUT = 10.0
+_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class _Backend(Protocol):
+    def start(self) -> None: ...
+    def run(self, request: Run, fds: list[int]) -> RunResult: ...
+    def close(self) -> None: ...
+
+
+class _RemoteBackend:
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.channel: Channel | None = None
+        self.supervisor_pid: int | None = None
+
+    def start(self) -> None:
+        from ._spawner import Spawner  # imported on first use: the CLI never needs it
+
+        sock, self.supervisor_pid = Spawner.get().spawn()
+        self.channel = Channel(sock, MAX_FRAME_SESSION)
+        self.channel.send(Open(self.spec.to_dict()))
+        self._raise_if_failed(self._receive(Ready, Failed))
+
+    def run(self, request: Run, fds: list[int]) -> RunResult:
+        if self.channel is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            self.channel.send(request, fds)
+        except OSError as exc:
+            self.close()
+            raise SandboxError(f"the sandbox's supervisor is gone ({exc.strerror})") from None
+        message = self._receive(Done, Failed)
+        self._raise_if_failed(message)
+        if not isinstance(message, Done):
+            raise ProtocolError(f"expected a run's result, got {message.TYPE!r}")
+        return RunResult.from_dict(message.result)
+
+    def _receive(self, *expected: type[Ready] | type[Done] | type[Failed]) -> Ready | Done | Failed:
+        if self.channel is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            message, fds = self.channel.recv(*expected)
+        except (EOFError, ConnectionResetError):
+            self.close()
+            raise SandboxError("the sandbox's supervisor ended unexpectedly") from None
+        close_fds(fds)
+        return message
+
+    def _raise_if_failed(self, message: Ready | Done | Failed) -> None:
+        if not isinstance(message, Failed):
+            return
+        self.close()
+        if message.kind == "setup":
+            raise SetupError.from_dict(message.error)
+        if message.kind == "spec":
+            raise SpecError(tuple(message.error.get("options", ())), str(message.error.get("message")))
+        raise SandboxError(str(message.error.get("message", "the sandbox failed")))
+
+    def close(self) -> None:
+        """Ask the supervisor to tear down and wait until it has: it closes the session
+        only after every process of the sandbox is gone."""
+        if self.channel is None:
+            return
+        channel, self.channel = self.channel, None
+        try:
+            channel.send(Close())
+            deadline = time.monotonic() + CLOSE_TIMEOUT
+            while (left := deadline - time.monotonic()) > 0 and _readable(channel.fileno(), left):
+                got = channel.read_packet()
+                if got is not None:
+                    close_fds(got[1])
+        except (EOFError, OSError, ProtocolError):
+            pass
+        finally:
+            channel.close()
+
+
+class _LocalBackend:
+    """The calling (single-threaded) process is the supervisor; it forwards the
+    signals a terminal sends (Ctrl-C, hang-up) to the run."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.supervisor = Supervisor(spec)
+
+    def start(self) -> None:
+        self.supervisor.start()
+
+    def run(self, request: Run, fds: list[int]) -> RunResult:
+        if threading.current_thread() is not threading.main_thread():
+            return self.supervisor.run(request, fds)
+        forwarder = _SignalForwarder()
+        try:
+            return self.supervisor.run(request, fds, forwarder)
+        finally:
+            forwarder.restore()
+
+    def close(self) -> None:
+        self.supervisor.close()
+
+
+class _SignalForwarder:
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous = {sig: signal.signal(sig, lambda *_: None) for sig in _FORWARDED_SIGNALS}
+        self._previous_fd = signal.set_wakeup_fd(self._write)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def read(self) -> list[int]:
+        try:
+            return [sig for sig in os.read(self._read, 64) if sig in _FORWARDED_SIGNALS]
+        except BlockingIOError:
+            return []
+
+    def restore(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._read)
+        os.close(self._write)
+
+
+class NsSandbox:
+    """A Linux-namespace sandbox session.
+
+    ``NsSandbox(spec)`` or ``NsSandbox(**options)`` (the fields of SandboxSpec, plus
+    ``timeout`` and ``output_limit`` for its Limits). Use it as a context manager, or
+    call ``close()``; a sandbox that is garbage-collected is closed too.
+    """
+
+    def __init__(self, spec: SandboxSpec | None = None, **options: Any) -> None:
+        if spec is not None and options:
+            raise SpecError(tuple(options), "pass either a SandboxSpec or options, not both")
+        self.spec = spec if spec is not None else spec_from_options(**options)
+        self._backend: _Backend = _RemoteBackend(self.spec)
+        self._started = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _close_backend, self._backend)
+
+    @classmethod
+    def _in_process(cls, spec: SandboxSpec) -> NsSandbox:
+        """This process becomes the supervisor (single-threaded callers only: the CLI)."""
+        sandbox = cls(spec)
+        sandbox._finalizer.detach()
+        sandbox._backend = _LocalBackend(spec)
+        sandbox._finalizer = weakref.finalize(sandbox, _close_backend, sandbox._backend)
+        return sandbox
+
+    def start(self) -> NsSandbox:
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            if not self._started:
+                self._backend.start()
+                self._started = True
+        return self
+
+    def run(
+        self,
+        args: Sequence[str | os.PathLike[str]],
+        *,
+        stdin: StdioArg = None,
+        input: bytes | str | None = None,
+        stdout: StdioArg = None,
+        stderr: StdioArg = None,
+        capture_output: bool = False,
+        timeout: float | None = _UNSET,
+        check: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str = WORKSPACE,
+    ) -> RunResult:
+        """Run ``args`` in the sandbox and wait for it. Never raises for the payload's own
+        failure (see the result's ``status``) unless ``check=True``."""
+        argv = _argv(args)
+        if capture_output:
+            if stdout is not None or stderr is not None:
+                raise SpecError(("capture_output", "stdout", "stderr"), "capture_output excludes stdout and stderr")
+            stdout = stderr = subprocess.PIPE
+        if input is not None and stdin is not None:
+            raise SpecError(("input", "stdin"), "pass input or stdin, not both")
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise SpecError(option_name("cwd"), f"{cwd!r} must be an absolute path inside the sandbox")
+        data = input.encode() if isinstance(input, str) else input
+        fds: list[int] = []
+        try:
+            stdin_mode = "input" if data is not None else _stdio_mode("stdin", stdin, 0, fds)
+            request = Run(
+                argv=argv,
+                env=dict(_clean_env(env or {})),
+                cwd=cwd,
+                timeout=self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout),
+                stdin=stdin_mode,
+                stdout=_stdio_mode("stdout", stdout, 1, fds),
+                stderr=_stdio_mode("stderr", stderr, 2, fds),
+                input=None if data is None else base64.b64encode(data).decode("ascii"),
+            )
+            self.start()
+            with self._lock:
+                if isinstance(self._backend, _LocalBackend):
+                    fds = [os.dup(fd) for fd in fds]  # the supervisor owns (and closes) what it gets
+                result = self._backend.run(request, fds)
+        except ProtocolError:
+            self.close()
+            raise
+        if check:
+            result.check_returncode()
+        return result
+
+    def close(self) -> None:
+        """Destroy the sandbox: every process, mount and namespace of it. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> NsSandbox:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _close_backend(backend: _Backend) -> None:
+    backend.close()
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def spec_from_options(**options: Any) -> SandboxSpec:
+    """NsSandbox(**options) -> SandboxSpec: ``timeout``/``output_limit`` go to Limits."""
+    limit_names = {"timeout", "output_limit"}
+    limits = {k: options.pop(k) for k in list(options) if k in limit_names}
+    if limits:
+        if "limits" in options:
+            raise SpecError((*limits, "limits"), "pass limits or its fields, not both")
+        options["limits"] = Limits(**limits)
+    try:
+        return SandboxSpec(**options)
+    except TypeError as exc:
+        raise SpecError(tuple(options), f"unknown option: {exc}") from None
+
+
+def _argv(args: Sequence[str | os.PathLike[str]] | str) -> list[str]:
+    if isinstance(args, (str, bytes)) or not isinstance(args, Iterable):
+        raise SpecError(option_name("command"), "args must be a list of strings, e.g. ['ls', '-l']")
+    argv = [os.fspath(a) for a in args]
+    if not argv or not argv[0]:
+        raise SpecError(option_name("command"), "the command is empty")
+    if any(not isinstance(a, str) or "\0" in a for a in argv):
+        raise SpecError(option_name("command"), "arguments must be strings without NUL bytes")
+    return argv
+
+
+def _stdio_mode(name: str, value: StdioArg, default_fd: int, fds: list[int]) -> str:
+    if value is None:
+        try:
+            os.fstat(default_fd)
+        except OSError:
+            return "devnull"  # our own stdio is closed: give the payload /dev/null
+        fds.append(default_fd)
+        return "fd"
+    if value is subprocess.DEVNULL:
+        return "devnull"
+    if value is subprocess.PIPE:
+        if name == "stdin":
+            raise SpecError("stdin", "stdin=PIPE is not supported; pass the bytes as input=")
+        return "capture"
+    if value is subprocess.STDOUT:
+        if name != "stderr":
+            raise SpecError(name, "STDOUT is only meaningful for stderr")
+        return "stdout"
+    fd = value if isinstance(value, int) else value.fileno()
+    if fd < 0:
+        raise SpecError(name, f"{value!r} is not a file descriptor")
+    fds.append(fd)
+    return "fd"

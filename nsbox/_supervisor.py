@@ -1,0 +1,377 @@
+"""The supervisor: one sandbox, from outside its namespaces.
+
+It computes the plan (the spec was validated already; the root plan can still refuse
+targets), forks the intermediate, writes its id maps (authority stays outside), waits
+for init, serves runs (deadlines, captured output, signal forwarding) and tears the
+sandbox down. It is single-threaded: the CLI process for a one-shot ``nsbox exec``, or
+a process forked from the spawner (``_spawner``) for an embedding front-end, in which
+case ``serve_session`` speaks frames to the front-end.
+
+Teardown is SIGKILL of init through a pidfd (never a pid that could have been reused):
+the kernel then kills every process of the pid namespace, and with the last of them
+the mount, network and other namespaces go. If the supervisor itself dies, the
+intermediate's parent-death signal kills it, init's kills init, and the same follows.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Protocol, TypeVar
+
+from . import _caps, _child, _mount, _userns
+from ._channel import Channel, close_fds, socketpair
+from ._child import SandboxPlan
+from ._errors import ProtocolError, SandboxError, SetupError, SpecError
+from ._host import remedy_for
+from ._protocol import (
+    MAX_FRAME_FROM_SANDBOX,
+    MAX_FRAME_SESSION,
+    Close,
+    Done,
+    Exec,
+    Exited,
+    Failed,
+    Go,
+    InitReady,
+    InitStarted,
+    KillRun,
+    Message,
+    Open,
+    Ready,
+    Run,
+    Signal,
+    Started,
+    StepFailed,
+    Unshared,
+    parse,
+)
+from ._result import RunResult
+from ._spec import SandboxSpec
+from ._stdio import RunIO
+
+SETUP_TIMEOUT = 30.0
+#: After KillRun, how long init gets to report the run's end before the sandbox is killed.
+KILL_GRACE = 1.0
+#: How long the intermediate gets to reap init and exit before it is killed too.
+TEARDOWN_TIMEOUT = 5.0
+M = TypeVar("M", bound=Message)
+
+
+class Events(Protocol):
+    """Something besides the run to watch during a run (the front-end, or signals)."""
+
+    def fileno(self) -> int: ...
+
+    def read(self) -> list[int]:
+        """Signals to forward to the run; raises SessionClosed to abandon the session."""
+        ...
+
+
+class SessionClosed(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, spec: SandboxSpec) -> None:
+        mapping = _userns.mapping_for_host()
+        root = _mount.plan_root(spec, (mapping.payload_outer_uid, mapping.payload_outer_gid))
+        self.spec = spec
+        self.plan = SandboxPlan(spec, mapping, root, _caps.last_cap(), os.getpid())
+        self._intermediate_pid: int | None = None
+        self._intermediate_fd: int | None = None
+        self._init_fd: int | None = None
+        self._sync: Channel | None = None
+        self._ctl: Channel | None = None
+        self.alive = False
+
+    # -- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        sync_parent, sync_child = socketpair()
+        ctl_parent, ctl_child = socketpair()
+        pid = os.fork()
+        if pid == 0:
+            sync_parent.close()
+            ctl_parent.close()
+            _child.intermediate_main(self.plan, sync_child, ctl_child)
+        sync_child.close()
+        ctl_child.close()
+        self._intermediate_pid = pid
+        self._intermediate_fd = os.pidfd_open(pid)
+        self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
+        self._ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
+        try:
+            self._await_setup(self._sync, Unshared)
+            with _setup_stage("write the sandbox's id maps"):
+                proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    mapping = self.plan.mapping
+                    _userns.write_maps_from_parent(proc_dir, mapping.outer_uid_map, mapping.outer_gid_map)
+                finally:
+                    os.close(proc_dir)
+            source_fds: list[int] = []
+            if os.geteuid() == 0:
+                with _setup_stage("open the bind sources"):
+                    source_fds = _mount.open_sources_from_parent(pid, self.plan.root.sources)
+            try:
+                self._sync.send(Go(), source_fds)
+            finally:
+                close_fds(source_fds)
+            _, fds = self._await_setup(self._sync, InitStarted)
+            if len(fds) != 1:
+                close_fds(fds)
+                raise ProtocolError("init_started must carry exactly one pidfd")
+            self._init_fd = fds[0]
+            self._await_setup(self._ctl, InitReady)
+        except BaseException:
+            self.close()
+            raise
+        self.alive = True
+
+    def _await_setup(self, channel: Channel, expected: type[M]) -> tuple[M, list[int]]:
+        """The next setup message; a StepFailed from either child becomes SetupError."""
+        if self._sync is None or self._ctl is None or self._intermediate_fd is None:
+            raise SandboxError("the sandbox was closed during setup")
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        poller = select.poll()
+        for fd in (self._sync.fileno(), self._ctl.fileno(), self._intermediate_fd):
+            poller.register(fd, select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                source = self._sync if fd == self._sync.fileno() else self._ctl if fd == self._ctl.fileno() else None
+                if source is None:
+                    raise self._setup_failure("the sandbox's intermediate process ended during setup")
+                try:
+                    got = source.read_packet()
+                except EOFError:
+                    raise self._setup_failure("a sandbox process ended during setup") from None
+                if got is None:
+                    continue
+                obj, fds = got
+                if obj.get("type") == StepFailed.TYPE:
+                    close_fds(fds)
+                    raise self._setup_failure(parse(obj, StepFailed))
+                if source is not channel:
+                    close_fds(fds)
+                    raise ProtocolError(f"unexpected {str(obj.get('type'))[:40]!r} during setup")
+                try:
+                    return parse(obj, expected), fds
+                except ProtocolError:
+                    close_fds(fds)
+                    raise
+        raise SetupError("sandbox setup", detail=f"no progress within {SETUP_TIMEOUT:g} s")
+
+    def _setup_failure(self, failure: StepFailed | str) -> SetupError:
+        """Prefer init's own report: it is sent before init exits, so before the
+        intermediate can notice and report the same failure less precisely."""
+        with contextlib.suppress(EOFError, ProtocolError, OSError):
+            while self._ctl is not None and _readable(self._ctl.fileno()):
+                got = self._ctl.read_packet()
+                if got is not None and got[0].get("type") == StepFailed.TYPE:
+                    failure = parse(got[0], StepFailed)
+                    break
+        if isinstance(failure, str):
+            return SetupError("sandbox setup", detail=failure + self._exit_detail())
+        return SetupError(
+            failure.stage,
+            failure.call,
+            failure.args,
+            failure.errno,
+            remedy_for(failure.stage, failure.call, failure.errno),
+            detail="" if failure.call else failure.detail,
+        )
+
+    def _exit_detail(self) -> str:
+        if self._intermediate_pid is None:
+            return ""
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(self._intermediate_pid, os.WNOHANG)
+            if pid:
+                self._intermediate_pid = None
+                return f" (exit status {os.waitstatus_to_exitcode(status)})"
+        return ""
+
+    # -- runs --------------------------------------------------------------------------
+    def run(self, request: Run, fds: list[int], events: Events | None = None) -> RunResult:
+        """One run; takes ownership of ``fds``. Raises SandboxError if the sandbox dies."""
+        if not self.alive or self._ctl is None or self._intermediate_fd is None:
+            close_fds(fds)
+            raise SandboxError("the sandbox is not running")
+        input_data = base64.b64decode(request.input) if request.input else b""
+        io = RunIO(request, fds, self.spec.limits.output_limit, input_data)
+        timeout = request.timeout if request.timeout is not None else self.spec.limits.timeout
+        argv = tuple(request.argv)
+        env = self.spec.payload_env(request.env)
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        kill_by: float | None = None
+        exited: Exited | None = None
+        try:
+            self._ctl.send(Exec(list(argv), env, request.cwd), io.child_fds)
+            io.close_child_fds()
+            poller = select.poll()
+            poller.register(self._ctl.fileno(), select.POLLIN)
+            poller.register(self._intermediate_fd, select.POLLIN)
+            io.register(poller)
+            if events is not None:
+                poller.register(events.fileno(), select.POLLIN)
+            while exited is None and self.alive:
+                now = time.monotonic()
+                if deadline is not None and kill_by is None and now >= deadline:
+                    self._ctl.send(KillRun())
+                    kill_by = now + KILL_GRACE
+                if kill_by is not None and now >= kill_by:
+                    self.close()  # init did not report the kill in time: the whole sandbox goes
+                    break
+                wake = kill_by if kill_by is not None else deadline
+                for fd, _ in poller.poll(None if wake is None else max(0.0, wake - now) * 1000):
+                    if fd == self._ctl.fileno():
+                        message = self._read_ctl()
+                        if isinstance(message, Exited):
+                            exited = message
+                    elif fd == self._intermediate_fd:
+                        self.close()
+                        if kill_by is None:
+                            raise SandboxError("the sandbox died during the run")
+                        break
+                    elif events is not None and fd == events.fileno():
+                        for signum in events.read():
+                            self._ctl.send(Signal(signum))
+                    else:
+                        io.handle(fd, poller)
+            wall = time.monotonic() - started
+            io.finish()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close()
+            raise SandboxError("the sandbox's init stopped answering") from None
+        finally:
+            io.close()
+        stdout, stdout_cut = io.output("stdout")
+        stderr, stderr_cut = io.output("stderr")
+        extra = {"stdout": stdout, "stderr": stderr, "stdout_truncated": stdout_cut, "stderr_truncated": stderr_cut}
+        if kill_by is not None:
+            return RunResult.timed_out(argv, timeout or 0.0, wall, **extra)
+        if exited is None:  # the loop ends with it, with kill_by set, or raises
+            raise SandboxError("the run ended without a verdict")
+        if exited.exec_errno is not None:
+            return RunResult.exec_failed(argv, exited.exec_errno, exited.exec_stage or "execve", wall, **extra)
+        return RunResult.from_wait_status(argv, exited.wait_status, wall, **extra)
+
+    def _read_ctl(self) -> Message | None:
+        if self._ctl is None:
+            return None
+        try:
+            got = self._ctl.read_packet()
+        except EOFError:
+            return None  # init is gone; the intermediate's pidfd will say so
+        return None if got is None else parse(got[0], Started, Exited)
+
+    # -- teardown ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill the sandbox and wait until every process of it is gone. Idempotent.
+
+        Init is killed, not the intermediate: the intermediate then reaps init and
+        exits, and we reap it, so no zombie is left to the host's init to collect."""
+        self.alive = False
+        if self._init_fd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
+        if self._intermediate_fd is not None and (
+            self._init_fd is None or not _readable(self._intermediate_fd, timeout=TEARDOWN_TIMEOUT)
+        ):
+            with contextlib.suppress(ProcessLookupError):  # init never started, or it is stuck
+                signal.pidfd_send_signal(self._intermediate_fd, signal.SIGKILL)
+        if self._intermediate_pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._intermediate_pid, 0)
+            self._intermediate_pid = None
+        for fd in (self._init_fd, self._intermediate_fd):
+            if fd is not None:
+                os.close(fd)
+        self._init_fd = self._intermediate_fd = None
+        for channel in (self._sync, self._ctl):
+            if channel is not None:
+                channel.close()
+        self._sync = self._ctl = None
+
+
+@contextlib.contextmanager
+def _setup_stage(stage: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise SetupError(
+            stage, "write", str(exc.filename or ""), exc.errno, remedy_for(stage, "write", exc.errno)
+        ) from exc
+
+
+def _readable(fd: int, timeout: float = 0.0) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+# --- serving a front-end (the embedding case) -------------------------------------------------
+class _SessionEvents:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def read(self) -> list[int]:
+        try:
+            got = self.channel.read_packet()
+        except EOFError:
+            raise SessionClosed from None
+        if got is None:
+            return []
+        close_fds(got[1])
+        message = parse(got[0], Signal, Close)
+        if isinstance(message, Signal):
+            return [message.signum]
+        raise SessionClosed
+
+
+def serve_session(sock: socket.socket) -> None:
+    """Serve one front-end: Open, then Runs until Close or EOF; the sandbox dies with it."""
+    channel = Channel(sock, MAX_FRAME_SESSION)
+    supervisor: Supervisor | None = None
+    try:
+        opened, fds = channel.recv(Open, timeout=SETUP_TIMEOUT)
+        close_fds(fds)
+        try:
+            supervisor = Supervisor(SandboxSpec.from_dict(opened.spec))
+            supervisor.start()
+        except SpecError as exc:
+            channel.send(Failed("spec", {"options": list(exc.options), "message": exc.message}))
+            return
+        except SetupError as exc:
+            channel.send(Failed("setup", exc.to_dict()))
+            return
+        channel.send(Ready())
+        events = _SessionEvents(channel)
+        while True:
+            message, fds = channel.recv(Run, Close, Signal)
+            if isinstance(message, Close):
+                return
+            if not isinstance(message, Run):
+                continue  # a Signal with no run to forward it to
+            try:
+                result = supervisor.run(message, fds, events)
+            except SandboxError as exc:
+                channel.send(Failed("sandbox", {"message": str(exc)}))
+                return
+            channel.send(Done(result.to_dict(binary="base64")))
+    except (EOFError, SessionClosed, BrokenPipeError, ConnectionResetError, TimeoutError):
+        return
+    finally:
+        if supervisor is not None:
+            supervisor.close()
+        channel.close()

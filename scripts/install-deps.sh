@@ -1,0 +1,19 @@
+#!/bin/sh
+# Debian packages nsbox needs: libcap-dev to build python-prctl, libseccomp2 for pyseccomp,
+# and for `bench` also bubblewrap (the baseline). As root they are installed with apt-get;
+# otherwise a missing one is named with the command that installs it.
+set -eu
+packages="libcap-dev libseccomp2"
+[ "${1:-}" = "bench" ] && packages="$packages bubblewrap"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "nsbox: missing Debian packages:$missing; install them with: sudo apt-get install$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing >/dev/null; }
+echo "nsbox: installed$missing"

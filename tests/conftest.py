@@ -1,0 +1,175 @@
+"""Shared fixtures: one test body runs against both front-ends (the API and the CLI).
+
+``sandbox_run(argv, **options)`` returns an Outcome, whichever way it ran. Options use
+the API's names; the CLI runner turns them into flags. Tests that need root or user
+namespaces call ``require_root()``; under NSBOX_TEST_STRICT=1 (make test, CI) a missing
+requirement fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nsbox
+from nsbox._userns import HOST_ID_BASE, ID_RANGE
+
+NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
+STRICT = os.environ.get("NSBOX_TEST_STRICT") == "1"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        reason = "needs root (the sandbox id range is mapped by a privileged supervisor)"
+        if STRICT:
+            pytest.fail(f"strict mode: {reason}")
+        pytest.skip(reason)
+
+
+@dataclass
+class Outcome:
+    status: str
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    error: str | None
+    wall_s: float
+    elapsed_s: float
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def _api_run(argv: list[str], input: bytes | None = None, **options: Any) -> Outcome:
+    mounts = [nsbox.Mount.parse(m) for m in options.pop("ro_bind", [])]
+    mounts += [nsbox.Mount.parse(m, writable=True) for m in options.pop("bind", [])]
+    env = options.pop("env", {})
+    cwd = options.pop("cwd", "/workspace")
+    started = time.monotonic()
+    with nsbox.NsSandbox(mounts=tuple(mounts), env=env, **options) as sandbox:
+        result = sandbox.run(argv, capture_output=True, input=input, cwd=cwd)
+    elapsed = time.monotonic() - started
+    return Outcome(
+        result.status.value,
+        result.exit_code,
+        result.stdout or b"",
+        result.stderr or b"",
+        result.error,
+        result.wall_s,
+        elapsed,
+    )
+
+
+def _cli_run(argv: list[str], input: bytes | None = None, **options: Any) -> Outcome:
+    flags: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "env":
+            flags += [a for k, v in value.items() for a in ("--env", f"{k}={v}")]
+        elif isinstance(value, list):
+            flags += [a for v in value for a in (flag, v)]
+        else:
+            flags += [flag, str(value)]
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        started = time.monotonic()
+        proc = subprocess.run(
+            [NSBOX_CLI, "exec", *flags, "--report", report.name, "--", *argv],
+            input=input or b"",
+            capture_output=True,
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+        data = json.loads(Path(report.name).read_text() or "{}")
+    assert proc.returncode == data.get("exit_code"), (proc.returncode, data, proc.stderr)
+    return Outcome(
+        data["status"],
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        data.get("error"),
+        data.get("wall_s", 0.0),
+        elapsed,
+    )
+
+
+SandboxRun = Callable[..., Outcome]
+
+
+@pytest.fixture(params=["api", "cli"])
+def sandbox_run(request: pytest.FixtureRequest) -> SandboxRun:
+    require_root()
+    return _api_run if request.param == "api" else _cli_run
+
+
+@pytest.fixture
+def api_run() -> SandboxRun:
+    require_root()
+    return _api_run
+
+
+PROBE_PRELUDE = """
+import ctypes, errno, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+"""
+
+
+def probe_argv(code: str) -> list[str]:
+    """A python3 program run inside the sandbox: ``code`` fills ``out``, printed as JSON."""
+    return ["python3", "-c", PROBE_PRELUDE + code + "\nprint(json.dumps(out))"]
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids of processes whose uid lies in the sandbox id range."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:  # not the owner of /proc/PID: that is root for non-dumpable processes
+            status = Path(f"/proc/{entry}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+        if any(HOST_ID_BASE <= int(uid) < HOST_ID_BASE + ID_RANGE for uid in uids):
+            pids.append(int(entry))
+    return pids
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    """Asserts after the test that nothing of any sandbox is left on the host."""
+    before_mounts = Path("/proc/self/mountinfo").read_text()
+    before_tmp = _tmp_entries()
+    yield
+    assert wait_until(lambda: not sandbox_processes()), f"sandbox processes left: {sandbox_processes()}"
+    assert Path("/proc/self/mountinfo").read_text() == before_mounts
+    assert _tmp_entries() - before_tmp == set()
+
+
+def _tmp_entries() -> set[str]:
+    return {e for e in os.listdir("/tmp") if not e.startswith(("pytest-of-", "tmp"))}

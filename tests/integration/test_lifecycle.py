@@ -1,0 +1,196 @@
+"""Verdicts, exit codes, timeouts and teardown: nothing of a sandbox outlives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import nsbox
+from tests.conftest import NSBOX_CLI, SandboxRun, require_root, sandbox_processes, wait_until
+
+
+def test_exit_code_is_the_payloads(sandbox_run: SandboxRun) -> None:
+    out = sandbox_run(["sh", "-c", "exit 3"])
+    assert (out.status, out.exit_code) == ("exit", 3)
+    assert sandbox_run(["true"]).status == "ok"
+
+
+def test_killed_payload_reports_signal_and_128_plus_n(sandbox_run: SandboxRun) -> None:
+    out = sandbox_run(["sh", "-c", "kill -KILL $$"])
+    assert (out.status, out.exit_code) == ("signal", 137)
+
+
+def test_timeout_kills_at_the_deadline(sandbox_run: SandboxRun) -> None:
+    out = sandbox_run(["sleep", "10"], timeout=0.5)
+    assert out.status == "timeout" and out.exit_code == 124
+    assert 0.5 <= out.wall_s < 0.7, out.wall_s
+
+
+def test_timeout_returns_to_the_caller_within_0_7_s() -> None:
+    require_root()
+    with nsbox.NsSandbox() as sandbox:
+        sandbox.run(["true"])  # the sandbox is up: what is measured is the run
+        started = time.monotonic()
+        result = sandbox.run(["sleep", "10"], timeout=0.5)
+        elapsed = time.monotonic() - started
+        assert result.status is nsbox.Status.TIMEOUT
+        assert elapsed < 0.7, elapsed
+        assert sandbox.run(["true"]).ok, "the session survives a timed-out run"
+
+
+def test_missing_program_is_an_error_naming_enoent(sandbox_run: SandboxRun) -> None:
+    out = sandbox_run(["/no/such/program"])
+    assert (out.status, out.exit_code) == ("error", 127)
+    assert out.error is not None and "ENOENT" in out.error
+
+
+def test_non_executable_file_is_an_error_naming_eacces(sandbox_run: SandboxRun) -> None:
+    out = sandbox_run(["/etc/passwd"])
+    assert (out.status, out.exit_code) == ("error", 126)
+    assert out.error is not None and "EACCES" in out.error
+
+
+def test_bad_cwd_is_an_error(api_run: SandboxRun) -> None:
+    out = api_run(["true"], cwd="/nonexistent")
+    assert out.status == "error" and "chdir" in (out.error or "") and "ENOENT" in (out.error or "")
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_200_sequential_sandboxes_leave_nothing_behind() -> None:
+    require_root()
+    nsbox.NsSandbox().start().close()  # the spawner (one socket) is started once per process
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for i in range(200):
+        with nsbox.NsSandbox() as sandbox:
+            # Each leaves a background process: teardown must take it too.
+            result = sandbox.run(["sh", "-c", "sleep 1000 & echo started"], capture_output=True)
+            assert result.ok and result.stdout == b"started\n", (i, result)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert not sandbox_processes()
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_sigkill_of_the_cli_supervisor_takes_the_sandbox() -> None:
+    require_root()
+    proc = subprocess.Popen(
+        [NSBOX_CLI, "exec", "--", "sh", "-c", "sleep 1000 & echo ready; sleep 1000"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    assert sandbox_processes(), "the sandbox should be running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert wait_until(lambda: not sandbox_processes()), sandbox_processes()
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_sigkill_of_an_embedded_supervisor_takes_the_sandbox() -> None:
+    require_root()
+    sandbox = nsbox.NsSandbox().start()
+    try:
+        sandbox.run(["sh", "-c", "sleep 1000 & exit 0"])
+        assert sandbox_processes()
+        supervisor = sandbox._backend.supervisor_pid  # type: ignore[attr-defined]
+        os.kill(supervisor, signal.SIGKILL)
+        assert wait_until(lambda: not sandbox_processes()), sandbox_processes()
+        with pytest.raises(nsbox.SandboxError):
+            sandbox.run(["true"])
+    finally:
+        sandbox.close()
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_failed_setup_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
+    require_root()
+    (tmp_path / "x").mkdir()
+    proc = subprocess.run(
+        [NSBOX_CLI, "exec", "--bind", f"{tmp_path / 'x'}:/bin/x", "--", "true"],  # /bin is a symlink inside
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 125, proc.stderr
+    assert "bind" in proc.stderr and "symlink" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--frobnicate", "--", "true"], "--frobnicate"),
+        (["--bind", "/does/not/exist", "--", "true"], "--bind"),
+        (["--ro-bind", "/usr:../../escape", "--", "true"], "--bind/--ro-bind"),
+        (["--ro-bind", "/usr:/proc/x", "--", "true"], "/proc"),
+        (["--workspace-size", "12XB", "--", "true"], "--workspace-size"),
+        (["--timeout", "-1", "--", "true"], "--timeout"),
+        (["--timeout", "soon", "--", "true"], "--timeout"),
+        (["--env", "NOEQUALS", "--", "true"], "--env"),
+        (["--hostname", "bad host", "--", "true"], "--hostname"),
+        (["--"], "COMMAND"),
+        ([], "COMMAND"),
+    ],
+)
+@pytest.mark.usefixtures("no_leftovers")
+def test_bad_input_exits_2_naming_the_option_and_creates_nothing(args: list[str], names: str) -> None:
+    proc = subprocess.run([NSBOX_CLI, "exec", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert names in proc.stderr
+
+
+def test_report_is_json_with_the_verdict(tmp_path: Path) -> None:
+    require_root()
+    import json
+
+    report = tmp_path / "report.json"
+    proc = subprocess.run([NSBOX_CLI, "exec", "--report", str(report), "--", "sh", "-c", "exit 7"])
+    assert proc.returncode == 7
+    data = json.loads(report.read_text())
+    assert data["status"] == "exit" and data["exit_code"] == 7 and data["wall_s"] > 0
+    assert data["args"] == ["sh", "-c", "exit 7"]
+
+
+def test_stdio_is_the_callers_for_exec() -> None:
+    require_root()
+    proc = subprocess.run(
+        [NSBOX_CLI, "exec", "--", "sh", "-c", "cat; echo to-err >&2"], input=b"piped in\n", capture_output=True
+    )
+    assert proc.returncode == 0
+    assert proc.stdout == b"piped in\n" and proc.stderr == b"to-err\n"
+
+
+def test_sigterm_to_the_cli_is_forwarded_to_the_payload() -> None:
+    require_root()
+    proc = subprocess.Popen(
+        [
+            NSBOX_CLI,
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 42
+    assert proc.stdout.read() == b"got-term\n"
+    proc.stdout.close()
+
+
+def test_check_reports_this_host() -> None:
+    import json
+
+    proc = subprocess.run([NSBOX_CLI, "check", "--json"], capture_output=True, text=True)
+    data = json.loads(proc.stdout)
+    names = {c["name"] for c in data["checks"]}
+    assert {"kernel", "user namespaces", "seccomp", "cgroup memory", "cgroup pids", "cgroup cpu"} <= names
+    assert proc.returncode == (0 if data["ready"] else 1)
+    human = subprocess.run([NSBOX_CLI, "check"], capture_output=True, text=True)
+    assert "user.max_user_namespaces" in human.stdout

@@ -1,0 +1,121 @@
+"""The schema of options: parsing, validation that names the option, round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from nsbox import Limits, Mount, SandboxSpec, SpecError
+from nsbox._sandbox import spec_from_options
+from nsbox._spec import GiB, KiB, MiB, parse_size, parse_timeout
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512M", 512 * MiB), ("1G", GiB), ("1.5G", 3 * GiB // 2), ("64k", 64 * KiB), ("4096", 4096), ("2MiB", 2 * MiB),
+     ("10MB", 10 * MiB), (1234, 1234)],
+)  # fmt: skip
+def test_sizes_parse(text: str | int, size: int) -> None:
+    assert parse_size(text, "workspace_size") == size
+
+
+@pytest.mark.parametrize("text", ["12XB", "lots", "", "-5M", "1.2.3G", True, "M"])
+def test_bad_sizes_name_the_option(text: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_size(text, "workspace_size")
+    assert "workspace_size (--workspace-size)" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [-1, 0, "soon", float("nan"), float("inf"), True])
+def test_bad_timeouts_are_refused(value: object) -> None:
+    with pytest.raises(SpecError, match="--timeout"):
+        parse_timeout(value)  # type: ignore[arg-type]
+
+
+def test_timeout_accepts_floats_and_none() -> None:
+    assert parse_timeout("0.5") == 0.5 and parse_timeout(None) is None
+
+
+def test_workspace_size_has_a_range() -> None:
+    with pytest.raises(SpecError, match="allowed: 1M to 64G"):
+        SandboxSpec(workspace_size="512K")
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [("/usr", "/usr"), ("/usr:/opt/usr", "/opt/usr"), ("/usr:/a//b/./c/", "/a/b/c")],
+)
+def test_mounts_parse(text: str, target: str) -> None:
+    assert Mount.parse(text).target == target
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("/usr:../../etc", "absolute"),
+        ("/usr:/a/../../etc", "'..'"),
+        ("/usr:/", "replace the sandbox's root"),
+        ("/usr:/proc/self", "/proc"),
+        ("/usr:/dev", "/dev"),
+        ("/definitely/not/here", "does not exist"),
+        (":/x", "no source"),
+    ],
+)
+def test_bad_mounts_are_refused(text: str, reason: str) -> None:
+    with pytest.raises(SpecError, match="--bind/--ro-bind") as info:
+        Mount.parse(text)
+    assert reason in str(info.value)
+
+
+def test_duplicate_targets_are_refused() -> None:
+    with pytest.raises(SpecError, match="used twice"):
+        SandboxSpec(mounts=(Mount.parse("/usr:/x"), Mount.parse("/etc:/x")))
+
+
+@pytest.mark.parametrize("env", [["NOEQ"], [("1BAD", "x")], [("OK", "nul\0byte")]])
+def test_bad_env_is_refused(env: list[object]) -> None:
+    with pytest.raises(SpecError, match="--env"):
+        SandboxSpec(env=env)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["bad host", "", "x" * 65, "-lead"])
+def test_bad_hostnames_are_refused(name: str) -> None:
+    with pytest.raises(SpecError, match="--hostname"):
+        SandboxSpec(hostname=name)
+
+
+def test_rootfs_must_be_a_directory() -> None:
+    with pytest.raises(SpecError, match="--rootfs"):
+        SandboxSpec(rootfs="/etc/passwd")
+
+
+def test_payload_env_is_minimal_plus_overrides() -> None:
+    spec = SandboxSpec(env={"A": "1", "HOME": "/elsewhere"})  # type: ignore[arg-type]
+    env = spec.payload_env({"B": "2"})
+    assert env["A"] == "1" and env["B"] == "2" and env["HOME"] == "/elsewhere"
+    assert set(env) == {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TMPDIR", "A", "B"}
+
+
+def test_json_and_toml_round_trip() -> None:
+    spec = SandboxSpec(
+        mounts=(Mount.parse("/usr:/opt/usr"), Mount.parse("/etc:/data", writable=True)),
+        workspace_size="64M",  # type: ignore[arg-type]
+        hostname="judge",
+        env={"KEY": 'va"lue'},  # type: ignore[arg-type]
+        limits=Limits(timeout=2.5, output_limit="1M"),  # type: ignore[arg-type]
+    )
+    assert SandboxSpec.from_json(spec.to_json()) == spec
+    assert SandboxSpec.from_toml(spec.to_toml()) == spec
+
+
+def test_unknown_keys_are_refused_by_name() -> None:
+    with pytest.raises(SpecError, match=r"spec\.memroy"):
+        SandboxSpec.from_dict({"memroy": "1G"})
+    with pytest.raises(SpecError, match=r"limits\.wall"):
+        SandboxSpec.from_dict({"limits": {"wall": 1}})
+
+
+def test_options_become_a_spec() -> None:
+    spec = spec_from_options(timeout=3, output_limit="2M", hostname="x")
+    assert spec.limits == Limits(timeout=3.0, output_limit=2 * MiB) and spec.hostname == "x"
+    with pytest.raises(SpecError, match="unknown option"):
+        spec_from_options(memroy="1G")
