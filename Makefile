@@ -22,7 +22,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/install-deps.sh bench
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --json bench-results.json
 
 deps:
 	scripts/install-deps.sh

@@ -2,9 +2,9 @@
 
 A frame is split into packets of at most ``PACKET`` bytes; the fds travel with a
 frame's first packet. Because a packet never holds parts of two frames, the fds of
-every frame are known exactly (a byte stream cannot promise that). A channel that
-does not expect fds (the one from inside the sandbox) closes any it is sent and
-treats them as a protocol violation.
+every frame are known exactly (a byte stream cannot promise that). A channel made with
+``accept_fds=False`` (the supervisor's end of init's channel) closes any fds it is sent
+and treats them as a protocol violation. Received fds are close-on-exec.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ M = TypeVar("M", bound=Message)
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+
+
+def readable(fd: int, timeout: float = 0.0) -> bool:
+    """Whether fd has data (or EOF) within timeout seconds."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def close_fds(fds: Sequence[int]) -> None:

@@ -32,7 +32,16 @@ import prctl
 from . import _caps, _init, _linux, _mount, _net, _userns, _uts
 from ._channel import Channel
 from ._mount import RootPlan
-from ._protocol import MAX_FRAME_FROM_SANDBOX, Exec, Go, InitReady, InitStarted, StepFailed, Unshared
+from ._protocol import (
+    MAX_FRAME_FROM_SANDBOX,
+    MAX_FRAME_TO_INIT,
+    Exec,
+    Go,
+    InitReady,
+    InitStarted,
+    StepFailed,
+    Unshared,
+)
 from ._spec import SandboxSpec
 from ._userns import IdMapping
 
@@ -45,6 +54,7 @@ _NAMESPACES = (
     | _linux.CLONE_NEWIPC
 )
 EXIT_SETUP_FAILED = 125
+_RESETTABLE_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 _DEBUG = bool(os.environ.get("NSBOX_DEBUG"))
 
 
@@ -95,6 +105,8 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
                 os._exit(EXIT_SETUP_FAILED)
         with step("close inherited file descriptors"):
             _close_all_but(0, 1, 2, sync_sock.fileno(), ctl_sock.fileno())
+            # Init would otherwise hold the caller's stdio for the sandbox's whole life.
+            _stdio_to_devnull(keep_stderr=_DEBUG)
         with step("start a new session"):
             # Own session and process group: a kill(0, ...) from inside can never
             # reach the supervisor's group, nor the caller's terminal.
@@ -103,15 +115,17 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
             _userns.prepare_in_child()
         with step("unshare user, mount, pid, net, uts and ipc namespaces"):
             _linux.unshare(_NAMESPACES)
+        with step("join a new session keyring"):
+            _linux.join_new_session_keyring()
         with step("wait for the supervisor to write our id maps"):
             sync.send(Unshared())
             _, source_fds = sync.recv(Go)  # as root, the bind sources come along
         with step("open the bind sources"):
-            if not source_fds:  # rootless: with the caller's permissions, before our uid changes
+            if not plan.mapping.privileged:  # with the caller's permissions, before our uid changes
                 source_fds = _mount.open_sources(plan.root.sources)
             if len(source_fds) != len(plan.root.sources):
                 raise OSError(22, "the number of bind sources does not match the plan")
-            sources = dict(zip(plan.root.sources, source_fds, strict=True))
+            sources = dict(zip((path for path, _ in plan.root.sources), source_fds, strict=True))
         with step("become root of the sandbox's user namespace"):
             _userns.become_root_in_child()
             # A change of euid clears the parent-death signal (prctl(2)): set it again.
@@ -166,11 +180,14 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
 def init_main(
     plan: SandboxPlan, ctl_sock: socket.socket, sources: dict[str, int], request_fd: int, reply_fd: int
 ) -> NoReturn:
-    ctl = Channel(ctl_sock, MAX_FRAME_FROM_SANDBOX)
+    ctl = Channel(ctl_sock, MAX_FRAME_TO_INIT)
     root = plan.root
     try:
         with step("die with the intermediate"):
+            # Should the intermediate die before this, init notices when it reads the
+            # intermediate's reply to its map request (EOF) and gives up.
             prctl.set_pdeathsig(signal.SIGKILL)
+            _init.ignore_signals()
         with step("make every mount private"):
             _mount.make_private_in_child()
         with step("enter the new root (tmpfs)"):
@@ -192,22 +209,29 @@ def init_main(
             _mount.mask_proc_in_child(sources)
         with step("mount /tmp and /workspace"):
             _mount.mount_scratch_in_child(root)
+        user_trees = []
         for bind in root.user_binds:
-            with step(f"bind {bind.source} to {bind.target}"):
-                _mount.bind_in_child(bind, sources[bind.source])
+            with step(f"clone {bind.source} for {bind.target}"):
+                user_trees.append(_mount.clone_in_child(bind, sources[bind.source]))
         with step("detach the host's root"):
             for fd in sources.values():
                 os.close(fd)
             _mount.detach_old_root_in_child()
+        for bind, tree in zip(root.user_binds, user_trees, strict=True):
+            # Attached after the detach: no target can lead into the host's tree.
+            with step(f"bind {bind.source} to {bind.target}"):
+                _mount.attach_in_child(bind, tree)
+                os.close(tree)
         with step("make / and /dev read-only"):
             _mount.seal_in_child()
         with step("enter the nested user namespace (locks every mount)"):
             _userns.enter_nested_in_child(plan.mapping, request_fd, reply_fd)
             os.close(request_fd)
             os.close(reply_fd)
+            prctl.set_pdeathsig(signal.SIGKILL)  # robust against any credential change above
         with step("name init"):
             prctl.set_name("nsbox-init")
-            prctl.set_proctitle("nsbox-init")  # /proc/1/cmdline must not show host paths
+            _linux.set_cmdline("nsbox-init")  # the inherited command line may show host paths
             os.chdir("/")
         ctl.send(InitReady())
         _init.serve(ctl, lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe))
@@ -231,7 +255,7 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         _install_stdio(stdio, errpipe)
         stage = "reset signal dispositions"
         signal.set_wakeup_fd(-1)  # init's, inherited through fork
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        for sig in _RESETTABLE_SIGNALS:  # ignored ones would survive execve
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         stage = "chdir"
@@ -241,6 +265,8 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         _userns.become_payload_in_child()
         _caps.clear_sets_in_child()
         _caps.assert_none_in_child()
+        stage = "join a new session keyring"
+        _linux.join_new_session_keyring()  # owned by the payload's uid; nothing of earlier runs
         stage = "set the parent-death signal"
         prctl.set_pdeathsig(signal.SIGKILL)  # after the uid change, which would clear it
         stage = "set no_new_privs"
@@ -275,6 +301,13 @@ def _install_stdio(stdio: list[int], errpipe: int) -> None:
         os.dup2(fd, target, inheritable=True)
     os.dup2(high[3], 3, inheritable=False)
     os.closerange(4, 1 << 20)
+
+
+def _stdio_to_devnull(keep_stderr: bool) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _close_all_but(*keep: int) -> None:

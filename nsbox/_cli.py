@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess  # nosec B404  # only its DEVNULL constant
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -92,7 +93,8 @@ def _exec(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with sandbox:
-            result = sandbox.run(command, cwd=args.cwd)
+            stdio = [fd if _is_open(fd) else subprocess.DEVNULL for fd in (0, 1, 2)]
+            result = sandbox.run(command, cwd=args.cwd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
     except SpecError as exc:
         print(f"nsbox: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,6 +106,14 @@ def _exec(args: argparse.Namespace) -> int:
         print(f"nsbox: {result.error}", file=sys.stderr)
     _report(args.report, _report_data(result))
     return result.exit_code
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _report_data(result: RunResult) -> dict[str, Any]:

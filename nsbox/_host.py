@@ -10,6 +10,7 @@ import errno as _errno
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,45 +83,42 @@ def _check_identity() -> Check:
     )
 
 
+def _sysctl_check(name: str, sysctl: str, good: Callable[[str], bool], fix: str) -> Check | None:
+    """A check of one sysctl, or None where this kernel does not have it."""
+    value = _read("/proc/sys/" + sysctl.replace(".", "/"))
+    if value is None:
+        return None
+    ok = good(value)
+    return Check(name, ok, f"{sysctl} = {value}", "" if ok else fix)
+
+
 def _check_userns() -> list[Check]:
-    checks = []
-    max_ns = _read("/proc/sys/user/max_user_namespaces")
-    ok = max_ns is not None and int(max_ns) > 0
-    checks.append(
-        Check(
+    checks: list[Check | None] = [
+        _sysctl_check(
             "user namespaces",
-            ok,
-            f"user.max_user_namespaces = {max_ns}",
-            "" if ok else "sysctl -w user.max_user_namespaces=15000",
+            "user.max_user_namespaces",
+            lambda v: int(v) > 0,
+            "sysctl -w user.max_user_namespaces=15000",
         )
-    )
+        or Check("user namespaces", False, "this kernel has no user namespaces", "use a kernel with CONFIG_USER_NS")
+    ]
     if os.geteuid() != 0:
-        clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
-        if clone is not None:
-            ok = clone == "1"
-            checks.append(
-                Check(
-                    "unprivileged user namespaces",
-                    ok,
-                    f"kernel.unprivileged_userns_clone = {clone}",
-                    "" if ok else "sysctl -w kernel.unprivileged_userns_clone=1",
-                )
-            )
-        apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
-        if apparmor is not None:
-            ok = apparmor == "0"
-            checks.append(
-                Check(
-                    "AppArmor user namespace restriction",
-                    ok,
-                    f"kernel.apparmor_restrict_unprivileged_userns = {apparmor}",
-                    ""
-                    if ok
-                    else "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 "
-                    "(or an AppArmor profile that allows userns for nsbox's python)",
-                )
-            )
-    return checks
+        checks += [
+            _sysctl_check(
+                "unprivileged user namespaces",
+                "kernel.unprivileged_userns_clone",
+                lambda v: v == "1",
+                "sysctl -w kernel.unprivileged_userns_clone=1",
+            ),
+            _sysctl_check(
+                "AppArmor user namespace restriction",
+                "kernel.apparmor_restrict_unprivileged_userns",
+                lambda v: v == "0",
+                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 "
+                "(or an AppArmor profile that allows user namespaces for nsbox's python)",
+            ),
+        ]
+    return [c for c in checks if c is not None]
 
 
 def _check_seccomp() -> Check:

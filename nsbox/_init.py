@@ -7,9 +7,10 @@ payload's close-on-exec error pipe. ``Signal`` goes to the run's process group,
 exactly the processes of its pid namespace). When the supervisor's channel closes,
 init exits and the kernel kills whatever is left in the namespace.
 
-As PID 1 of its namespace, init receives from inside only the signals it has
-handlers for (pid_namespaces(7)); it installs one, for SIGCHLD, and runs as a uid
-the payload cannot signal anyway.
+As PID 1 of its namespace, init receives from inside only the signals it has handlers
+for (pid_namespaces(7)). It ignores every catchable signal but SIGCHLD, whose handler
+only wakes its loop; as root the payload cannot signal it anyway (another uid), but
+rootless it shares init's uid.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class _Run:
             return 0, "before execve"
 
 
+def ignore_signals() -> None:
+    """Every catchable signal ignored (the payload resets them all before execve)."""
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def serve(ctl: Channel, payload_main: PayloadMain) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -77,11 +85,21 @@ def serve(ctl: Channel, payload_main: PayloadMain) -> None:
                     raise ProtocolError("exec while a run is active, or without three stdio fds")
                 run = _start(ctl, message, fds, payload_main)
             elif isinstance(message, Signal) and run is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.pid, message.signum)
+                _forward(run.pid, message.signum)
             elif isinstance(message, KillRun):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
+
+
+def _forward(pid: int, signum: int) -> None:
+    """To the run's process group; before the payload's setsid there is none yet."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+    except OSError:  # EINVAL: not a signal; the supervisor validates, init stays up regardless
+        pass
 
 
 def _start(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadMain) -> _Run:

@@ -52,13 +52,26 @@ MOUNT_ATTR_NOEXEC = 0x8
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
+# openat2(2), <linux/openat2.h>
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155},
-    "aarch64": {"pivot_root": 41},
+    "x86_64": {"pivot_root": 155, "keyctl": 250},
+    "aarch64": {"pivot_root": 41, "keyctl": 219},
 }
 _OPEN_TREE = 428
 _MOVE_MOUNT = 429
+_OPENAT2 = 437
 _MOUNT_SETATTR = 442
+
+
+class _OpenHow(ctypes.Structure):
+    """struct open_how, <linux/openat2.h>."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 class _MountAttr(ctypes.Structure):
@@ -112,7 +125,7 @@ def _syscall_number(name: str) -> int:
     try:
         return _SYSCALLS[machine][name]
     except KeyError:
-        raise OSError(38, f"{name}: no syscall number known for machine {machine!r}") from None
+        raise SyscallError(38, name, f"no syscall number known for machine {machine!r}") from None
 
 
 def unshare(flags: int) -> None:
@@ -175,6 +188,35 @@ def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: in
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(res, "mount_setattr", dirfd, path, hex(flags), hex(attr_set))
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """open with resolution restrictions (RESOLVE_*): an fd, or SyscallError."""
+    how = _OpenHow(flags, 0, resolve)
+    fd = _libc.syscall(_OPENAT2, ctypes.c_int(dirfd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(fd, "openat2", path, hex(flags), hex(resolve))
+
+
+def join_new_session_keyring() -> None:
+    """A new, empty session keyring: the one a fork inherits would let the sandbox read
+    the caller's keys (keyrings(7); runc does the same)."""
+    nr = _syscall_number("keyctl")
+    _check(_libc.syscall(nr, ctypes.c_int(_KEYCTL_JOIN_SESSION_KEYRING), None), "keyctl", "JOIN_SESSION_KEYRING")
+
+
+def set_cmdline(title: str) -> None:
+    """Overwrite this process's argv area, which /proc/PID/cmdline shows, with ``title``.
+
+    The area's bounds come from /proc/self/stat (arg_start, arg_end; proc(5)); a fork
+    inherits the caller's command line, which can hold host paths and secrets.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()  # fields from 3 (state) on
+    start, end = int(fields[48 - 3]), int(fields[49 - 3])
+    data = title.encode()[: max(0, end - start - 1)]
+    ctypes.memset(start, 0, end - start)
+    ctypes.memmove(start, data, len(data))
 
 
 def setdomainname(name: str) -> None:

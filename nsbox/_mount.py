@@ -6,7 +6,9 @@ The ``*_in_child`` functions run in init, in this order (``_child.py`` calls the
 
 0. the sources were opened as O_PATH fds before init was forked, in the host's view and
    with the caller's permissions: by the supervisor (``open_sources_from_parent``) as
-   root, by the intermediate before it changes uid when rootless
+   root, by the intermediate before it changes uid when rootless. The plan holds their
+   canonical paths, opened without following any symlink and checked for their type, so
+   a symlink swapped in since (by an earlier sandbox with a writable bind, say) is refused
 1. ``make_private_in_child``   nothing we mount propagates back to the host
 3. ``enter_staging_in_child``  a tmpfs on /tmp, pivot_root into it; the host is at /.old
 4. ``create_skeleton_in_child`` directories, symlinks and the generated /etc files
@@ -19,7 +21,10 @@ The ``*_in_child`` functions run in init, in this order (``_child.py`` calls the
 8. ``mask_proc_in_child``      /dev/null over dangerous files, empty tmpfs over dangerous
                                dirs, read-only binds over /proc/sys and friends
    ``mount_scratch_in_child``  /tmp and /workspace
-9. ``detach_old_root_in_child``, ``seal_in_child``  drop the host tree; / and /dev read-only
+9. the user's binds are cloned (``clone_in_child``) while the host's tree is attached,
+   ``detach_old_root_in_child`` drops that tree, and only then are the clones attached
+   (``attach_in_child``): no user-chosen target can lead into the host's tree
+10. ``seal_in_child``          / and /dev read-only
 
 Mountpoints are created by walking from the root one component at a time with
 O_NOFOLLOW, so a symlink in the new tree can never steer a mkdir into the host.
@@ -38,6 +43,8 @@ from ._errors import SpecError
 from ._spec import PAYLOAD_USER, TMP, WORKSPACE, SandboxSpec, option_name
 
 OLD_ROOT = "/.old"
+#: The kernel passes at most 253 fds in one message (SCM_MAX_FD).
+MAX_SOURCES = 250
 #: Where the new root is assembled: a mountpoint in the sandbox's private mount namespace.
 STAGING = TMP
 #: Top-level host paths bound read-only by default (symlinks are recreated as symlinks).
@@ -50,7 +57,7 @@ HOST_ETC_PATHS = (
     "ssl/openssl.cnf", "terminfo", "timezone",
 )  # fmt: skip
 #: Entries of a --rootfs tree that nsbox provides itself.
-ROOTFS_SKIP = {"proc", "dev", "sys", "tmp", "workspace"}
+ROOTFS_SKIP = {"proc", "dev", "sys", "tmp", "workspace", OLD_ROOT.lstrip("/")}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 #: Masked with /dev/null: kernel memory, keys, timers and the debugging views (as runc).
 PROC_MASKED_FILES = (
@@ -83,10 +90,11 @@ class RootPlan:
     workspace_owner: tuple[int, int]
 
     @property
-    def sources(self) -> tuple[str, ...]:
-        """Every host path the root is built from, each once."""
-        devices = tuple(f"/dev/{d}" for d in DEVICES)
-        return tuple(dict.fromkeys(tuple(b.source for b in self.system_binds + self.user_binds) + devices))
+    def sources(self) -> tuple[tuple[str, str], ...]:
+        """Every host path the root is built from, each once, with its kind (dir, file, device)."""
+        kinds = {b.source: "dir" if b.is_dir else "file" for b in self.system_binds + self.user_binds}
+        kinds.update((f"/dev/{d}", "device") for d in DEVICES)
+        return tuple(kinds.items())
 
 
 # --- planning (supervisor side, before any fork) ----------------------------------------
@@ -107,7 +115,7 @@ def plan_root(spec: SandboxSpec, workspace_owner: tuple[int, int]) -> RootPlan:
             if name not in ROOTFS_SKIP:
                 _mirror(os.path.join(spec.rootfs, name), f"/{name}", links, binds)
     user_binds = tuple(
-        Bind(m.source, m.target, m.writable, os.path.isdir(m.source))
+        Bind(m.source, m.target, m.writable, os.path.isdir(m.source))  # m.source is canonical
         for m in sorted(spec.mounts, key=lambda m: m.target.count("/"))
     )
     for bind in user_binds:
@@ -116,6 +124,8 @@ def plan_root(spec: SandboxSpec, workspace_owner: tuple[int, int]) -> RootPlan:
         dirs += _parents(target)
     for bind in binds:
         dirs += _parents(bind.target)
+    if len({b.source for b in binds + list(user_binds)}) + len(DEVICES) > MAX_SOURCES:
+        raise SpecError(option_name("mounts"), f"more than {MAX_SOURCES} host paths to bind (with --rootfs entries)")
     return RootPlan(
         dirs=tuple(dict.fromkeys(dirs)),
         links=tuple(links),
@@ -135,7 +145,7 @@ def _mirror(host_path: str, target: str, links: list[tuple[str, str]], binds: li
     if stat.S_ISLNK(st.st_mode):
         links.append((target, os.readlink(host_path)))
     elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-        binds.append(Bind(host_path, target, False, stat.S_ISDIR(st.st_mode)))
+        binds.append(Bind(os.path.realpath(host_path), target, False, stat.S_ISDIR(st.st_mode)))
 
 
 def _parents(path: str) -> list[str]:
@@ -185,12 +195,19 @@ def make_private_in_child() -> None:
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
 
 
-def open_sources(paths: Sequence[str]) -> list[int]:
-    """O_PATH fds of ``paths``, resolved in the current (host-like) view."""
+_KIND_CHECKS = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "device": stat.S_ISCHR}
+
+
+def open_sources(sources: Sequence[tuple[str, str]]) -> list[int]:
+    """O_PATH fds of the planned sources: no symlink followed, each of its planned kind."""
     fds: list[int] = []
+    resolve = _linux.RESOLVE_NO_SYMLINKS | _linux.RESOLVE_NO_MAGICLINKS
     try:
-        for path in paths:
-            fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
+        for path, kind in sources:
+            fd = _linux.openat2(_linux.AT_FDCWD, path, os.O_PATH | os.O_CLOEXEC, resolve)
+            fds.append(fd)
+            if not _KIND_CHECKS[kind](os.fstat(fd).st_mode):
+                raise _linux.SyscallError(20, "fstat", f"{path!r} is no longer a {kind}")
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -198,7 +215,7 @@ def open_sources(paths: Sequence[str]) -> list[int]:
     return fds
 
 
-def open_sources_from_parent(pid: int, paths: Sequence[str]) -> list[int]:
+def open_sources_from_parent(pid: int, sources: Sequence[tuple[str, str]]) -> list[int]:
     """As root: step into the sandbox's new mount namespace (a copy of the host's, still
     unchanged) just long enough to open the sources with root's own permissions.
 
@@ -211,7 +228,7 @@ def open_sources_from_parent(pid: int, paths: Sequence[str]) -> list[int]:
     try:
         _linux.setns(target, _linux.CLONE_NEWNS)
         try:
-            return open_sources(paths)
+            return open_sources(sources)
         finally:
             _linux.setns(own_ns, _linux.CLONE_NEWNS)
             os.fchdir(cwd)
@@ -242,18 +259,32 @@ def create_skeleton_in_child(plan: RootPlan) -> None:
 
 def bind_in_child(bind: Bind, source_fd: int, attrs: int | None = None) -> None:
     """Clone the source's mount tree, set its attributes while detached, attach it."""
+    tree = clone_in_child(bind, source_fd, attrs)
+    try:
+        attach_in_child(bind, tree)
+    finally:
+        os.close(tree)
+
+
+def clone_in_child(bind: Bind, source_fd: int, attrs: int | None = None) -> int:
+    """A detached copy of the source's mount tree, already read-only (unless writable)."""
     if attrs is None:
         attrs = _RO_ATTRS if not bind.writable else _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
     tree = _linux.open_tree(source_fd, "", _linux.OPEN_TREE_CLONE | _linux.AT_RECURSIVE | _linux.AT_EMPTY_PATH)
     try:
         _linux.mount_setattr(tree, "", _linux.AT_EMPTY_PATH | _linux.AT_RECURSIVE, attrs)
-        parent_fd, name = _mountpoint(bind.target, bind.is_dir)
-        try:
-            _linux.move_mount(tree, parent_fd, name)
-        finally:
-            os.close(parent_fd)
-    finally:
+    except BaseException:
         os.close(tree)
+        raise
+    return tree
+
+
+def attach_in_child(bind: Bind, tree: int) -> None:
+    parent_fd, name = _mountpoint(bind.target, bind.is_dir)
+    try:
+        _linux.move_mount(tree, parent_fd, name)
+    finally:
+        os.close(parent_fd)
 
 
 def mount_proc_in_child() -> None:

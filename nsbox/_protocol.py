@@ -3,8 +3,9 @@
 A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, an object
 with a ``"type"`` key. :class:`FrameDecoder` turns bytes into objects and
 :func:`parse` turns an object into one of the message classes below, checking every
-field's type and refusing message types the receiver does not expect. Frames from
-inside the sandbox get a small size cap; nothing is ever unpickled or evaluated.
+field's type (integers within 32 bits) and refusing message types the receiver does not
+expect. Each link has its own size cap, smallest for frames that come from inside the
+sandbox; nothing is ever unpickled or evaluated.
 
 No sockets here: :mod:`nsbox._channel` moves frames (and file descriptors).
 """
@@ -21,8 +22,13 @@ from typing import Any, ClassVar, TypeVar
 from ._errors import ProtocolError
 
 HEADER = struct.Struct(">I")
-#: Frames that come from inside the sandbox (init) are small by construction.
+#: Frames that come from inside the sandbox (the intermediate, init) are small by construction.
 MAX_FRAME_FROM_SANDBOX = 64 * 1024
+#: Frames into init carry a run's argv and env (the kernel takes up to a quarter of the
+#: stack limit for them, 2 MiB by default); the supervisor refuses larger ones up front.
+MAX_FRAME_TO_INIT = 4 * 1024 * 1024
+#: Every integer on the wire (pids, statuses, errnos, signals) fits in 32 bits.
+_INT_LIMIT = 1 << 31
 #: Frames between a front-end and its supervisor carry captured output (base64).
 MAX_FRAME_SESSION = 256 * 1024 * 1024
 
@@ -211,8 +217,8 @@ class FrameDecoder:
             del self._buffer[: HEADER.size + length]
             try:
                 obj = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ProtocolError(f"frame is not JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # also: bad UTF-8, too deep, huge ints
+                raise ProtocolError(f"frame is not acceptable JSON: {str(exc)[:200]}") from None
             if not isinstance(obj, dict):
                 raise ProtocolError("frame is not a JSON object")
             frames.append(obj)
@@ -251,7 +257,7 @@ def _conforms(value: Any, hint: Any) -> bool:
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and -_INT_LIMIT <= value < _INT_LIMIT
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_conforms(v, item) for v in value)

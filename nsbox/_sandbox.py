@@ -13,9 +13,10 @@ only for a single-threaded one-shot caller: the CLI.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
-import select
 import signal
+import socket
 import subprocess  # nosec B404  # only its PIPE/DEVNULL/STDOUT constants
 import threading
 import time
@@ -24,11 +25,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Protocol
 
-from ._channel import Channel, close_fds
+from ._channel import Channel, close_fds, readable
 from ._errors import ProtocolError, SandboxError, SetupError, SpecError
 from ._protocol import MAX_FRAME_SESSION, Close, Done, Failed, Open, Ready, Run
 from ._result import RunResult
 from ._spec import WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
+from ._stdio import check_stdio_fd
 from ._supervisor import Supervisor
 
 StdioArg = int | IO[Any] | None
@@ -40,6 +42,7 @@ _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQU
 class _Backend(Protocol):
     def start(self) -> None: ...
     def run(self, request: Run, fds: list[int]) -> RunResult: ...
+    def interrupt(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -48,6 +51,7 @@ class _RemoteBackend:
         self.spec = spec
         self.channel: Channel | None = None
         self.supervisor_pid: int | None = None
+        self._opening: Ready | Done | Failed | None = None
 
     def start(self) -> None:
         from ._spawner import Spawner  # imported on first use: the CLI never needs it
@@ -55,7 +59,8 @@ class _RemoteBackend:
         sock, self.supervisor_pid = Spawner.get().spawn()
         self.channel = Channel(sock, MAX_FRAME_SESSION)
         self.channel.send(Open(self.spec.to_dict()))
-        self._raise_if_failed(self._receive(Ready, Failed))
+        self._opening = self._receive(Ready, Failed)
+        self._raise_if_failed(self._opening)
 
     def run(self, request: Run, fds: list[int]) -> RunResult:
         if self.channel is None:
@@ -83,14 +88,24 @@ class _RemoteBackend:
         return message
 
     def _raise_if_failed(self, message: Ready | Done | Failed) -> None:
+        """A Failed frame as its exception. The session survives only a refused run request
+        (kind spec, after start); anything else ended it on the supervisor's side too."""
         if not isinstance(message, Failed):
             return
-        self.close()
+        if message.kind != "spec" or message is self._opening:
+            self.close()
         if message.kind == "setup":
             raise SetupError.from_dict(message.error)
         if message.kind == "spec":
             raise SpecError(tuple(message.error.get("options", ())), str(message.error.get("message")))
         raise SandboxError(str(message.error.get("message", "the sandbox failed")))
+
+    def interrupt(self) -> None:
+        """Wake a run blocked in another thread (it ends with SandboxError); the
+        supervisor sees the session end and tears the sandbox down."""
+        if self.channel is not None:
+            with contextlib.suppress(OSError):
+                self.channel.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Ask the supervisor to tear down and wait until it has: it closes the session
@@ -101,7 +116,7 @@ class _RemoteBackend:
         try:
             channel.send(Close())
             deadline = time.monotonic() + CLOSE_TIMEOUT
-            while (left := deadline - time.monotonic()) > 0 and _readable(channel.fileno(), left):
+            while (left := deadline - time.monotonic()) > 0 and readable(channel.fileno(), left):
                 got = channel.read_packet()
                 if got is not None:
                     close_fds(got[1])
@@ -120,6 +135,9 @@ class _LocalBackend:
 
     def start(self) -> None:
         self.supervisor.start()
+
+    def interrupt(self) -> None:
+        pass  # single-threaded by contract: nothing can be running concurrently
 
     def run(self, request: Run, fds: list[int]) -> RunResult:
         if threading.current_thread() is not threading.main_thread():
@@ -173,7 +191,7 @@ class NsSandbox:
         self._started = False
         self._closed = False
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _close_backend, self._backend)
+        self._finalizer = weakref.finalize(self, _close_backend, self._backend, os.getpid())
 
     @classmethod
     def _in_process(cls, spec: SandboxSpec) -> NsSandbox:
@@ -181,7 +199,7 @@ class NsSandbox:
         sandbox = cls(spec)
         sandbox._finalizer.detach()
         sandbox._backend = _LocalBackend(spec)
-        sandbox._finalizer = weakref.finalize(sandbox, _close_backend, sandbox._backend)
+        sandbox._finalizer = weakref.finalize(sandbox, _close_backend, sandbox._backend, os.getpid())
         return sandbox
 
     def start(self) -> NsSandbox:
@@ -208,7 +226,10 @@ class NsSandbox:
         cwd: str = WORKSPACE,
     ) -> RunResult:
         """Run ``args`` in the sandbox and wait for it. Never raises for the payload's own
-        failure (see the result's ``status``) unless ``check=True``."""
+        failure (see the result's ``status``) unless ``check=True``.
+
+        Unlike subprocess, stdin, stdout and stderr default to /dev/null: a sandbox never
+        gets your process's own stdio unless you hand it over (``stdout=sys.stdout``)."""
         argv = _argv(args)
         if capture_output:
             if stdout is not None or stderr is not None:
@@ -221,15 +242,15 @@ class NsSandbox:
         data = input.encode() if isinstance(input, str) else input
         fds: list[int] = []
         try:
-            stdin_mode = "input" if data is not None else _stdio_mode("stdin", stdin, 0, fds)
+            stdin_mode = "input" if data is not None else _stdio_mode("stdin", stdin, fds)
             request = Run(
                 argv=argv,
                 env=dict(_clean_env(env or {})),
                 cwd=cwd,
                 timeout=self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout),
                 stdin=stdin_mode,
-                stdout=_stdio_mode("stdout", stdout, 1, fds),
-                stderr=_stdio_mode("stderr", stderr, 2, fds),
+                stdout=_stdio_mode("stdout", stdout, fds),
+                stderr=_stdio_mode("stderr", stderr, fds),
                 input=None if data is None else base64.b64encode(data).decode("ascii"),
             )
             self.start()
@@ -245,9 +266,16 @@ class NsSandbox:
         return result
 
     def close(self) -> None:
-        """Destroy the sandbox: every process, mount and namespace of it. Idempotent."""
+        """Destroy the sandbox: every process, mount and namespace of it. Idempotent.
+        A run in progress in another thread ends with SandboxError."""
         self._closed = True
-        self._finalizer()
+        if not self._lock.acquire(blocking=False):
+            self._backend.interrupt()
+            self._lock.acquire()
+        try:
+            self._finalizer()
+        finally:
+            self._lock.release()
 
     @property
     def closed(self) -> bool:
@@ -262,14 +290,9 @@ class NsSandbox:
         self.close()
 
 
-def _close_backend(backend: _Backend) -> None:
-    backend.close()
-
-
-def _readable(fd: int, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
+def _close_backend(backend: _Backend, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not in a forked child of the process that made it
+        backend.close()
 
 
 def spec_from_options(**options: Any) -> SandboxSpec:
@@ -297,15 +320,8 @@ def _argv(args: Sequence[str | os.PathLike[str]] | str) -> list[str]:
     return argv
 
 
-def _stdio_mode(name: str, value: StdioArg, default_fd: int, fds: list[int]) -> str:
-    if value is None:
-        try:
-            os.fstat(default_fd)
-        except OSError:
-            return "devnull"  # our own stdio is closed: give the payload /dev/null
-        fds.append(default_fd)
-        return "fd"
-    if value is subprocess.DEVNULL:
+def _stdio_mode(name: str, value: StdioArg, fds: list[int]) -> str:
+    if value is None or value is subprocess.DEVNULL:
         return "devnull"
     if value is subprocess.PIPE:
         if name == "stdin":
@@ -316,7 +332,9 @@ def _stdio_mode(name: str, value: StdioArg, default_fd: int, fds: list[int]) -> 
             raise SpecError(name, "STDOUT is only meaningful for stderr")
         return "stdout"
     fd = value if isinstance(value, int) else value.fileno()
-    if fd < 0:
-        raise SpecError(name, f"{value!r} is not a file descriptor")
+    try:
+        check_stdio_fd(name, fd)
+    except OSError:
+        raise SpecError(name, f"{value!r} is not an open file descriptor") from None
     fds.append(fd)
     return "fd"

@@ -46,8 +46,10 @@ CLI_FLAGS = {
     "command": "COMMAND",
 }
 
-#: Targets that nsbox itself owns inside the sandbox.
-_RESERVED_TARGETS = ("/proc", "/dev")
+#: Targets that nsbox itself owns inside the sandbox (/.old holds the host's root while
+#: the sandbox's is built).
+_RESERVED_TARGETS = ("/proc", "/dev", "/.old")
+MAX_MOUNTS = 200
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,62})$")
@@ -132,9 +134,13 @@ class Mount:
         option = "mounts"
         if not isinstance(self.source, str) or not self.source or "\0" in self.source:
             raise SpecError(option_name(option), f"bind source {self.source!r} is not a path")
-        source = os.path.abspath(self.source)
+        # Canonical from here on: the supervisor opens exactly this path and follows no
+        # symlink on the way, so one planted or swapped in later is refused, not followed.
+        source = os.path.realpath(os.path.abspath(self.source))
         if not os.path.exists(source):
             raise SpecError(option_name(option), f"bind source {source!r} does not exist on the host")
+        if not (os.path.isdir(source) or os.path.isfile(source)):
+            raise SpecError(option_name(option), f"bind source {source!r} is neither a directory nor a file")
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "target", _clean_target(str(self.target), option))
 
@@ -182,6 +188,8 @@ class SandboxSpec:
                 raise SpecError(option_name("rootfs"), f"{rootfs!r} is not a directory")
             object.__setattr__(self, "rootfs", rootfs)
         mounts = tuple(m if isinstance(m, Mount) else Mount(**m) for m in self.mounts)
+        if len(mounts) > MAX_MOUNTS:
+            raise SpecError(option_name("mounts"), f"{len(mounts)} binds; at most {MAX_MOUNTS}")
         targets = [m.target for m in mounts]
         if dupes := sorted({t for t in targets if targets.count(t) > 1}):
             raise SpecError(option_name("mounts"), f"destination(s) used twice: {', '.join(dupes)}")
@@ -232,9 +240,7 @@ class SandboxSpec:
             raise SpecError("spec", "must be a mapping of option names to values")
         known = _known(cls, data, "spec")
         if "mounts" in known:
-            known["mounts"] = tuple(
-                Mount(**_known(Mount, m, "mounts")) if isinstance(m, Mapping) else m for m in known["mounts"]
-            )
+            known["mounts"] = tuple(_mount_from_dict(m) for m in known["mounts"])
         return cls(**known)
 
     def to_json(self) -> str:
@@ -267,6 +273,18 @@ class SandboxSpec:
             lines.append("[[mounts]]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in mount.items()]
         return "\n".join(lines) + "\n"
+
+
+def _mount_from_dict(data: Any) -> Mount:
+    if not isinstance(data, Mapping):
+        raise SpecError(option_name("mounts"), f"{data!r} is not a mapping of source, target, writable")
+    mount = Mount(**_known(Mount, data, "mounts"))
+    if mount.source != data.get("source"):
+        raise SpecError(
+            option_name("mounts"),
+            f"bind source {data.get('source')!r} now resolves to {mount.source!r} (a symlink changed); refused",
+        )
+    return mount
 
 
 def _known(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:

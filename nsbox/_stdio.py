@@ -9,13 +9,20 @@ read, counted and dropped, so the payload never blocks on a full pipe.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
+import stat
 
-from ._errors import ProtocolError
+from ._channel import readable
+from ._errors import ProtocolError, SpecError
 from ._protocol import Run
 
 _CHUNK = 65536
+#: After the payload ended, at most this much is drained per stream: what it wrote before
+#: exiting is in the pipe (at most its capacity, which a payload can raise to 1 MiB); a
+#: process left behind must not keep the supervisor reading forever.
+_DRAIN_LIMIT = (1 << 20) + _CHUNK
 
 
 class _Capture:
@@ -37,6 +44,13 @@ class _Capture:
         self.data += chunk[:room]
         self.dropped += max(0, len(chunk) - max(room, 0))
         return True
+
+
+def check_stdio_fd(name: str, fd: int) -> None:
+    """A directory (or O_PATH) fd handed in as stdio would be a way into the host's
+    filesystem through /proc/self/fd (the runc CVE-2024-21626 pattern): refused."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode) or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        raise SpecError(name, "a directory or O_PATH file descriptor cannot be a sandbox's stdio")
 
 
 class RunIO:
@@ -65,7 +79,9 @@ class RunIO:
         if mode == "fd":
             if not received:
                 raise ProtocolError(f"{name}: mode 'fd' but no file descriptor was sent")
-            return received.pop(0)
+            fd = received.pop(0)
+            check_stdio_fd(name, fd)
+            return fd
         if mode == "devnull":
             return self._own(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
         if mode == "capture" and name != "stdin":
@@ -131,8 +147,9 @@ class RunIO:
         """After the payload ended: take what is already in the pipes, then close all.
         (A background process may hold a pipe open; we do not wait for it.)"""
         for capture in self._captures.values():
-            while _readable(capture.fd) and capture.read():
-                pass
+            for _ in range(_DRAIN_LIMIT // _CHUNK):
+                if not (readable(capture.fd) and capture.read()):
+                    break
         self.close()
 
     def output(self, name: str) -> tuple[bytes | None, bool]:
@@ -150,9 +167,3 @@ class RunIO:
             self._owned.remove(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _readable(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -26,13 +27,14 @@ from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
 from . import _caps, _child, _mount, _userns
-from ._channel import Channel, close_fds, socketpair
+from ._channel import Channel, close_fds, readable, socketpair
 from ._child import SandboxPlan
 from ._errors import ProtocolError, SandboxError, SetupError, SpecError
 from ._host import remedy_for
 from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
     MAX_FRAME_SESSION,
+    MAX_FRAME_TO_INIT,
     Close,
     Done,
     Exec,
@@ -50,10 +52,11 @@ from ._protocol import (
     Started,
     StepFailed,
     Unshared,
+    encode,
     parse,
 )
 from ._result import RunResult
-from ._spec import SandboxSpec
+from ._spec import SandboxSpec, option_name, parse_timeout
 from ._stdio import RunIO
 
 SETUP_TIMEOUT = 30.0
@@ -89,10 +92,15 @@ class Supervisor:
         self._init_fd: int | None = None
         self._sync: Channel | None = None
         self._ctl: Channel | None = None
+        self._id_range_hold: socket.socket | None = None
         self.alive = False
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
+        if self.plan.mapping.privileged:
+            with _setup_stage("reserve a host id range", "bind"):
+                host_base, self._id_range_hold = _userns.allocate_host_range()
+            self.plan = dataclasses.replace(self.plan, mapping=_userns.mapping_for_host(host_base))
         sync_parent, sync_child = socketpair()
         ctl_parent, ctl_child = socketpair()
         pid = os.fork()
@@ -107,8 +115,8 @@ class Supervisor:
         self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
         self._ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
         try:
-            self._await_setup(self._sync, Unshared)
-            with _setup_stage("write the sandbox's id maps"):
+            close_fds(self._await_setup(self._sync, Unshared)[1])
+            with _setup_stage("write the sandbox's id maps", "write"):
                 proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
                     mapping = self.plan.mapping
@@ -116,8 +124,8 @@ class Supervisor:
                 finally:
                     os.close(proc_dir)
             source_fds: list[int] = []
-            if os.geteuid() == 0:
-                with _setup_stage("open the bind sources"):
+            if self.plan.mapping.privileged:
+                with _setup_stage("open the bind sources", "open"):
                     source_fds = _mount.open_sources_from_parent(pid, self.plan.root.sources)
             try:
                 self._sync.send(Go(), source_fds)
@@ -171,7 +179,7 @@ class Supervisor:
         """Prefer init's own report: it is sent before init exits, so before the
         intermediate can notice and report the same failure less precisely."""
         with contextlib.suppress(EOFError, ProtocolError, OSError):
-            while self._ctl is not None and _readable(self._ctl.fileno()):
+            while self._ctl is not None and readable(self._ctl.fileno()):
                 got = self._ctl.read_packet()
                 if got is not None and got[0].get("type") == StepFailed.TYPE:
                     failure = parse(got[0], StepFailed)
@@ -203,17 +211,23 @@ class Supervisor:
         if not self.alive or self._ctl is None or self._intermediate_fd is None:
             close_fds(fds)
             raise SandboxError("the sandbox is not running")
-        input_data = base64.b64decode(request.input) if request.input else b""
+        try:
+            timeout = parse_timeout(request.timeout) if request.timeout is not None else self.spec.limits.timeout
+            argv = tuple(request.argv)
+            exec_request = Exec(list(argv), self.spec.payload_env(request.env), request.cwd)
+            if len(encode(exec_request)) > MAX_FRAME_TO_INIT:
+                raise SpecError(option_name("command"), f"argv and env exceed {MAX_FRAME_TO_INIT} bytes")
+            input_data = base64.b64decode(request.input, validate=True) if request.input else b""
+        except BaseException:
+            close_fds(fds)
+            raise
         io = RunIO(request, fds, self.spec.limits.output_limit, input_data)
-        timeout = request.timeout if request.timeout is not None else self.spec.limits.timeout
-        argv = tuple(request.argv)
-        env = self.spec.payload_env(request.env)
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         kill_by: float | None = None
         exited: Exited | None = None
         try:
-            self._ctl.send(Exec(list(argv), env, request.cwd), io.child_fds)
+            self._ctl.send(exec_request, io.child_fds)
             io.close_child_fds()
             poller = select.poll()
             poller.register(self._ctl.fileno(), select.POLLIN)
@@ -283,7 +297,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
         if self._intermediate_fd is not None and (
-            self._init_fd is None or not _readable(self._intermediate_fd, timeout=TEARDOWN_TIMEOUT)
+            self._init_fd is None or not readable(self._intermediate_fd, timeout=TEARDOWN_TIMEOUT)
         ):
             with contextlib.suppress(ProcessLookupError):  # init never started, or it is stuck
                 signal.pidfd_send_signal(self._intermediate_fd, signal.SIGKILL)
@@ -299,22 +313,18 @@ class Supervisor:
             if channel is not None:
                 channel.close()
         self._sync = self._ctl = None
+        if self._id_range_hold is not None:  # only now that nothing of the sandbox is left
+            self._id_range_hold.close()
+            self._id_range_hold = None
 
 
 @contextlib.contextmanager
-def _setup_stage(stage: str) -> Iterator[None]:
+def _setup_stage(stage: str, call: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise SetupError(
-            stage, "write", str(exc.filename or ""), exc.errno, remedy_for(stage, "write", exc.errno)
-        ) from exc
-
-
-def _readable(fd: int, timeout: float = 0.0) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
+        call = getattr(exc, "call", call)
+        raise SetupError(stage, call, str(exc.filename or ""), exc.errno, remedy_for(stage, call, exc.errno)) from exc
 
 
 # --- serving a front-end (the embedding case) -------------------------------------------------
@@ -335,12 +345,13 @@ class _SessionEvents:
         close_fds(got[1])
         message = parse(got[0], Signal, Close)
         if isinstance(message, Signal):
-            return [message.signum]
+            return [message.signum] if 0 < message.signum < signal.NSIG else []
         raise SessionClosed
 
 
 def serve_session(sock: socket.socket) -> None:
-    """Serve one front-end: Open, then Runs until Close or EOF; the sandbox dies with it."""
+    """Serve one front-end: Open, then Runs until Close or EOF; the sandbox dies with it.
+    Every failure is answered with a Failed frame before the session ends."""
     channel = Channel(sock, MAX_FRAME_SESSION)
     supervisor: Supervisor | None = None
     try:
@@ -349,24 +360,27 @@ def serve_session(sock: socket.socket) -> None:
         try:
             supervisor = Supervisor(SandboxSpec.from_dict(opened.spec))
             supervisor.start()
-        except SpecError as exc:
-            channel.send(Failed("spec", {"options": list(exc.options), "message": exc.message}))
-            return
-        except SetupError as exc:
-            channel.send(Failed("setup", exc.to_dict()))
+        except Exception as exc:
+            channel.send(_failure(exc))
             return
         channel.send(Ready())
         events = _SessionEvents(channel)
         while True:
             message, fds = channel.recv(Run, Close, Signal)
-            if isinstance(message, Close):
-                return
-            if not isinstance(message, Run):
-                continue  # a Signal with no run to forward it to
+            if not isinstance(message, Run):  # Close, or a Signal with no run to forward it to
+                close_fds(fds)
+                if isinstance(message, Close):
+                    return
+                continue
             try:
                 result = supervisor.run(message, fds, events)
-            except SandboxError as exc:
-                channel.send(Failed("sandbox", {"message": str(exc)}))
+            except SpecError as exc:  # this run's request was refused; the session goes on
+                channel.send(_failure(exc))
+                continue
+            except (SessionClosed, EOFError):
+                raise
+            except Exception as exc:
+                channel.send(_failure(exc))
                 return
             channel.send(Done(result.to_dict(binary="base64")))
     except (EOFError, SessionClosed, BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -375,3 +389,13 @@ def serve_session(sock: socket.socket) -> None:
         if supervisor is not None:
             supervisor.close()
         channel.close()
+
+
+def _failure(exc: Exception) -> Failed:
+    if isinstance(exc, SpecError):
+        return Failed("spec", {"options": list(exc.options), "message": exc.message})
+    if isinstance(exc, SetupError):
+        return Failed("setup", exc.to_dict())
+    if isinstance(exc, SandboxError):
+        return Failed("sandbox", {"message": str(exc)})
+    return Failed("sandbox", {"message": f"internal error in the supervisor: {type(exc).__name__}: {exc}"})

@@ -4,7 +4,9 @@ Two nested user namespaces (the kernel facts behind this are in user_namespaces(
 
 * **outer** (A): created by the intermediate. Its id maps are written by the supervisor
   from outside (authority stays outside). As root, inside ids 0..65535 map to an
-  unprivileged host range starting at ``HOST_ID_BASE``; host uid 0 is never mapped.
+  unprivileged host range of the sandbox's own, one of ``RANGE_SLOTS`` ranges above
+  ``HOST_ID_BASE`` (host uid 0 is never mapped): two sandboxes never share a host uid,
+  so they share no per-user kernel quota and cannot touch each other's files.
   Rootless, the user's own uid is the only id (subordinate ranges come later).
   Init builds the mount tree while it holds capabilities here.
 * **nested** (B): entered by init once the tree is built. Mounts copied into a mount
@@ -22,6 +24,7 @@ the process being mapped.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import prctl
@@ -33,6 +36,8 @@ from ._spec import PAYLOAD_GID, PAYLOAD_UID
 #: systemd's dynamic users and the usual /etc/subuid ranges (100000 + n*65536).
 HOST_ID_BASE = 1_000_000_000
 ID_RANGE = 65536
+#: How many sandboxes can run at once as root (the last range ends below 2**31).
+RANGE_SLOTS = 4096
 
 
 @dataclass(frozen=True)
@@ -48,15 +53,37 @@ class IdMapping:
     payload_outer_gid: int
 
     @property
+    def privileged(self) -> bool:
+        """Root mode: the supervisor maps a range and opens the bind sources itself."""
+        return self.init_nested_uid is not None
+
+    @property
     def host_uid_range(self) -> range:
         _, host, count = (int(x) for x in self.outer_uid_map.split()[:3])
         return range(host, host + count)
 
 
-def mapping_for_host() -> IdMapping:
-    """The factory: a high unprivileged range as root, the user's own id otherwise."""
+def allocate_host_range() -> tuple[int, socket.socket]:
+    """As root: the first host id of a range no other running sandbox has, and the socket
+    that holds it. The hold is a bound abstract unix socket: the kernel releases it when
+    the supervisor exits, however it exits, and it leaves no file behind."""
+    first = os.getpid() % RANGE_SLOTS
+    for i in range(RANGE_SLOTS):
+        slot = (first + i) % RANGE_SLOTS
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(f"\0nsbox-id-range-{slot}")
+        except OSError:
+            sock.close()
+            continue
+        return HOST_ID_BASE + slot * ID_RANGE, sock
+    raise OSError(16, f"all {RANGE_SLOTS} host id ranges are in use")
+
+
+def mapping_for_host(host_base: int = HOST_ID_BASE) -> IdMapping:
+    """The factory: an unprivileged host range as root, the user's own id otherwise."""
     if os.geteuid() == 0:
-        outer_uid = f"0 {HOST_ID_BASE} {ID_RANGE}\n"
+        outer_uid = f"0 {host_base} {ID_RANGE}\n"
         identity = f"0 0 {ID_RANGE}\n"
         return IdMapping(outer_uid, outer_uid, identity, identity, 0, PAYLOAD_UID, PAYLOAD_GID)
     # Rootless: A knows one id (0 = the user); in B that id becomes the payload's.

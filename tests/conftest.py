@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import nsbox
-from nsbox._userns import HOST_ID_BASE, ID_RANGE
+from nsbox._userns import HOST_ID_BASE, ID_RANGE, RANGE_SLOTS
 
 NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
 STRICT = os.environ.get("NSBOX_TEST_STRICT") == "1"
@@ -146,7 +146,7 @@ def sandbox_processes() -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
-        if any(HOST_ID_BASE <= int(uid) < HOST_ID_BASE + ID_RANGE for uid in uids):
+        if any(HOST_ID_BASE <= int(uid) < HOST_ID_BASE + RANGE_SLOTS * ID_RANGE for uid in uids):
             pids.append(int(entry))
     return pids
 

@@ -194,3 +194,55 @@ def test_check_reports_this_host() -> None:
     assert proc.returncode == (0 if data["ready"] else 1)
     human = subprocess.run([NSBOX_CLI, "check"], capture_output=True, text=True)
     assert "user.max_user_namespaces" in human.stdout
+
+
+def test_large_argv_reaches_the_payload_and_oversized_is_refused() -> None:
+    require_root()
+    args = ["x" * 50_000] * 20  # 1 MB in all, below the kernel's 2 MiB for argv + env
+    with nsbox.NsSandbox() as sandbox:
+        result = sandbox.run(["sh", "-c", 'echo "$@" | wc -c', "sh", *args], capture_output=True)
+        assert result.ok and int(result.stdout or b"0") == 20 * 50_001
+        with pytest.raises(nsbox.SpecError, match="exceed"):
+            sandbox.run(["true", *(["y" * 100_000] * 50)])
+        assert sandbox.run(["true"]).ok, "the refused request did not end the session"
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_close_from_another_thread_ends_a_running_run() -> None:
+    require_root()
+    import threading
+
+    sandbox = nsbox.NsSandbox().start()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sandbox.run(["sleep", "1000"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert wait_until(lambda: bool(sandbox_processes()))
+    sandbox.close()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], nsbox.SandboxError)
+
+
+def test_concurrent_sandboxes_have_distinct_host_ids() -> None:
+    require_root()
+    with nsbox.NsSandbox() as a, nsbox.NsSandbox() as b:
+        uids = set()
+        for sandbox in (a, b):
+            before = set(sandbox_processes())
+            sandbox.run(["sh", "-c", "sleep 100 & exit 0"])
+            new = set(sandbox_processes()) - before
+            uids |= {
+                next(
+                    ln.split()[1] for ln in Path(f"/proc/{p}/status").read_text().splitlines() if ln.startswith("Uid:")
+                )
+                for p in new
+                if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
+            }
+        assert len(uids) == 2, uids

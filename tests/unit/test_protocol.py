@@ -108,3 +108,14 @@ def test_recv_times_out() -> None:
     a.close()
     b.close()
     assert isinstance(a, socket.socket)
+
+
+@pytest.mark.parametrize("body", [b"[" * 60000, b'{"type": "exited", "wait_status": ' + b"9" * 5000 + b"}"])
+def test_pathological_json_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        FrameDecoder(1 << 20).feed(HEADER.pack(len(body)) + body)
+
+
+def test_integers_beyond_32_bits_are_refused() -> None:
+    with pytest.raises(ProtocolError):
+        parse({"type": "exited", "wait_status": 1 << 40, "exec_errno": None, "exec_stage": None}, Exited)

@@ -119,3 +119,8 @@ def test_options_become_a_spec() -> None:
     assert spec.limits == Limits(timeout=3.0, output_limit=2 * MiB) and spec.hostname == "x"
     with pytest.raises(SpecError, match="unknown option"):
         spec_from_options(memroy="1G")
+
+
+def test_too_many_binds_are_refused() -> None:
+    with pytest.raises(SpecError, match="at most 200"):
+        SandboxSpec(mounts=tuple(Mount.parse(f"/usr:/m/{i}") for i in range(201)))

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Benchmark nsbox against its baselines, all measured in the same run on the same machine.
+
+Whole-process commands are timed the same way (fork/exec from this process, wait), so
+their ratios are fair; the embedded rows are timed in this already-running process.
+Prints a table of medians and ratios to bubblewrap; ``--json PATH`` saves the numbers.
+
+    .venv/bin/python scripts/bench.py [--runs 200] [--json bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nsbox
+
+NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
+
+
+def bwrap_argv() -> list[str]:
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), f"/{name}"]
+    return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"]
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def command(argv: list[str]) -> Callable[[], object]:
+    def run() -> None:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({proc.returncode}): {argv}")
+
+    return run
+
+
+def new_sandbox_run() -> None:
+    with nsbox.NsSandbox() as sandbox:
+        if not sandbox.run(["/bin/true"]).ok:
+            raise SystemExit("NsSandbox run failed")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per row (200)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+    if shutil.which("bwrap") is None:
+        print("bubblewrap is the baseline: apt-get install bubblewrap (make bench does this)", file=sys.stderr)
+        return 1
+
+    live = nsbox.NsSandbox().start()
+    rows: list[tuple[str, list[float]]] = []
+    try:
+        plan: list[tuple[str, Callable[[], object], int]] = [
+            ("/bin/true", command(["/bin/true"]), args.runs),
+            ("python -c pass (the interpreter nsbox runs on)", command([sys.executable, "-c", "pass"]), args.runs),
+            ("bwrap --unshare-all ... /bin/true", command(bwrap_argv()), args.runs),
+            ("nsbox exec -- /bin/true", command([NSBOX_CLI, "exec", "--", "/bin/true"]), max(20, args.runs // 4)),
+            ("NsSandbox().run(['/bin/true']) (new sandbox)", new_sandbox_run, args.runs),
+            ("run of /bin/true in a live NsSandbox", lambda: live.run(["/bin/true"]), args.runs),
+        ]
+        for label, fn, runs in plan:
+            rows.append((label, timed(fn, runs)))
+            print(f"  measured: {label}", file=sys.stderr)
+    finally:
+        live.close()
+
+    baseline = statistics.median(dict(rows)["bwrap --unshare-all ... /bin/true"])
+    print(
+        f"\nnsbox {nsbox.__version__} benchmark: {platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs"
+    )
+    print(f"{'what':48} {'runs':>5} {'median ms':>10} {'p90 ms':>8} {'x bwrap':>8}")
+    results = []
+    for label, samples in rows:
+        median = statistics.median(samples)
+        p90 = statistics.quantiles(samples, n=10)[-1]
+        print(f"{label:48} {len(samples):5d} {median:10.2f} {p90:8.2f} {median / baseline:8.2f}")
+        results.append({"what": label, "runs": len(samples), "median_ms": median, "p90_ms": p90,
+                        "ratio_to_bwrap": median / baseline})  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": platform.uname()._asdict(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""`make demo`: the same questions asked on the host and inside a sandbox, side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nsbox
+
+PROBE = r"""
+import json, os, socket
+def writable(path):
+    try:
+        with open(os.path.join(path, ".nsbox-demo"), "w"):
+            pass
+        os.unlink(os.path.join(path, ".nsbox-demo"))
+        return "yes"
+    except OSError as e:
+        return "no (" + os.strerror(e.errno) + ")"
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+print(json.dumps({
+    "user": f"uid {os.getuid()}",
+    "hostname": socket.gethostname(),
+    "processes visible": f"{len(pids)} (PID 1 is {open('/proc/1/comm').read().strip()})",
+    "network interfaces": ", ".join(n for _, n in socket.if_nameindex()),
+    "capabilities (CapEff)": status["CapEff"].strip(),
+    "/ writable": writable("/"),
+    "/usr writable": writable("/usr"),
+    "/root and /home": "visible" if os.path.exists("/root") or os.path.exists("/home") else "absent",
+    "this checkout": "visible" if os.path.exists(REPO) else "absent",
+}))
+"""
+
+
+def main() -> int:
+    repo = str(Path(__file__).resolve().parents[1])
+    probe = PROBE.replace("REPO", repr(repo))
+    print("== nsbox check ==")
+    subprocess.run([str(Path(sys.executable).with_name("nsbox")), "check"])
+
+    host = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True).stdout)
+    with nsbox.NsSandbox() as sandbox:
+        result = sandbox.run(["python3", "-c", probe], capture_output=True, check=True)
+        inside = json.loads(result.stdout or b"{}")
+        print("\n== the same probe, on the host and in a sandbox ==")
+        print(f"{'':24} {'host':34} sandbox")
+        for key, value in host.items():
+            print(f"{key:24} {value:34} {inside[key]}")
+
+        print("\n== an escape attempt: make /usr writable again ==")
+        attempt = sandbox.run(
+            ["sh", "-c", "mount -o remount,rw /usr 2>&1; unshare -Urm true 2>&1; echo done"], capture_output=True
+        )
+        print((attempt.stdout or b"").decode().strip())
+
+        print("\n== a run that overstays its welcome (timeout=0.5) ==")
+        started = time.monotonic()
+        slow = sandbox.run(["sleep", "10"], timeout=0.5)
+        print(f"status={slow.status.value} exit_code={slow.exit_code} after {time.monotonic() - started:.2f} s")
+
+        print("\n== the workspace persists between runs of a session ==")
+        sandbox.run(["sh", "-c", "echo 'written by run 1' > notes.txt"])
+        print((sandbox.run(["cat", "notes.txt"], capture_output=True).stdout or b"").decode().strip())
+
+    print("\n== nsbox exec, the command line ==")
+    cmd = [str(Path(sys.executable).with_name("nsbox")), "exec", "--hostname", "demo", "--", "sh", "-c",
+           "echo \"hello from $(hostname), I am $(id -un)\"; exit 3"]  # fmt: skip
+    print("$ nsbox exec --hostname demo -- sh -c '...; exit 3'")
+    code = subprocess.run(cmd).returncode
+    print(f"exit code: {code}")
+    print(f"\nsandboxes left running: {sum(1 for p in os.listdir('/proc') if p.isdigit() and _is_sandbox(p))}")
+    return 0
+
+
+def _is_sandbox(pid: str) -> bool:
+    from nsbox._userns import HOST_ID_BASE, ID_RANGE, RANGE_SLOTS
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+    return HOST_ID_BASE <= uid < HOST_ID_BASE + RANGE_SLOTS * ID_RANGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
