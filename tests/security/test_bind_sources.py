@@ -22,7 +22,7 @@ def test_a_source_swapped_for_a_symlink_is_refused(tmp_path: Path) -> None:
     spec = nsbox.SandboxSpec(mounts=(nsbox.Mount(str(share / "out"), "/mnt/results"),))
     (share / "out").rmdir()
     (share / "out").symlink_to("/etc")
-    with pytest.raises((nsbox.SpecError, nsbox.SetupError), match="symlink|resolves"):
+    with pytest.raises((nsbox.SpecError, nsbox.SetupError), match=r"symlink|resolves"):
         nsbox.NsSandbox(spec).start()
 
 
@@ -48,7 +48,7 @@ def test_a_symlinked_source_is_recorded_as_its_real_path(tmp_path: Path) -> None
 
 
 def test_targets_in_the_hosts_old_root_are_reserved() -> None:
-    with pytest.raises(nsbox.SpecError, match="/.old"):
+    with pytest.raises(nsbox.SpecError, match=r"/\.old"):
         nsbox.Mount("/etc/hostname", "/.old/tmp/nsbox-leak")
 
 
