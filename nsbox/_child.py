@@ -54,7 +54,6 @@ _NAMESPACES = (
     | _linux.CLONE_NEWIPC
 )
 EXIT_SETUP_FAILED = 125
-_RESETTABLE_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 _DEBUG = bool(os.environ.get("NSBOX_DEBUG"))
 
 
@@ -255,8 +254,7 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         _install_stdio(stdio, errpipe)
         stage = "reset signal dispositions"
         signal.set_wakeup_fd(-1)  # init's, inherited through fork
-        for sig in _RESETTABLE_SIGNALS:  # ignored ones would survive execve
-            signal.signal(sig, signal.SIG_DFL)
+        _linux.reset_all_signals()  # ignored ones would survive execve
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         stage = "chdir"
         os.chdir(request.cwd)

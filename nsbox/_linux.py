@@ -59,9 +59,10 @@ RESOLVE_NO_SYMLINKS = 0x04
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250},
-    "aarch64": {"pivot_root": 41, "keyctl": 219},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "rt_sigaction": 13},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "rt_sigaction": 134},
 }
+_NSIG = 64
 _OPEN_TREE = 428
 _MOVE_MOUNT = 429
 _OPENAT2 = 437
@@ -217,6 +218,17 @@ def set_cmdline(title: str) -> None:
     data = title.encode()[: max(0, end - start - 1)]
     ctypes.memset(start, 0, end - start)
     ctypes.memmove(start, data, len(data))
+
+
+def reset_all_signals() -> None:
+    """Every signal (but SIGKILL and SIGSTOP) to its default action, with rt_sigaction
+    directly: Python and glibc refuse 32 and 33, which glibc reserves for itself, yet an
+    ignored one survives execve into programs that use them (musl, Go)."""
+    nr = _syscall_number("rt_sigaction")
+    default = (ctypes.c_ulong * 4)()  # struct kernel_sigaction: SIG_DFL, no flags, no mask
+    for sig in range(1, _NSIG + 1):
+        if sig not in (9, 19):  # SIGKILL, SIGSTOP
+            _check(_libc.syscall(nr, ctypes.c_int(sig), default, None, ctypes.c_size_t(8)), "rt_sigaction", sig)
 
 
 def setdomainname(name: str) -> None:

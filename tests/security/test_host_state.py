@@ -105,7 +105,9 @@ def test_signals_the_caller_ignores_are_default_again_inside() -> None:
         [NSBOX_CLI, "exec", "--", "grep", "SigIgn", "/proc/self/status"],
         capture_output=True,
         check=True,
-        preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1)],
+        preexec_fn=lambda: [
+            signal.signal(s, signal.SIG_IGN) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGRTMIN)
+        ],
     )
     assert int(proc.stdout.split()[1], 16) == 0, proc.stdout
 
