@@ -29,7 +29,7 @@ from typing import NoReturn
 
 import prctl
 
-from . import _caps, _init, _linux, _mount, _net, _userns, _uts
+from . import _caps, _init, _linux, _mount, _net, _rlimits, _userns, _uts
 from ._channel import Channel
 from ._mount import RootPlan
 from ._protocol import (
@@ -66,6 +66,7 @@ class SandboxPlan:
     root: RootPlan
     last_cap: int
     supervisor_pid: int
+    rlimits: tuple[tuple[int, int], ...]
 
 
 class _StepFailed(Exception):
@@ -258,6 +259,16 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         stage = "chdir"
         os.chdir(request.cwd)
+        stage = "set resource limits"
+        _rlimits.apply_in_child(plan.rlimits)
+        # The OOM killer's first choice, in the sandbox's cgroup and on the host, so that
+        # it takes the payload and not init (which would end the sandbox). Raising one's
+        # own score needs no privilege; lowering init's would need CAP_SYS_RESOURCE.
+        # /proc/self of a non-dumpable process belongs to host root: dumpable for the write
+        # (still uid 0 here, so no payload process can trace us; the uid change below
+        # makes us non-dumpable again until execve).
+        prctl.set_dumpable(True)
+        _userns.write_proc_file(0, "oom_score_adj", "1000")
         stage = "drop capabilities"
         _caps.drop_bounding_in_child(plan.last_cap)
         _userns.become_payload_in_child()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from ._errors import NsboxError, SandboxError, SetupError, SpecError
+from ._errors import NsboxError, SpecError
 from ._result import EXIT_NSBOX_FAILURE, RunResult
 from ._spec import WORKSPACE, Limits, Mount, SandboxSpec
 
@@ -50,9 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)")
     env.add_argument("--cwd", default=WORKSPACE, help=f"working directory inside ({WORKSPACE})")
     limits = run.add_argument_group("limits and report")
-    limits.add_argument("--timeout", metavar="SECONDS", help="wall-clock limit; the run is killed at the deadline")
+    defaults = Limits()
+    limits.add_argument("--memory", metavar="SIZE", default="512M", help="memory of the whole sandbox (512M)")
+    limits.add_argument("--cpus", metavar="N", default=defaults.cpus, help="CPUs it may use, fractions allowed (1)")
+    limits.add_argument("--pids", metavar="N", default=defaults.pids, help="processes it may have at once (64)")
+    limits.add_argument("--timeout", metavar="SECONDS", default="60", help="wall-clock limit per run, or 'none' (60)")
+    limits.add_argument("--cpu-time", metavar="SECONDS", help="CPU-time limit per run (none)")
     limits.add_argument(
         "--output-limit", metavar="SIZE", default="16M", help="bytes of captured output kept per stream (16M)"
+    )
+    limits.add_argument("--file-size", metavar="SIZE", default="1G", help="largest file a process may write (1G)")
+    limits.add_argument("--open-files", metavar="N", default=defaults.open_files, help="open files per process (1024)")
+    limits.add_argument(
+        "--no-cgroups",
+        action="store_true",
+        help="do not use cgroups: memory, cpus and pids become per-process rlimits (weaker; says so in the report)",
     )
     limits.add_argument("--report", metavar="PATH", help="write the result as JSON to PATH ('-' = stderr)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
@@ -74,31 +86,18 @@ def _exec(args: argparse.Namespace) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     try:
-        spec = SandboxSpec(
-            rootfs=args.rootfs,
-            mounts=tuple(Mount.parse(m) for m in args.ro_bind)
-            + tuple(Mount.parse(m, writable=True) for m in args.bind),
-            workspace_size=args.workspace_size,
-            hostname=args.hostname,
-            env=tuple(args.env),
-            limits=Limits(timeout=args.timeout, output_limit=args.output_limit),
-        )
+        spec = _spec_from_args(args)
         if not command:
             raise SpecError("COMMAND", "no command given; usage: nsbox exec [options] -- COMMAND [ARG...]")
         from ._sandbox import NsSandbox
 
-        sandbox = NsSandbox._in_process(spec)
-    except SpecError as exc:
-        print(f"nsbox: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        with sandbox:
+        with NsSandbox._in_process(spec) as sandbox:
             stdio = [fd if _is_open(fd) else subprocess.DEVNULL for fd in (0, 1, 2)]
             result = sandbox.run(command, cwd=args.cwd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
     except SpecError as exc:
         print(f"nsbox: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (SetupError, SandboxError, NsboxError) as exc:
+    except NsboxError as exc:  # SetupError, SandboxError: nsbox itself failed
         print(f"nsbox: {exc}", file=sys.stderr)
         _report(args.report, {"status": "error", "exit_code": EXIT_NSBOX_FAILURE, "error": str(exc)})
         return EXIT_NSBOX_FAILURE
@@ -106,6 +105,27 @@ def _exec(args: argparse.Namespace) -> int:
         print(f"nsbox: {result.error}", file=sys.stderr)
     _report(args.report, _report_data(result))
     return result.exit_code
+
+
+def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
+    return SandboxSpec(
+        rootfs=args.rootfs,
+        mounts=tuple(Mount.parse(m) for m in args.ro_bind) + tuple(Mount.parse(m, writable=True) for m in args.bind),
+        workspace_size=args.workspace_size,
+        hostname=args.hostname,
+        env=tuple(args.env),
+        limits=Limits(
+            memory=args.memory,
+            cpus=args.cpus,
+            pids=args.pids,
+            timeout=None if args.timeout.lower() == "none" else args.timeout,
+            cpu_time=args.cpu_time,
+            output_limit=args.output_limit,
+            file_size=args.file_size,
+            open_files=args.open_files,
+            cgroups=not args.no_cgroups,
+        ),
+    )
 
 
 def _is_open(fd: int) -> bool:

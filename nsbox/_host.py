@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._cgroup import CONTROLLERS, cgroup_layout
+
 MIN_KERNEL = (5, 12)  # mount_setattr(2); open_tree/move_mount (5.2) and pidfd (5.3) come with it
-CONTROLLERS = ("memory", "pids", "cpu")
 
 
 @dataclass(frozen=True)
@@ -132,59 +133,22 @@ def _check_seccomp() -> Check:
     )
 
 
-def cgroup_layout() -> dict[str, dict[str, str]]:
-    """For each controller: where its hierarchy is mounted ('v1'/'v2') and our own cgroup in it."""
-    own: dict[str, str] = {}
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
-        _, controllers, path = line.split(":", 2)
-        for c in controllers.split(",") if controllers else [""]:
-            own[c] = path
-    layout: dict[str, dict[str, str]] = {}
-    for line in (_read("/proc/self/mountinfo") or "").splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(rfields) < 3 or len(fields) < 5:
-            continue
-        fstype, mountpoint, options = rfields[0], fields[4], rfields[2].split(",")
-        if fstype == "cgroup":
-            for c in CONTROLLERS:
-                if c in options and c in own:
-                    layout[c] = {"version": "v1", "mount": mountpoint, "cgroup": own[c]}
-        elif fstype == "cgroup2" and "" in own:
-            enabled = (_read(os.path.join(mountpoint, own[""].lstrip("/"), "cgroup.controllers")) or "").split()
-            for c in CONTROLLERS:
-                if c in enabled and c not in layout:
-                    layout[c] = {"version": "v2", "mount": mountpoint, "cgroup": own[""]}
-    return layout
-
-
 def _check_cgroups() -> list[Check]:
+    """Each controller nsbox limits. Required: without them nsbox refuses to start a
+    sandbox unless --no-cgroups is given (rlimits only)."""
     layout = cgroup_layout()
     checks = []
     for controller in CONTROLLERS:
         where = layout.get(controller)
+        writable = where is not None and os.access(where.own_dir, os.W_OK)
         if where is None:
-            checks.append(
-                Check(
-                    f"cgroup {controller}",
-                    False,
-                    "not available from here (neither a v1 hierarchy nor enabled in our v2 cgroup)",
-                    "enable the controller (v2: echo +"
-                    f"{controller} > <parent>/cgroup.subtree_control; systemd: Delegate=yes) or run with --no-cgroups",
-                    required=False,
-                )
-            )
-            continue
-        path = os.path.join(where["mount"], where["cgroup"].lstrip("/"))
-        writable = os.access(path, os.W_OK)
+            detail = "not available from here (neither a v1 hierarchy nor enabled in our v2 cgroup)"
+            remedy = f"enable it (v2: echo +{controller} > <parent>/cgroup.subtree_control; systemd: Delegate=yes)"
+        else:
+            detail = f"{where.version} at {where.own_dir}" + ("" if writable else " (not writable by us)")
+            remedy = "delegate this cgroup to the user running nsbox (systemd: Delegate=yes)"
         checks.append(
-            Check(
-                f"cgroup {controller}",
-                writable,
-                f"{where['version']} at {path}" + ("" if writable else " (not writable by us)"),
-                "" if writable else "delegate this cgroup to the user running nsbox (systemd: Delegate=yes)",
-                required=False,
-            )
+            Check(f"cgroup {controller}", writable, detail, "" if writable else remedy + ", or run with --no-cgroups")
         )
     return checks
 

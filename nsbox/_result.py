@@ -9,6 +9,7 @@ nsbox's own failures.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import errno as _errno
 import os
@@ -25,12 +26,16 @@ EXIT_NOT_FOUND = 127
 
 
 class Status(enum.StrEnum):
-    """How a run ended."""
+    """How a run ended, most telling first when several apply (see ``RunResult.decide``)."""
 
     OK = "ok"  #: exited with code 0
     EXIT = "exit"  #: exited with a non-zero code
     SIGNAL = "signal"  #: killed by a signal (exit_code is 128+N)
     TIMEOUT = "timeout"  #: killed at the wall-clock deadline
+    CPU_TIME = "cpu_time"  #: killed when its CPU time reached the limit
+    OOM = "oom"  #: the kernel's OOM killer ended a process at the memory limit
+    PIDS = "pids"  #: a fork or clone failed at the process limit
+    OUTPUT_LIMIT = "output_limit"  #: exited 0, but output beyond the limit was dropped
     ERROR = "error"  #: never ran (e.g. the program does not exist); ``error`` says why
 
 
@@ -48,6 +53,10 @@ class RunResult:
     stderr: bytes | None = None
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    cpu_s: float = 0.0
+    memory_peak_bytes: int | None = None
+    oom_killed: bool = False
+    limits: str = ""  #: how memory/cpu/pids were enforced: cgroup v1, cgroup v2, cgroup v1+v2, rlimit-only
 
     @property
     def returncode(self) -> int:
@@ -63,6 +72,41 @@ class RunResult:
             raise RunFailed(self)
 
     # -- constructors from what the supervisor observed ----------------------------------
+    @classmethod
+    def decide(
+        cls,
+        args: tuple[str, ...],
+        wall_s: float,
+        wait_status: int | None,
+        *,
+        exec_failure: tuple[int, str] | None = None,
+        killed_for: tuple[str, float] | None = None,
+        pids_hit: bool = False,
+        **usage: Any,
+    ) -> RunResult:
+        """The verdict, by precedence: never ran (error) > oom > pids > cpu_time > timeout >
+        signal > exit > output_limit > ok. ``killed_for`` is (why, the limit) when the
+        supervisor killed the run; ``usage`` holds the measured fields and output."""
+        if exec_failure is not None:
+            return cls.exec_failed(args, exec_failure[0], exec_failure[1], wall_s, **usage)
+        if killed_for is not None:
+            base = cls.timed_out(args, killed_for[1], wall_s, **usage)
+        elif wait_status is not None:
+            base = cls.from_wait_status(args, wait_status, wall_s, **usage)
+        else:
+            raise ValueError("a run ends with a wait status, a kill or an exec failure")
+        if usage.get("oom_killed"):
+            status, error = Status.OOM, "a process was killed at the memory limit (OOM)"
+        elif pids_hit:
+            status, error = Status.PIDS, "a fork failed at the process limit"
+        elif killed_for is not None and killed_for[0] == "cpu_time":
+            status, error = Status.CPU_TIME, f"killed at the {killed_for[1]:g} s CPU-time limit"
+        elif base.status is Status.OK and (usage.get("stdout_truncated") or usage.get("stderr_truncated")):
+            status, error = Status.OUTPUT_LIMIT, "output beyond the limit was dropped"
+        else:
+            return base
+        return dataclasses.replace(base, status=status, error=error)
+
     @classmethod
     def from_wait_status(cls, args: tuple[str, ...], wait_status: int, wall_s: float, **extra: Any) -> RunResult:
         if os.WIFSIGNALED(wait_status):
@@ -102,6 +146,10 @@ class RunResult:
             "error": self.error,
             "stdout_truncated": self.stdout_truncated,
             "stderr_truncated": self.stderr_truncated,
+            "cpu_s": round(self.cpu_s, 6),
+            "memory_peak_bytes": self.memory_peak_bytes,
+            "oom_killed": self.oom_killed,
+            "limits": self.limits,
         }
         for name in ("stdout", "stderr"):
             value: bytes | None = getattr(self, name)
@@ -127,6 +175,10 @@ class RunResult:
             stderr=None if data.get("stderr") is None else base64.b64decode(data["stderr"]),
             stdout_truncated=bool(data.get("stdout_truncated")),
             stderr_truncated=bool(data.get("stderr_truncated")),
+            cpu_s=float(data.get("cpu_s", 0.0)),
+            memory_peak_bytes=None if data.get("memory_peak_bytes") is None else int(data["memory_peak_bytes"]),
+            oom_killed=bool(data.get("oom_killed")),
+            limits=str(data.get("limits", "")),
         )
 
 

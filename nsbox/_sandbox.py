@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -178,8 +179,8 @@ class _SignalForwarder:
 class NsSandbox:
     """A Linux-namespace sandbox session.
 
-    ``NsSandbox(spec)`` or ``NsSandbox(**options)`` (the fields of SandboxSpec, plus
-    ``timeout`` and ``output_limit`` for its Limits). Use it as a context manager, or
+    ``NsSandbox(spec)`` or ``NsSandbox(**options)`` (the fields of SandboxSpec and of its
+    Limits: ``NsSandbox(memory="256M", cpus=0.5, timeout=10)``). Use it as a context manager, or
     call ``close()``; a sandbox that is garbage-collected is closed too.
     """
 
@@ -296,8 +297,9 @@ def _close_backend(backend: _Backend, owner_pid: int) -> None:
 
 
 def spec_from_options(**options: Any) -> SandboxSpec:
-    """NsSandbox(**options) -> SandboxSpec: ``timeout``/``output_limit`` go to Limits."""
-    limit_names = {"timeout", "output_limit"}
+    """NsSandbox(**options) -> SandboxSpec: the fields of Limits (memory, cpus, pids,
+    timeout, ...) may be given directly."""
+    limit_names = {f.name for f in dataclasses.fields(Limits)}
     limits = {k: options.pop(k) for k in list(options) if k in limit_names}
     if limits:
         if "limits" in options:

@@ -14,44 +14,90 @@ signals to find out.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess  # nosec B404  # starts our own helper: fixed argv, no shell
 import sys
 import threading
+import time
 
 from . import _supervisor
+from ._cgroup import sweep_all
 from ._channel import Channel, close_fds, socketpair
-from ._protocol import Spawn, Spawned
+from ._protocol import Spawn, Spawned, parse
 
 _MAX_FRAME = 4096
 SPAWN_TIMEOUT = 30.0
+#: After a supervisor was killed: how often, and how long, to retry removing its cgroups
+#: (they can go only once the sandbox's last process has exited).
+SWEEP_INTERVAL = 0.05
+SWEEP_PATIENCE = 10.0
 
 
 def main(fd: int) -> None:
-    """The helper's loop (runs in the helper process)."""
+    """The helper's loop (runs in the helper process): spawn supervisors, reap them, and
+    sweep the cgroups of any that was killed before it could remove its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is the caller's business
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped automatically
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
     channel = Channel(socket.socket(fileno=fd), _MAX_FRAME)
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    sweep_until: float | None = None
+    while True:
+        wait = None if sweep_until is None else SWEEP_INTERVAL * 1000
+        for ready, _ in poller.poll(wait):
+            if ready == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                if _reap_killed():
+                    sweep_until = time.monotonic() + SWEEP_PATIENCE
+            else:
+                try:
+                    got = channel.read_packet()
+                except EOFError:
+                    return
+                if got is not None:
+                    _spawn(channel, parse(got[0], Spawn), got[1], (wake_r, wake_w))
+        if sweep_until is not None and (sweep_all() or time.monotonic() > sweep_until):
+            sweep_until = None  # clean, or whatever is left waits for the next sweep
+
+
+def _spawn(channel: Channel, _: Spawn, fds: list[int], own_fds: tuple[int, int]) -> None:
+    if len(fds) != 1:
+        close_fds(fds)
+        return
+    pid = os.fork()
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the supervisor waits for its own children
+        close_fds(own_fds)
+        channel.close()
+        try:
+            _supervisor.serve_session(socket.socket(fileno=fds[0]))
+        finally:
+            os._exit(0)
+    os.close(fds[0])
+    channel.send(Spawned(pid))
+
+
+def _reap_killed() -> bool:
+    """Reap every ended supervisor; True if one was killed by a signal (it could not
+    remove its cgroups; its sandbox dies by parent-death signals meanwhile)."""
+    killed = False
     while True:
         try:
-            _, fds = channel.recv(Spawn)
-        except EOFError:
-            return
-        if len(fds) != 1:
-            close_fds(fds)
-            continue
-        pid = os.fork()
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return killed
         if pid == 0:
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the supervisor waits for its own children
-            channel.close()
-            try:
-                _supervisor.serve_session(socket.socket(fileno=fds[0]))
-            finally:
-                os._exit(0)
-        os.close(fds[0])
-        channel.send(Spawned(pid))
+            return killed
+        killed = killed or os.WIFSIGNALED(status)
 
 
 class Spawner:

@@ -11,7 +11,6 @@ unknown keys) and can be written by people as TOML (``from_toml``/``to_toml``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tomllib
@@ -20,10 +19,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._errors import SpecError
+from ._values import GiB, MiB, bounded, option_name, parse_number, parse_size, parse_timeout
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+__all__ = ["GiB", "MiB", "option_name", "parse_size", "parse_timeout"]  # re-exported for callers
 
 #: Where things are inside every sandbox.
 WORKSPACE = "/workspace"
@@ -33,74 +31,12 @@ PAYLOAD_UID = 1000
 PAYLOAD_GID = 1000
 PAYLOAD_USER = "sandbox"
 
-#: API field -> CLI flag, so that errors name the option the user actually typed.
-CLI_FLAGS = {
-    "rootfs": "--rootfs",
-    "mounts": "--bind/--ro-bind",
-    "workspace_size": "--workspace-size",
-    "hostname": "--hostname",
-    "env": "--env",
-    "timeout": "--timeout",
-    "output_limit": "--output-limit",
-    "cwd": "--cwd",
-    "command": "COMMAND",
-}
-
 #: Targets that nsbox itself owns inside the sandbox (/.old holds the host's root while
 #: the sandbox's is built).
 _RESERVED_TARGETS = ("/proc", "/dev", "/.old")
 MAX_MOUNTS = 200
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,62})$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def option_name(name: str) -> str:
-    flag = CLI_FLAGS.get(name)
-    return f"{name} ({flag})" if flag else name
-
-
-def parse_size(value: int | str, option: str) -> int:
-    """``512M`` / ``1G`` / ``1.5GiB`` / ``4096`` -> bytes (binary units)."""
-    if isinstance(value, bool):
-        raise SpecError(option_name(option), f"{value!r} is not a size")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        number = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    else:
-        raise SpecError(
-            option_name(option),
-            f"{value!r} is not a size; use a number of bytes with an optional K, M, G or T suffix (e.g. 256M)",
-        )
-    if number < 0:
-        raise SpecError(option_name(option), f"{value!r} is negative")
-    return number
-
-
-def _check_range(option: str, value: float, low: float, high: float, shown: str) -> None:
-    if not low <= value <= high:
-        raise SpecError(option_name(option), f"{shown} is out of range; allowed: {_fmt(low)} to {_fmt(high)}")
-
-
-def _fmt(value: float) -> str:
-    for unit, size in (("G", GiB), ("M", MiB), ("K", KiB)):
-        if value >= size and value % size == 0:
-            return f"{int(value // size)}{unit}"
-    return f"{value:g}"
-
-
-def parse_timeout(value: float | int | str | None, option: str = "timeout") -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(option_name(option), f"{value!r} is not a number of seconds") from None
-    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
-        raise SpecError(option_name(option), f"{value!r} must be a positive number of seconds")
-    return seconds
 
 
 def _clean_target(target: str, option: str) -> str:
@@ -157,17 +93,56 @@ class Mount:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Per-run bounds. (Memory, CPU and process limits arrive with cgroups.)"""
+class Caps:
+    """The largest limits a caller may ask for: settings of the operator, read from the
+    environment (NSBOX_MAX_MEMORY, NSBOX_MAX_CPUS, NSBOX_MAX_PIDS), defaulting to the seed's."""
 
-    timeout: float | None = None
+    memory: int = 2 * GiB
+    cpus: float = 4.0
+    pids: int = 1024
+
+    @classmethod
+    def from_env(cls) -> Caps:
+        env = os.environ
+        return cls(
+            memory=parse_size(env.get("NSBOX_MAX_MEMORY", cls.memory), "NSBOX_MAX_MEMORY"),
+            cpus=parse_number(env.get("NSBOX_MAX_CPUS", cls.cpus), "NSBOX_MAX_CPUS"),
+            pids=int(parse_number(env.get("NSBOX_MAX_PIDS", cls.pids), "NSBOX_MAX_PIDS")),
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sandbox may use. memory, cpus and pids are enforced by cgroups (the whole
+    sandbox); timeout, cpu_time and output_limit apply per run; file_size and open_files
+    are rlimits of each process. ``cgroups=False`` (--no-cgroups) is the operator's
+    explicit choice to rely on rlimits alone (memory becomes RLIMIT_AS, pids RLIMIT_NPROC)."""
+
+    memory: int = 512 * MiB
+    cpus: float = 1.0
+    pids: int = 64
+    timeout: float | None = 60.0
+    cpu_time: float | None = None
     output_limit: int = 16 * MiB
+    file_size: int = GiB
+    open_files: int = 1024
+    cgroups: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "timeout", parse_timeout(self.timeout))
-        size = parse_size(self.output_limit, "output_limit")
-        _check_range("output_limit", size, 0, 64 * MiB, repr(self.output_limit))
-        object.__setattr__(self, "output_limit", size)
+        caps = Caps.from_env()
+        if not isinstance(self.cgroups, bool):
+            raise SpecError(option_name("cgroups"), f"{self.cgroups!r} is not true or false")
+        for name, value in (
+            ("memory", int(bounded("memory", self.memory, 32 * MiB, caps.memory, "size", "NSBOX_MAX_MEMORY"))),
+            ("cpus", bounded("cpus", self.cpus, 0.01, caps.cpus, "number", "NSBOX_MAX_CPUS")),
+            ("pids", int(bounded("pids", self.pids, 1, caps.pids, "whole", "NSBOX_MAX_PIDS"))),
+            ("timeout", parse_timeout(self.timeout)),
+            ("cpu_time", parse_timeout(self.cpu_time, "cpu_time")),
+            ("output_limit", int(bounded("output_limit", self.output_limit, 0, 64 * MiB, "size"))),
+            ("file_size", int(bounded("file_size", self.file_size, 0, 1 << 50, "size"))),
+            ("open_files", int(bounded("open_files", self.open_files, 16, 1 << 20, "whole"))),
+        ):
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -194,8 +169,7 @@ class SandboxSpec:
         if dupes := sorted({t for t in targets if targets.count(t) > 1}):
             raise SpecError(option_name("mounts"), f"destination(s) used twice: {', '.join(dupes)}")
         object.__setattr__(self, "mounts", mounts)
-        size = parse_size(self.workspace_size, "workspace_size")
-        _check_range("workspace_size", size, MiB, 64 * GiB, repr(self.workspace_size))
+        size = int(bounded("workspace_size", self.workspace_size, MiB, 64 * GiB, "size"))
         object.__setattr__(self, "workspace_size", size)
         if not isinstance(self.hostname, str) or not _HOSTNAME_RE.match(self.hostname):
             raise SpecError(
@@ -231,7 +205,7 @@ class SandboxSpec:
             "workspace_size": self.workspace_size,
             "hostname": self.hostname,
             "env": dict(self.env),
-            "limits": {"timeout": self.limits.timeout, "output_limit": self.limits.output_limit},
+            "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
         }
 
     @classmethod

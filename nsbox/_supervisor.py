@@ -23,10 +23,11 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
-from . import _caps, _child, _mount, _userns
+from . import _caps, _child, _mount, _rlimits, _userns
+from ._cgroup import CgroupLimits, Usage, cgroup_for_host
 from ._channel import Channel, close_fds, readable, socketpair
 from ._child import SandboxPlan
 from ._errors import ProtocolError, SandboxError, SetupError, SpecError
@@ -56,7 +57,7 @@ from ._protocol import (
     parse,
 )
 from ._result import RunResult
-from ._spec import SandboxSpec, option_name, parse_timeout
+from ._spec import Limits, SandboxSpec, option_name, parse_timeout
 from ._stdio import RunIO
 
 SETUP_TIMEOUT = 30.0
@@ -85,8 +86,12 @@ class Supervisor:
     def __init__(self, spec: SandboxSpec) -> None:
         mapping = _userns.mapping_for_host()
         root = _mount.plan_root(spec, (mapping.payload_outer_uid, mapping.payload_outer_gid))
+        limits = spec.limits
         self.spec = spec
-        self.plan = SandboxPlan(spec, mapping, root, _caps.last_cap(), os.getpid())
+        self.plan = SandboxPlan(
+            spec, mapping, root, _caps.last_cap(), os.getpid(), _rlimits.plan(limits, mapping.privileged)
+        )
+        self.cgroup = cgroup_for_host(CgroupLimits(limits.memory, limits.cpus, limits.pids) if limits.cgroups else None)
         self._intermediate_pid: int | None = None
         self._intermediate_fd: int | None = None
         self._init_fd: int | None = None
@@ -101,6 +106,8 @@ class Supervisor:
             with _setup_stage("reserve a host id range", "bind"):
                 host_base, self._id_range_hold = _userns.allocate_host_range()
             self.plan = dataclasses.replace(self.plan, mapping=_userns.mapping_for_host(host_base))
+        with _setup_stage("create the sandbox's cgroup", "mkdir"):
+            self.cgroup.create()
         sync_parent, sync_child = socketpair()
         ctl_parent, ctl_child = socketpair()
         pid = os.fork()
@@ -123,6 +130,8 @@ class Supervisor:
                     _userns.write_maps_from_parent(proc_dir, mapping.outer_uid_map, mapping.outer_gid_map)
                 finally:
                     os.close(proc_dir)
+            with _setup_stage("put the sandbox in its cgroup", "write"):
+                self.cgroup.attach(pid)  # before the intermediate unshares its cgroup namespace
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -222,9 +231,9 @@ class Supervisor:
             close_fds(fds)
             raise
         io = RunIO(request, fds, self.spec.limits.output_limit, input_data)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        kill_by: float | None = None
+        before = self._usage()
+        self.cgroup.reset_peak()
+        watch = _Watch(time.monotonic(), timeout, self.spec.limits, self._usage, before)
         exited: Exited | None = None
         try:
             self._ctl.send(exec_request, io.child_fds)
@@ -237,21 +246,19 @@ class Supervisor:
                 poller.register(events.fileno(), select.POLLIN)
             while exited is None and self.alive:
                 now = time.monotonic()
-                if deadline is not None and kill_by is None and now >= deadline:
+                if watch.kill_by is None and watch.exceeded(now):
                     self._ctl.send(KillRun())
-                    kill_by = now + KILL_GRACE
-                if kill_by is not None and now >= kill_by:
+                if watch.kill_by is not None and now >= watch.kill_by:
                     self.close()  # init did not report the kill in time: the whole sandbox goes
                     break
-                wake = kill_by if kill_by is not None else deadline
-                for fd, _ in poller.poll(None if wake is None else max(0.0, wake - now) * 1000):
+                for fd, _ in poller.poll(watch.wait_ms(now)):
                     if fd == self._ctl.fileno():
                         message = self._read_ctl()
                         if isinstance(message, Exited):
                             exited = message
                     elif fd == self._intermediate_fd:
                         self.close()
-                        if kill_by is None:
+                        if watch.kill_by is None:
                             raise SandboxError("the sandbox died during the run")
                         break
                     elif events is not None and fd == events.fileno():
@@ -259,23 +266,54 @@ class Supervisor:
                             self._ctl.send(Signal(signum))
                     else:
                         io.handle(fd, poller)
-            wall = time.monotonic() - started
+            wall = time.monotonic() - watch.started
             io.finish()
         except (BrokenPipeError, ConnectionResetError):
             self.close()
             raise SandboxError("the sandbox's init stopped answering") from None
         finally:
             io.close()
+        return self._verdict(argv, wall, exited, watch, before, io)
+
+    def _verdict(
+        self, argv: tuple[str, ...], wall: float, exited: Exited | None, watch: _Watch, before: Usage, io: RunIO
+    ) -> RunResult:
+        after = self._usage()
+        used = after.since(before)
         stdout, stdout_cut = io.output("stdout")
         stderr, stderr_cut = io.output("stderr")
-        extra = {"stdout": stdout, "stderr": stderr, "stdout_truncated": stdout_cut, "stderr_truncated": stderr_cut}
-        if kill_by is not None:
-            return RunResult.timed_out(argv, timeout or 0.0, wall, **extra)
-        if exited is None:  # the loop ends with it, with kill_by set, or raises
+        cpu_s = used.cpu_ns / 1e9
+        killed_for = watch.killed_for
+        cpu_time = self.spec.limits.cpu_time
+        if killed_for is None and cpu_time is not None and cpu_s >= cpu_time and _killed_by_cpu_rlimit(exited):
+            killed_for = ("cpu_time", cpu_time)  # the kernel's RLIMIT_CPU backstop got there first
+        if exited is None and killed_for is None:  # the loop ends with it, with a kill, or raises
             raise SandboxError("the run ended without a verdict")
-        if exited.exec_errno is not None:
-            return RunResult.exec_failed(argv, exited.exec_errno, exited.exec_stage or "execve", wall, **extra)
-        return RunResult.from_wait_status(argv, exited.wait_status, wall, **extra)
+        return RunResult.decide(
+            argv,
+            wall,
+            None if exited is None else exited.wait_status,
+            exec_failure=None
+            if exited is None or exited.exec_errno is None
+            else (exited.exec_errno, exited.exec_stage or "execve"),
+            killed_for=killed_for,
+            pids_hit=used.pids_max_hits > 0,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_truncated=stdout_cut,
+            stderr_truncated=stderr_cut,
+            cpu_s=cpu_s,
+            memory_peak_bytes=after.memory_peak,
+            oom_killed=used.oom_kills > 0,
+            limits=self.cgroup.kind,
+        )
+
+    def _usage(self) -> Usage:
+        """The cgroup's counters, or zeros once it is gone (a sandbox killed mid-run)."""
+        try:
+            return self.cgroup.usage()
+        except (OSError, ValueError):
+            return Usage()
 
     def _read_ctl(self) -> Message | None:
         if self._ctl is None:
@@ -309,6 +347,8 @@ class Supervisor:
             if fd is not None:
                 os.close(fd)
         self._init_fd = self._intermediate_fd = None
+        self.cgroup.kill()  # nothing should be left; if anything is, it goes now
+        self.cgroup.remove()
         for channel in (self._sync, self._ctl):
             if channel is not None:
                 channel.close()
@@ -316,6 +356,57 @@ class Supervisor:
         if self._id_range_hold is not None:  # only now that nothing of the sandbox is left
             self._id_range_hold.close()
             self._id_range_hold = None
+
+
+def _killed_by_cpu_rlimit(exited: Exited | None) -> bool:
+    return (
+        exited is not None
+        and os.WIFSIGNALED(exited.wait_status)
+        and os.WTERMSIG(exited.wait_status) in (signal.SIGXCPU, signal.SIGKILL)
+    )
+
+
+class _Watch:
+    """A run's two clocks: the wall-clock deadline, and CPU time read from the cgroup.
+
+    CPU time is checked when it could first have run out: the time left divided by the
+    CPUs the sandbox may use (no sooner than every 10 ms), so a check costs nothing while
+    a limit is far and the kill lands within a few milliseconds of it."""
+
+    def __init__(
+        self, started: float, timeout: float | None, limits: Limits, usage: Callable[[], Usage], before: Usage
+    ) -> None:
+        self.started = started
+        self.deadline = None if timeout is None else started + timeout
+        self.timeout = timeout
+        self.cpu_time = limits.cpu_time if limits.cgroups else None  # rlimit-only: the kernel's RLIMIT_CPU
+        self.cpus = limits.cpus
+        self.usage = usage
+        self.before = before
+        self.next_cpu_check = started if self.cpu_time is not None else None
+        self.kill_by: float | None = None
+        self.killed_for: tuple[str, float] | None = None
+
+    def exceeded(self, now: float) -> bool:
+        """True once a limit is reached (the caller sends KillRun); then wait for the kill."""
+        if self.deadline is not None and self.timeout is not None and now >= self.deadline:
+            self.killed_for = ("timeout", self.timeout)
+        elif self.cpu_time is not None and self.next_cpu_check is not None and now >= self.next_cpu_check:
+            used = (self.usage().cpu_ns - self.before.cpu_ns) / 1e9
+            if used >= self.cpu_time:
+                self.killed_for = ("cpu_time", self.cpu_time)
+            else:
+                self.next_cpu_check = now + max(0.01, (self.cpu_time - used) / max(self.cpus, 0.01))
+        if self.killed_for is None:
+            return False
+        self.kill_by = now + KILL_GRACE
+        return True
+
+    def wait_ms(self, now: float) -> float | None:
+        wakes = [t for t in (self.kill_by,) if t is not None] or [
+            t for t in (self.deadline, self.next_cpu_check) if t is not None
+        ]
+        return None if not wakes else max(0.0, min(wakes) - now) * 1000
 
 
 @contextlib.contextmanager

@@ -121,6 +121,16 @@ def write_maps_from_parent(proc_dir_fd: int, uid_map: str, gid_map: str) -> None
             os.close(fd)
 
 
+def write_proc_file(pid: int, name: str, text: str) -> None:
+    """/proc/<pid>/<name> (0: ourselves), written with os.write and checked."""
+    fd = os.open(f"/proc/{pid or 'self'}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.write(fd, text.encode()) != len(text):
+            raise OSError(5, f"short write to /proc/{pid or 'self'}/{name}")
+    finally:
+        os.close(fd)
+
+
 def become_root_in_child() -> None:
     """In A after the maps: become A's root (host HOST_ID_BASE, or the user)."""
     os.setresgid(0, 0, 0)

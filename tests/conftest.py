@@ -45,6 +45,7 @@ class Outcome:
     error: str | None
     wall_s: float
     elapsed_s: float
+    report: dict[str, Any]
 
     def json(self) -> Any:
         return json.loads(self.stdout)
@@ -55,6 +56,8 @@ def _api_run(argv: list[str], input: bytes | None = None, **options: Any) -> Out
     mounts += [nsbox.Mount.parse(m, writable=True) for m in options.pop("bind", [])]
     env = options.pop("env", {})
     cwd = options.pop("cwd", "/workspace")
+    if options.pop("no_cgroups", False):
+        options["cgroups"] = False
     started = time.monotonic()
     with nsbox.NsSandbox(mounts=tuple(mounts), env=env, **options) as sandbox:
         result = sandbox.run(argv, capture_output=True, input=input, cwd=cwd)
@@ -67,6 +70,7 @@ def _api_run(argv: list[str], input: bytes | None = None, **options: Any) -> Out
         result.error,
         result.wall_s,
         elapsed,
+        result.to_dict(),
     )
 
 
@@ -76,6 +80,8 @@ def _cli_run(argv: list[str], input: bytes | None = None, **options: Any) -> Out
         flag = "--" + key.replace("_", "-")
         if key == "env":
             flags += [a for k, v in value.items() for a in ("--env", f"{k}={v}")]
+        elif value is True:
+            flags.append(flag)
         elif isinstance(value, list):
             flags += [a for v in value for a in (flag, v)]
         else:
@@ -99,6 +105,7 @@ def _cli_run(argv: list[str], input: bytes | None = None, **options: Any) -> Out
         data.get("error"),
         data.get("wall_s", 0.0),
         elapsed,
+        data,
     )
 
 

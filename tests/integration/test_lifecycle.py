@@ -243,6 +243,6 @@ def test_concurrent_sandboxes_have_distinct_host_ids() -> None:
                     ln.split()[1] for ln in Path(f"/proc/{p}/status").read_text().splitlines() if ln.startswith("Uid:")
                 )
                 for p in new
-                if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
+                if Path(f"/proc/{p}/comm").read_text().strip() != "nsbox-init"  # "sh" until it execs sleep
             }
         assert len(uids) == 2, uids

@@ -6,7 +6,7 @@ import pytest
 
 from nsbox import Limits, Mount, SandboxSpec, SpecError
 from nsbox._sandbox import spec_from_options
-from nsbox._spec import GiB, KiB, MiB, parse_size, parse_timeout
+from nsbox._values import GiB, KiB, MiB, parse_size, parse_timeout
 
 
 @pytest.mark.parametrize(
