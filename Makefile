@@ -6,13 +6,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench deps clean
+.PHONY: demo test lint vm-test bench deps clean
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# The host's suite, then the limit tests again in a VM whose kernel has only cgroup v2
+# (this host's memory, pids and cpu controllers are on v1): both code paths, for real.
 test: $(STAMP) lint
 	NSBOX_TEST_STRICT=1 $(PY) -m pytest -q tests
+	$(MAKE) vm-test
+
+vm-test: $(STAMP)
+	NSBOX_TEST_STRICT=1 VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nsbox tests scripts

@@ -28,7 +28,7 @@ from ._errors import (
 )
 from ._result import RunResult, Status
 from ._sandbox import NsSandbox
-from ._spec import Limits, Mount, SandboxSpec
+from ._spec import Limits, Mount, SandboxSpec, Seccomp
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "RunResult",
     "SandboxError",
     "SandboxSpec",
+    "Seccomp",
     "SecurityError",
     "SetupError",
     "SpecError",

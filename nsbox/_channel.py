@@ -10,8 +10,6 @@ and treats them as a protocol violation. Received fds are close-on-exec.
 from __future__ import annotations
 
 import array
-import contextlib
-import os
 import select
 import socket
 import time
@@ -19,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from ._errors import ProtocolError
+from ._fds import close_fds
 from ._protocol import FrameDecoder, Message, encode, parse
 
 PACKET = 64 * 1024
@@ -35,12 +34,6 @@ def readable(fd: int, timeout: float = 0.0) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(timeout * 1000))
-
-
-def close_fds(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 class Channel:

@@ -31,6 +31,7 @@ import prctl
 
 from . import _caps, _init, _linux, _mount, _net, _rlimits, _userns, _uts
 from ._channel import Channel
+from ._fds import close_all_but, stdio_to_devnull
 from ._mount import RootPlan
 from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
@@ -67,6 +68,7 @@ class SandboxPlan:
     last_cap: int
     supervisor_pid: int
     rlimits: tuple[tuple[int, int], ...]
+    seccomp_filters: tuple[bytes, ...]  #: compiled BPF, loaded in order; none when unconfined
 
 
 class _StepFailed(Exception):
@@ -104,9 +106,9 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
             if os.getppid() != plan.supervisor_pid:
                 os._exit(EXIT_SETUP_FAILED)
         with step("close inherited file descriptors"):
-            _close_all_but(0, 1, 2, sync_sock.fileno(), ctl_sock.fileno())
+            close_all_but(0, 1, 2, sync_sock.fileno(), ctl_sock.fileno())
             # Init would otherwise hold the caller's stdio for the sandbox's whole life.
-            _stdio_to_devnull(keep_stderr=_DEBUG)
+            stdio_to_devnull(keep_stderr=_DEBUG)
         with step("start a new session"):
             # Own session and process group: a kill(0, ...) from inside can never
             # reach the supervisor's group, nor the caller's terminal.
@@ -279,7 +281,10 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         stage = "set the parent-death signal"
         prctl.set_pdeathsig(signal.SIGKILL)  # after the uid change, which would clear it
         stage = "set no_new_privs"
-        prctl.set_no_new_privs(1)
+        prctl.set_no_new_privs(1)  # also what lets an unprivileged process load a seccomp filter
+        stage = "load the seccomp filter"
+        for bpf in plan.seccomp_filters:  # last: from here on, only execve and error reporting
+            _linux.load_seccomp_filter(bpf)
         stage = "execve"
         os.execvpe(request.argv[0], request.argv, request.env)  # nosec B606  # running the payload is the point
     except OSError as exc:
@@ -310,19 +315,3 @@ def _install_stdio(stdio: list[int], errpipe: int) -> None:
         os.dup2(fd, target, inheritable=True)
     os.dup2(high[3], 3, inheritable=False)
     os.closerange(4, 1 << 20)
-
-
-def _stdio_to_devnull(keep_stderr: bool) -> None:
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1) if keep_stderr else (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
-def _close_all_but(*keep: int) -> None:
-    low = 0
-    for fd in sorted(set(keep)):
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 20)

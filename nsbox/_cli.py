@@ -67,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
         help="do not use cgroups: memory, cpus and pids become per-process rlimits (weaker; says so in the report)",
     )
     limits.add_argument("--report", metavar="PATH", help="write the result as JSON to PATH ('-' = stderr)")
+    security = run.add_argument_group("security")
+    security.add_argument(
+        "--seccomp",
+        metavar="FILE|unconfined",
+        help="change the default syscall allowlist with a policy file (TOML or JSON: allow, refuse, "
+        "unknown_errno, refuse_errno), or run with no filter at all ('unconfined': debugging only; "
+        "marked in the report)",
+    )
+    security.add_argument(
+        "--audit-log", metavar="PATH", help="append JSON lines of security events (sandbox, runs, refusals) to PATH"
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
 
     check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
@@ -89,6 +100,8 @@ def _exec(args: argparse.Namespace) -> int:
         spec = _spec_from_args(args)
         if not command:
             raise SpecError("COMMAND", "no command given; usage: nsbox exec [options] -- COMMAND [ARG...]")
+        if spec.seccomp.unconfined:
+            print("nsbox: warning: --seccomp unconfined: the payload runs with NO syscall filter", file=sys.stderr)
         from ._sandbox import NsSandbox
 
         with NsSandbox._in_process(spec) as sandbox:
@@ -125,6 +138,8 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
             open_files=args.open_files,
             cgroups=not args.no_cgroups,
         ),
+        seccomp=args.seccomp,
+        audit_log=args.audit_log,
     )
 
 

@@ -22,8 +22,9 @@ import select
 import signal
 from collections.abc import Callable
 
-from ._channel import Channel, close_fds
+from ._channel import Channel
 from ._errors import ProtocolError
+from ._fds import close_fds
 from ._protocol import Exec, Exited, KillRun, Signal, Started, parse
 
 PayloadMain = Callable[[Exec, list[int], int], None]

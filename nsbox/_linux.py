@@ -59,10 +59,11 @@ RESOLVE_NO_SYMLINKS = 0x04
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250, "rt_sigaction": 13},
-    "aarch64": {"pivot_root": 41, "keyctl": 219, "rt_sigaction": 134},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "rt_sigaction": 13, "seccomp": 317},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "rt_sigaction": 134, "seccomp": 277},
 }
 _NSIG = 64
+_SECCOMP_SET_MODE_FILTER = 1
 _OPEN_TREE = 428
 _MOVE_MOUNT = 429
 _OPENAT2 = 437
@@ -73,6 +74,12 @@ class _OpenHow(ctypes.Structure):
     """struct open_how, <linux/openat2.h>."""
 
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog, <linux/filter.h>: a BPF program of ``len`` 8-byte instructions."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class _MountAttr(ctypes.Structure):
@@ -229,6 +236,16 @@ def reset_all_signals() -> None:
     for sig in range(1, _NSIG + 1):
         if sig not in (9, 19):  # SIGKILL, SIGSTOP
             _check(_libc.syscall(nr, ctypes.c_int(sig), default, None, ctypes.c_size_t(8)), "rt_sigaction", sig)
+
+
+def load_seccomp_filter(bpf: bytes) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, 0, prog): needs no_new_privs (or CAP_SYS_ADMIN)."""
+    if not bpf or len(bpf) % 8:
+        raise SyscallError(22, "seccomp", "a BPF program is a non-empty list of 8-byte instructions")
+    program = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
+    nr = _syscall_number("seccomp")
+    _check(_libc.syscall(nr, ctypes.c_uint(_SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0), ctypes.byref(prog)), "seccomp")
 
 
 def setdomainname(name: str) -> None:

@@ -57,6 +57,7 @@ class RunResult:
     memory_peak_bytes: int | None = None
     oom_killed: bool = False
     limits: str = ""  #: how memory/cpu/pids were enforced: cgroup v1, cgroup v2, cgroup v1+v2, rlimit-only
+    seccomp: str = ""  #: the syscall filter: default, custom or unconfined (no filter: debugging only)
 
     @property
     def returncode(self) -> int:
@@ -150,6 +151,7 @@ class RunResult:
             "memory_peak_bytes": self.memory_peak_bytes,
             "oom_killed": self.oom_killed,
             "limits": self.limits,
+            "seccomp": self.seccomp,
         }
         for name in ("stdout", "stderr"):
             value: bytes | None = getattr(self, name)
@@ -179,6 +181,7 @@ class RunResult:
             memory_peak_bytes=None if data.get("memory_peak_bytes") is None else int(data["memory_peak_bytes"]),
             oom_killed=bool(data.get("oom_killed")),
             limits=str(data.get("limits", "")),
+            seccomp=str(data.get("seccomp", "")),
         )
 
 

@@ -26,8 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Protocol
 
-from ._channel import Channel, close_fds, readable
+from ._channel import Channel, readable
 from ._errors import ProtocolError, SandboxError, SetupError, SpecError
+from ._fds import close_fds
 from ._protocol import MAX_FRAME_SESSION, Close, Done, Failed, Open, Ready, Run
 from ._result import RunResult
 from ._spec import WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
@@ -132,7 +133,7 @@ class _LocalBackend:
     signals a terminal sends (Ctrl-C, hang-up) to the run."""
 
     def __init__(self, spec: SandboxSpec) -> None:
-        self.supervisor = Supervisor(spec)
+        self.supervisor = Supervisor(spec, guard_cgroup=True)
 
     def start(self) -> None:
         self.supervisor.start()

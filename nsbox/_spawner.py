@@ -26,8 +26,11 @@ import time
 
 from . import _supervisor
 from ._cgroup import sweep_all
-from ._channel import Channel, close_fds, socketpair
+from ._channel import Channel, socketpair
+from ._fds import close_fds
 from ._protocol import Spawn, Spawned, parse
+from ._seccomp import compile_filters
+from ._spec import Seccomp
 
 _MAX_FRAME = 4096
 SPAWN_TIMEOUT = 30.0
@@ -41,6 +44,7 @@ def main(fd: int) -> None:
     """The helper's loop (runs in the helper process): spawn supervisors, reap them, and
     sweep the cgroups of any that was killed before it could remove its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is the caller's business
+    compile_filters(Seccomp())  # once, here: every supervisor forked from us finds it compiled
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)

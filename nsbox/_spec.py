@@ -10,6 +10,7 @@ unknown keys) and can be written by people as TOML (``from_toml``/``to_toml``).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -37,6 +38,7 @@ _RESERVED_TARGETS = ("/proc", "/dev", "/.old")
 MAX_MOUNTS = 200
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,62})$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SYSCALL_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 
 def _clean_target(target: str, option: str) -> str:
@@ -146,6 +148,78 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Seccomp:
+    """The payload's syscall filter: nsbox's default allowlist, changed by ``allow``
+    (syscalls added, with any arguments) and ``refuse`` (syscalls refused with
+    ``refuse_errno``); or no filter at all (``unconfined``: for debugging only, and marked
+    in every result). A policy file (``--seccomp FILE``, TOML or JSON) holds the four
+    other fields; whether the names are syscalls is checked when the filter is compiled."""
+
+    allow: tuple[str, ...] = ()
+    refuse: tuple[str, ...] = ()
+    unknown_errno: str = "ENOSYS"  #: for syscalls the policy does not name (so libc falls back)
+    refuse_errno: str = "EPERM"
+    unconfined: bool = False
+
+    def __post_init__(self) -> None:
+        option = option_name("seccomp")
+        for name in ("allow", "refuse"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) and _SYSCALL_RE.match(v) for v in value):
+                raise SpecError(f"{option} {name}", f"{value!r} is not a list of syscall names")
+            object.__setattr__(self, name, tuple(sorted(set(value))))
+        if both := sorted(set(self.allow) & set(self.refuse)):
+            raise SpecError(f"{option} allow, refuse", f"{', '.join(both)} both allowed and refused")
+        for name in ("unknown_errno", "refuse_errno"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value.isupper() and getattr(errno, value, None) in errno.errorcode):
+                raise SpecError(f"{option} {name}", f"{value!r} is not an errno name such as EPERM or ENOSYS")
+        if not isinstance(self.unconfined, bool):
+            raise SpecError(f"{option} unconfined", f"{self.unconfined!r} is not true or false")
+        changed = self.allow or self.refuse or (self.unknown_errno, self.refuse_errno) != ("ENOSYS", "EPERM")
+        if self.unconfined and changed:
+            raise SpecError(option, "unconfined means no filter: it takes no other setting")
+
+    @property
+    def kind(self) -> str:
+        """For reports: "default", "custom" or "unconfined"."""
+        return "unconfined" if self.unconfined else "default" if self == Seccomp() else "custom"
+
+    @classmethod
+    def parse(cls, value: Seccomp | Mapping[str, Any] | str | os.PathLike[str] | None) -> Seccomp:
+        """``None`` or "default", "unconfined", a mapping of the fields, or a policy file."""
+        if isinstance(value, Seccomp):
+            return value
+        if value is None or value == "default":
+            return cls()
+        if value == "unconfined":
+            return cls(unconfined=True)
+        if isinstance(value, Mapping):
+            return cls(**_known(cls, value, "seccomp"))
+        return cls.from_file(value)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Seccomp:
+        option = option_name("seccomp")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(1 << 20)
+        except OSError as exc:
+            raise SpecError(option, f"cannot read the policy file {str(path)!r}: {exc.strerror}") from None
+        try:
+            text = raw.decode()
+            data = json.loads(text) if text.lstrip().startswith("{") else tomllib.loads(text)
+        except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            raise SpecError(option, f"{str(path)!r} is not a TOML or JSON policy: {exc}") from None
+        if not isinstance(data, Mapping) or "unconfined" in data:
+            raise SpecError(option, f"{str(path)!r} must hold allow, refuse, unknown_errno and/or refuse_errno")
+        return cls(**_known(cls, data, option))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything that defines a sandbox. Build it, or let ``NsSandbox(**options)`` do it."""
 
@@ -155,6 +229,8 @@ class SandboxSpec:
     hostname: str = "nsbox"
     env: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
+    seccomp: Seccomp = field(default_factory=Seccomp)
+    audit_log: str | None = None  #: a file on the host for JSON lines of security events
 
     def __post_init__(self) -> None:
         if self.rootfs is not None:
@@ -180,6 +256,12 @@ class SandboxSpec:
             object.__setattr__(self, "limits", Limits(**_known(Limits, self.limits, "limits")))
         elif not isinstance(self.limits, Limits):
             raise SpecError("limits", f"{self.limits!r} is not a Limits")
+        object.__setattr__(self, "seccomp", Seccomp.parse(self.seccomp))
+        if self.audit_log is not None:
+            audit_log = os.path.abspath(str(self.audit_log))
+            if not os.path.isdir(os.path.dirname(audit_log)) or os.path.isdir(audit_log):
+                raise SpecError(option_name("audit_log"), f"{audit_log!r} is not a file in an existing directory")
+            object.__setattr__(self, "audit_log", audit_log)
 
     # -- derived values ------------------------------------------------------------------
     def payload_env(self, extra: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> dict[str, str]:
@@ -206,6 +288,8 @@ class SandboxSpec:
             "hostname": self.hostname,
             "env": dict(self.env),
             "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
+            "seccomp": self.seccomp.to_dict(),
+            "audit_log": self.audit_log,
         }
 
     @classmethod
@@ -238,11 +322,17 @@ class SandboxSpec:
 
     def to_toml(self) -> str:
         data = self.to_dict()
-        lines = [f"{key} = {_toml_value(data[key])}" for key in ("rootfs", "workspace_size", "hostname") if data[key]]
+        lines = [
+            f"{key} = {_toml_value(data[key])}"
+            for key in ("rootfs", "workspace_size", "hostname", "audit_log")
+            if data[key]
+        ]
         lines.append("[env]")
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data["env"].items()]
         lines.append("[limits]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in data["limits"].items() if v is not None]
+        lines.append("[seccomp]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data["seccomp"].items()]
         for mount in data["mounts"]:
             lines.append("[[mounts]]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in mount.items()]
@@ -291,6 +381,8 @@ def _toml_key(key: str) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

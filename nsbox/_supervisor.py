@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 from . import _caps, _child, _mount, _rlimits, _userns
-from ._cgroup import CgroupLimits, Usage, cgroup_for_host
-from ._channel import Channel, close_fds, readable, socketpair
+from ._audit import AuditLog
+from ._cgroup import CgroupGuard, CgroupLimits, Usage, cgroup_for_host
+from ._channel import Channel, readable, socketpair
 from ._child import SandboxPlan
 from ._errors import ProtocolError, SandboxError, SetupError, SpecError
+from ._fds import close_fds
 from ._host import remedy_for
 from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
@@ -57,6 +59,7 @@ from ._protocol import (
     parse,
 )
 from ._result import RunResult
+from ._seccomp import compile_filters
 from ._spec import Limits, SandboxSpec, option_name, parse_timeout
 from ._stdio import RunIO
 
@@ -83,15 +86,25 @@ class SessionClosed(Exception):
 
 
 class Supervisor:
-    def __init__(self, spec: SandboxSpec) -> None:
+    def __init__(self, spec: SandboxSpec, guard_cgroup: bool = False) -> None:
+        """``guard_cgroup``: fork a guard that removes the cgroups if this process is
+        killed (for the one-shot CLI; an embedded supervisor's spawner sweeps instead)."""
         mapping = _userns.mapping_for_host()
         root = _mount.plan_root(spec, (mapping.payload_outer_uid, mapping.payload_outer_gid))
         limits = spec.limits
         self.spec = spec
         self.plan = SandboxPlan(
-            spec, mapping, root, _caps.last_cap(), os.getpid(), _rlimits.plan(limits, mapping.privileged)
+            spec,
+            mapping,
+            root,
+            _caps.last_cap(),
+            os.getpid(),
+            _rlimits.plan(limits, mapping.privileged),
+            compile_filters(spec.seccomp),  # early: a bad policy fails before anything exists
         )
         self.cgroup = cgroup_for_host(CgroupLimits(limits.memory, limits.cpus, limits.pids) if limits.cgroups else None)
+        self.audit = AuditLog(spec.audit_log)
+        self._guard = CgroupGuard(self.cgroup) if guard_cgroup and limits.cgroups else None
         self._intermediate_pid: int | None = None
         self._intermediate_fd: int | None = None
         self._init_fd: int | None = None
@@ -108,21 +121,12 @@ class Supervisor:
             self.plan = dataclasses.replace(self.plan, mapping=_userns.mapping_for_host(host_base))
         with _setup_stage("create the sandbox's cgroup", "mkdir"):
             self.cgroup.create()
-        sync_parent, sync_child = socketpair()
-        ctl_parent, ctl_child = socketpair()
-        pid = os.fork()
-        if pid == 0:
-            sync_parent.close()
-            ctl_parent.close()
-            _child.intermediate_main(self.plan, sync_child, ctl_child)
-        sync_child.close()
-        ctl_child.close()
-        self._intermediate_pid = pid
-        self._intermediate_fd = os.pidfd_open(pid)
-        self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
-        self._ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
         try:
-            close_fds(self._await_setup(self._sync, Unshared)[1])
+            if self._guard is not None:
+                with _setup_stage("start the cgroup guard", "fork"):
+                    self._guard.start()
+            pid, sync, ctl = self._fork_intermediate()
+            close_fds(self._await_setup(sync, Unshared)[1])
             with _setup_stage("write the sandbox's id maps", "write"):
                 proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
@@ -137,19 +141,38 @@ class Supervisor:
                 with _setup_stage("open the bind sources", "open"):
                     source_fds = _mount.open_sources_from_parent(pid, self.plan.root.sources)
             try:
-                self._sync.send(Go(), source_fds)
+                sync.send(Go(), source_fds)
             finally:
                 close_fds(source_fds)
-            _, fds = self._await_setup(self._sync, InitStarted)
+            _, fds = self._await_setup(sync, InitStarted)
             if len(fds) != 1:
                 close_fds(fds)
                 raise ProtocolError("init_started must carry exactly one pidfd")
             self._init_fd = fds[0]
-            self._await_setup(self._ctl, InitReady)
-        except BaseException:
+            self._await_setup(ctl, InitReady)
+        except BaseException as exc:
+            self.audit.failed(exc if isinstance(exc, Exception) else SandboxError(type(exc).__name__))
             self.close()
             raise
         self.alive = True
+        self.audit.created(self.spec, self.cgroup.kind)
+
+    def _fork_intermediate(self) -> tuple[int, Channel, Channel]:
+        """The intermediate's pid, and our ends of its setup (sync) and control channels."""
+        sync_parent, sync_child = socketpair()
+        ctl_parent, ctl_child = socketpair()
+        pid = os.fork()
+        if pid == 0:
+            sync_parent.close()
+            ctl_parent.close()
+            _child.intermediate_main(self.plan, sync_child, ctl_child)
+        sync_child.close()
+        ctl_child.close()
+        self._intermediate_pid = pid
+        self._intermediate_fd = os.pidfd_open(pid)
+        self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
+        self._ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
+        return pid, self._sync, self._ctl
 
     def _await_setup(self, channel: Channel, expected: type[M]) -> tuple[M, list[int]]:
         """The next setup message; a StepFailed from either child becomes SetupError."""
@@ -216,7 +239,17 @@ class Supervisor:
 
     # -- runs --------------------------------------------------------------------------
     def run(self, request: Run, fds: list[int], events: Events | None = None) -> RunResult:
-        """One run; takes ownership of ``fds``. Raises SandboxError if the sandbox dies."""
+        """One run; takes ownership of ``fds``. Raises SandboxError if the sandbox dies,
+        SpecError if the request is refused (the sandbox goes on)."""
+        try:
+            result = self._run(request, fds, events)
+        except SpecError as exc:
+            self.audit.refused("run", str(exc))
+            raise
+        self.audit.run(result)
+        return result
+
+    def _run(self, request: Run, fds: list[int], events: Events | None) -> RunResult:
         if not self.alive or self._ctl is None or self._intermediate_fd is None:
             close_fds(fds)
             raise SandboxError("the sandbox is not running")
@@ -306,6 +339,7 @@ class Supervisor:
             memory_peak_bytes=after.memory_peak,
             oom_killed=used.oom_kills > 0,
             limits=self.cgroup.kind,
+            seccomp=self.spec.seccomp.kind,
         )
 
     def _usage(self) -> Usage:
@@ -330,6 +364,8 @@ class Supervisor:
 
         Init is killed, not the intermediate: the intermediate then reaps init and
         exits, and we reap it, so no zombie is left to the host's init to collect."""
+        if self.alive:
+            self.audit.closed()
         self.alive = False
         if self._init_fd is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -349,6 +385,8 @@ class Supervisor:
         self._init_fd = self._intermediate_fd = None
         self.cgroup.kill()  # nothing should be left; if anything is, it goes now
         self.cgroup.remove()
+        if self._guard is not None:
+            self._guard.stop()
         for channel in (self._sync, self._ctl):
             if channel is not None:
                 channel.close()
@@ -356,6 +394,7 @@ class Supervisor:
         if self._id_range_hold is not None:  # only now that nothing of the sandbox is left
             self._id_range_hold.close()
             self._id_range_hold = None
+        self.audit.close()
 
 
 def _killed_by_cpu_rlimit(exited: Exited | None) -> bool:

@@ -32,6 +32,8 @@ CLI_FLAGS = {
     "file_size": "--file-size",
     "open_files": "--open-files",
     "cgroups": "--no-cgroups",
+    "seccomp": "--seccomp",
+    "audit_log": "--audit-log",
     "cwd": "--cwd",
     "command": "COMMAND",
 }

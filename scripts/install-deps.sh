@@ -1,9 +1,10 @@
 #!/bin/sh
-# Debian packages nsbox needs: libcap-dev to build python-prctl, libseccomp2 for pyseccomp,
+# Debian packages nsbox needs: gcc, libc6-dev and libcap-dev to build python-prctl (the
+# tests also compile C probes with gcc), libseccomp2 for pyseccomp,
 # and for `bench` also bubblewrap (the baseline). As root they are installed with apt-get;
 # otherwise a missing one is named with the command that installs it.
 set -eu
-packages="libcap-dev libseccomp2"
+packages="gcc libc6-dev libcap-dev libseccomp2"
 [ "${1:-}" = "bench" ] && packages="$packages bubblewrap"
 missing=""
 for p in $packages; do

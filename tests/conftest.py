@@ -8,6 +8,7 @@ requirement fails instead of skipping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -158,6 +159,17 @@ def sandbox_processes() -> list[int]:
     return pids
 
 
+def guard_processes() -> list[int]:
+    """Host pids of cgroup guards (the helper of ``nsbox exec`` that outlives a killed CLI)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"nsbox-cgroup-guard"):
+                    pids.append(int(entry))
+    return pids
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -174,6 +186,7 @@ def no_leftovers() -> Iterator[None]:
     before_tmp = _tmp_entries()
     yield
     assert wait_until(lambda: not sandbox_processes()), f"sandbox processes left: {sandbox_processes()}"
+    assert wait_until(lambda: not guard_processes()), f"cgroup guards left: {guard_processes()}"
     assert Path("/proc/self/mountinfo").read_text() == before_mounts
     assert _tmp_entries() - before_tmp == set()
 

@@ -9,19 +9,22 @@ remedy); it never falls back silently.
 
 Where: below our own cgroup in each hierarchy (read from /proc/self/cgroup), in one
 ``nsbox`` directory, one directory per sandbox named after its supervisor's pid and start
-time. A sandbox's directories are removed when it is closed; those of a supervisor that
-died (SIGKILL) are swept by the next supervisor that starts.
+time. A sandbox's directories are removed when it is closed. If its supervisor is killed
+(SIGKILL), they are removed by the spawner that forked it (embedded), by a ``CgroupGuard``
+(the one-shot CLI), and failing both, swept by the next supervisor that starts.
 """
 
 from __future__ import annotations
 
 from ._base import Cgroup, CgroupLimits, CgroupSet, NullCgroup, Usage
 from ._factory import cgroup_for_host, sweep_all
+from ._guard import CgroupGuard
 from ._layout import CONTROLLERS, cgroup_layout
 
 __all__ = [
     "CONTROLLERS",
     "Cgroup",
+    "CgroupGuard",
     "CgroupLimits",
     "CgroupSet",
     "NullCgroup",

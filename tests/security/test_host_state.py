@@ -34,25 +34,36 @@ libc.syscall.restype = ctypes.c_long
 n = libc.syscall(250, 11, {{key}}, buf, 64)
 out["read"] = buf.raw[:n].decode() if n >= 0 else errno.errorcode[ctypes.get_errno()]
 ''')
-cli = subprocess.run([NSBOX_CLI, "exec", "--", *probe], capture_output=True, check=True).stdout
-with nsbox.NsSandbox() as sandbox:
-    api = sandbox.run(probe, capture_output=True, check=True).stdout
-print(json.dumps({{"cli": json.loads(cli)["read"], "api": json.loads(api)["read"]}}))
+# keyctl is refused by the default seccomp policy (EPERM); allowed here, to show that the
+# keyring itself is out of reach too.
+policy = {policy!r}
+result = {{}}
+for seccomp in (policy, "default"):
+    cli = subprocess.run([NSBOX_CLI, "exec", "--seccomp", seccomp, "--", *probe], capture_output=True, check=True)
+    with nsbox.NsSandbox(seccomp=seccomp) as sandbox:
+        api = sandbox.run(probe, capture_output=True, check=True).stdout
+    result[seccomp] = {{"cli": json.loads(cli.stdout)["read"], "api": json.loads(api)["read"]}}
+print(json.dumps(result))
 """
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the probe uses x86_64 syscall numbers")
-def test_the_callers_session_keyring_is_not_readable_inside() -> None:
+def test_the_callers_session_keyring_is_not_readable_inside(tmp_path: Path) -> None:
     require_root()
     repo = str(Path(__file__).resolve().parents[2])
+    policy = tmp_path / "allow-keyctl.toml"
+    policy.write_text('allow = ["keyctl"]\n')
     out = subprocess.run(
-        [sys.executable, "-c", KEYRING_SCRIPT.format(repo=repo)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", KEYRING_SCRIPT.format(repo=repo, policy=str(policy))],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     import json
 
     result = json.loads(out)
-    assert result["cli"] != "hunter2" and result["api"] != "hunter2", result
-    assert result == {"cli": "EACCES", "api": "EACCES"} or set(result.values()) <= {"EACCES", "ENOKEY"}
+    assert set(result[str(policy)].values()) <= {"EACCES", "ENOKEY"}, result  # a keyring of its own
+    assert result["default"] == {"cli": "EPERM", "api": "EPERM"}  # and the syscall refused outright
 
 
 def test_directory_and_o_path_fds_cannot_be_stdio() -> None:

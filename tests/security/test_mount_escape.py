@@ -24,6 +24,7 @@ def _in_fresh_userns(body: str) -> str:
     """Fork; in the child, unshare user+mount (mapping our own uid to 0), run body's
     steps (``bind-ro``, ``nest``, ``remount-rw``) and report the remount's outcome."""
     read_fd, write_fd = os.pipe()
+    target = tempfile.mkdtemp()  # here: removed below (the child's mounts die with its namespace)
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
@@ -32,7 +33,6 @@ def _in_fresh_userns(body: str) -> str:
             uid, gid = os.geteuid(), os.getegid()
             _enter_userns(uid, gid)
             _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-            target = tempfile.mkdtemp()
             for action in body.split():
                 if action == "bind-ro":
                     _linux.mount(target, target, None, _linux.MS_BIND)
@@ -49,6 +49,7 @@ def _in_fresh_userns(body: str) -> str:
             os._exit(0)
     os.close(write_fd)
     os.waitpid(pid, 0)
+    os.rmdir(target)
     with os.fdopen(read_fd, "rb") as f:
         return f.read().decode()
 

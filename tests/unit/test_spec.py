@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from nsbox import Limits, Mount, SandboxSpec, SpecError
+from nsbox import Limits, Mount, SandboxSpec, Seccomp, SpecError
 from nsbox._sandbox import spec_from_options
+from nsbox._seccomp import compile_filters
 from nsbox._values import GiB, KiB, MiB, parse_size, parse_timeout
 
 
@@ -124,3 +127,63 @@ def test_options_become_a_spec() -> None:
 def test_too_many_binds_are_refused() -> None:
     with pytest.raises(SpecError, match="at most 200"):
         SandboxSpec(mounts=tuple(Mount.parse(f"/usr:/m/{i}") for i in range(201)))
+
+
+# --- the seccomp policy ------------------------------------------------------------------------
+def test_seccomp_defaults_and_kinds() -> None:
+    assert SandboxSpec().seccomp == Seccomp()
+    assert Seccomp().kind == "default"
+    assert Seccomp.parse("unconfined").kind == "unconfined"
+    assert Seccomp(allow=("ptrace",)).kind == "custom"
+    assert Seccomp(refuse_errno="EACCES").kind == "custom"
+
+
+def test_a_policy_file_in_toml_or_json(tmp_path: Path) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_text('allow = ["ptrace"]\nrefuse = ["socket", "uname"]\nunknown_errno = "EPERM"\n')
+    policy = Seccomp.parse(str(toml))
+    assert policy == Seccomp(allow=("ptrace",), refuse=("socket", "uname"), unknown_errno="EPERM")
+    as_json = tmp_path / "p.json"
+    as_json.write_text('{"refuse": ["uname", "socket"], "allow": ["ptrace"], "unknown_errno": "EPERM"}')
+    assert Seccomp.parse(str(as_json)) == policy
+    spec = SandboxSpec(seccomp=str(toml))
+    assert SandboxSpec.from_json(spec.to_json()) == spec
+    assert SandboxSpec.from_toml(spec.to_toml()) == spec
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('allow = "ptrace"', "not a list of syscall names"),
+        ('allow = ["../x"]', "not a list of syscall names"),
+        ('allow = ["uname"]\nrefuse = ["uname"]', "both allowed and refused"),
+        ('unknown_errno = "ENOPE"', "not an errno name"),
+        ("refuse_errno = 0", "not an errno name"),
+        ("unconfined = true", "must hold allow, refuse"),
+        ('deny = ["x"]', "unknown option"),
+        ("allow = [", "not a TOML or JSON policy"),
+    ],
+)
+def test_bad_policy_files_are_refused_by_name(tmp_path: Path, content: str, reason: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(content)
+    with pytest.raises(SpecError, match="--seccomp") as info:
+        SandboxSpec(seccomp=str(path))
+    assert reason in str(info.value)
+
+
+def test_a_missing_policy_file_is_refused() -> None:
+    with pytest.raises(SpecError, match="cannot read the policy file"):
+        SandboxSpec(seccomp="/no/such/policy.toml")
+
+
+def test_unconfined_takes_no_other_setting() -> None:
+    with pytest.raises(SpecError, match="takes no other setting"):
+        Seccomp(unconfined=True, allow=("ptrace",))
+
+
+def test_names_that_are_no_syscall_are_refused_when_compiled() -> None:
+    with pytest.raises(SpecError, match="not syscalls of this machine: nosuchcall"):
+        compile_filters(Seccomp(allow=("nosuchcall",)))
+    assert compile_filters(Seccomp(unconfined=True)) == ()
+    assert len(compile_filters(Seccomp())) == 2

@@ -1,0 +1,77 @@
+"""The audit log (``--audit-log PATH``): one JSON object per line, per security-relevant event.
+
+Written by the supervisor, outside the sandbox: nothing inside can reach the file. Events:
+``sandbox_created`` (the policy, limits, network and binds in force), ``sandbox_failed`` (set-up
+refused or failed), ``run`` (each run and its verdict), ``refused`` (a request nsbox itself
+refused: a bad run option now; file and network operations as those APIs arrive) and
+``sandbox_closed``. The file is opened for appending, created 0600, never through a symlink.
+Each event is one write(2) to an O_APPEND file, so lines of concurrent sandboxes do not mix.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+from typing import Any
+
+from ._errors import SpecError
+from ._result import RunResult
+from ._spec import SandboxSpec
+from ._values import option_name
+
+#: Longest line written; a longer event (huge argv) is cut to its essentials.
+MAX_LINE = 64 * 1024
+
+
+class AuditLog:
+    def __init__(self, path: str | None) -> None:
+        self.sandbox = secrets.token_hex(6)  #: names this sandbox in every line
+        self._fd: int | None = None
+        if path is not None:
+            try:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                self._fd = os.open(path, flags, 0o600)
+            except OSError as exc:
+                raise SpecError(option_name("audit_log"), f"cannot open {path!r}: {exc.strerror}") from None
+
+    def created(self, spec: SandboxSpec, limits_kind: str) -> None:
+        self._write(
+            "sandbox_created",
+            seccomp=spec.seccomp.to_dict() | {"kind": spec.seccomp.kind},
+            limits=spec.to_dict()["limits"] | {"enforced_by": limits_kind},
+            network="none (loopback only)",
+            mounts=[m.to_dict() for m in spec.mounts],
+            rootfs=spec.rootfs or "host system directories, read-only",
+        )
+
+    def failed(self, error: Exception) -> None:
+        self._write("sandbox_failed", error=str(error))
+
+    def run(self, result: RunResult) -> None:
+        data = result.to_dict()
+        for name in ("stdout", "stderr"):
+            data.pop(name)
+        self._write("run", **data)
+
+    def refused(self, what: str, reason: str) -> None:
+        self._write("refused", what=what, reason=reason)
+
+    def closed(self) -> None:
+        self._write("sandbox_closed")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _write(self, event: str, **fields: Any) -> None:
+        if self._fd is None:
+            return
+        record: dict[str, Any] = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")}
+        record |= {"event": event, "sandbox": self.sandbox, "pid": os.getpid()} | fields
+        line = json.dumps(record, sort_keys=False, default=str) + "\n"
+        if len(line) > MAX_LINE:
+            line = json.dumps({k: record[k] for k in ("time", "event", "sandbox", "pid")} | {"cut": True}) + "\n"
+        os.write(self._fd, line.encode())
