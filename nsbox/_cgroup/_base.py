@@ -177,6 +177,15 @@ def keyed(text: str, key: str) -> int:
     return 0
 
 
+#: The CPU bandwidth period, both versions (v1 cpu.cfs_period_us, v2 cpu.max's second field).
+CPU_PERIOD_US = 100_000
+
+
+def cpu_quota_us(cpus: float) -> int:
+    """Microseconds of CPU per period for ``cpus`` CPUs; 1 ms is the kernel's smallest quota."""
+    return max(1000, round(cpus * CPU_PERIOD_US))
+
+
 def make_sandbox_dir(own_dir: str, name: str) -> str:
     """<own>/nsbox/<name>; retried, as a concurrent sweep may remove an empty nsbox/."""
     for _ in range(5):

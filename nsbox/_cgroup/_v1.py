@@ -17,10 +17,12 @@ from typing import Any
 from cgroupspy.controllers import CpuAcctController, CpuController, MemoryController
 
 from ._base import (
+    CPU_PERIOD_US,
     OWN_PROCESSES,
     Cgroup,
     CgroupLimits,
     Usage,
+    cpu_quota_us,
     keyed,
     kill_procs,
     make_sandbox_dir,
@@ -30,8 +32,6 @@ from ._base import (
     write_text,
 )
 from ._layout import Placement
-
-CFS_PERIOD_US = 100_000
 
 
 class _Node:
@@ -71,8 +71,8 @@ class CgroupV1(Cgroup):
             write_text(os.path.join(self.dirs["pids"], "pids.max"), str(self.limits.pids + OWN_PROCESSES))
         if "cpu" in self.dirs:
             cpu = CpuController(_Node(self.dirs["cpu"]))
-            cpu.cfs_period_us = CFS_PERIOD_US
-            cpu.cfs_quota_us = max(1000, round(self.limits.cpus * CFS_PERIOD_US))
+            cpu.cfs_period_us = CPU_PERIOD_US
+            cpu.cfs_quota_us = cpu_quota_us(self.limits.cpus)
 
     def attach(self, pid: int) -> None:
         for path in dict.fromkeys(self.dirs.values()):

@@ -17,11 +17,13 @@ import contextlib
 import os
 
 from ._base import (
+    CPU_PERIOD_US,
     NSBOX_DIR,
     OWN_PROCESSES,
     Cgroup,
     CgroupLimits,
     Usage,
+    cpu_quota_us,
     keyed,
     kill_procs,
     make_sandbox_dir,
@@ -31,8 +33,6 @@ from ._base import (
     write_text,
 )
 from ._layout import Placement
-
-CPU_PERIOD_US = 100_000
 
 
 class CgroupV2(Cgroup):
@@ -72,7 +72,7 @@ class CgroupV2(Cgroup):
         if "pids" in self.controllers:
             write_text(self._file("pids.max"), str(self.limits.pids + OWN_PROCESSES))
         if "cpu" in self.controllers:
-            quota = max(1000, round(self.limits.cpus * CPU_PERIOD_US))
+            quota = cpu_quota_us(self.limits.cpus)
             write_text(self._file("cpu.max"), f"{quota} {CPU_PERIOD_US}")
 
     def attach(self, pid: int) -> None:
