@@ -15,9 +15,17 @@ init
     PID 1 inside a sandbox: starts runs, reaps zombies, forwards signals.
 payload
     The untrusted program of a run.
+kernel
+    The session's Python process behind ``execute_code`` (inside, under the same policy);
+    its variables persist between calls until it dies (``state_lost``).
+workspace
+    ``/workspace``: the sandbox's writable tmpfs, reachable from outside only through the
+    file API (``write_file``, ``read_file``...), which never follows a symlink.
 """
 
+from ._client import SandboxClient
 from ._errors import (
+    ExecutionFailed,
     NsboxError,
     ProtocolError,
     RunFailed,
@@ -26,13 +34,19 @@ from ._errors import (
     SetupError,
     SpecError,
 )
-from ._result import RunResult, Status
+from ._files import FILE_LIMIT, FileInfo
+from ._result import ExecutionResult, RunResult, Status
 from ._sandbox import NsSandbox
 from ._spec import Limits, Mount, SandboxSpec, Seccomp
+from ._template import execute_ai_code, safe_path_access
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FILE_LIMIT",
+    "ExecutionFailed",
+    "ExecutionResult",
+    "FileInfo",
     "Limits",
     "Mount",
     "NsSandbox",
@@ -40,6 +54,7 @@ __all__ = [
     "ProtocolError",
     "RunFailed",
     "RunResult",
+    "SandboxClient",
     "SandboxError",
     "SandboxSpec",
     "Seccomp",
@@ -48,4 +63,6 @@ __all__ = [
     "SpecError",
     "Status",
     "__version__",
+    "execute_ai_code",
+    "safe_path_access",
 ]

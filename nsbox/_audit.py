@@ -2,10 +2,11 @@
 
 Written by the supervisor, outside the sandbox: nothing inside can reach the file. Events:
 ``sandbox_created`` (the policy, limits, network and binds in force), ``sandbox_failed`` (set-up
-refused or failed), ``run`` (each run and its verdict), ``refused`` (a request nsbox itself
-refused: a bad run option now; file and network operations as those APIs arrive) and
-``sandbox_closed``. The file is opened for appending, created 0600, never through a symlink.
-Each event is one write(2) to an O_APPEND file, so lines of concurrent sandboxes do not mix.
+refused or failed), ``run`` (each run and its verdict), ``execution`` (each execute_code: its
+verdict, not the code or its output), ``refused`` (a request nsbox itself refused: a bad run
+option, a file path that leaves the workspace or crosses a symlink) and ``sandbox_closed``.
+The file is opened for appending, created 0600, never through a symlink. Each event is one
+write(2) to an O_APPEND file, so lines of concurrent sandboxes do not mix.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import secrets
 from typing import Any
 
 from ._errors import SpecError
-from ._result import RunResult
+from ._result import ExecutionResult, RunResult
 from ._spec import SandboxSpec
 from ._values import option_name
 
@@ -42,7 +43,7 @@ class AuditLog:
             seccomp=spec.seccomp.to_dict() | {"kind": spec.seccomp.kind},
             limits=spec.to_dict()["limits"] | {"enforced_by": limits_kind},
             network="none (loopback only)",
-            mounts=[m.to_dict() for m in spec.mounts],
+            mounts=[m.to_dict() for m in spec.all_mounts],
             rootfs=spec.rootfs or "host system directories, read-only",
         )
 
@@ -54,6 +55,11 @@ class AuditLog:
         for name in ("stdout", "stderr"):
             data.pop(name)
         self._write("run", **data)
+
+    def execution(self, result: ExecutionResult) -> None:
+        data = result.to_dict()
+        keep = ("status", "error", "state_lost", "wall_s", "cpu_s", "memory_peak_bytes", "limits", "seccomp")
+        self._write("execution", **{k: data[k] for k in keep})
 
     def refused(self, what: str, reason: str) -> None:
         self._write("refused", what=what, reason=reason)

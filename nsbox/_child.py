@@ -43,7 +43,7 @@ from ._protocol import (
     StepFailed,
     Unshared,
 )
-from ._spec import SandboxSpec
+from ._spec import WORKSPACE, SandboxSpec
 from ._userns import IdMapping
 
 _NAMESPACES = (
@@ -235,7 +235,10 @@ def init_main(
             prctl.set_name("nsbox-init")
             _linux.set_cmdline("nsbox-init")  # the inherited command line may show host paths
             os.chdir("/")
-        ctl.send(InitReady())
+        with step("open /workspace for the supervisor's file API"):
+            workspace = os.open(WORKSPACE, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        ctl.send(InitReady(), [workspace])  # before any payload: this is the real one
+        os.close(workspace)
         _init.serve(ctl, lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe))
         os._exit(0)
     except _StepFailed as failed:

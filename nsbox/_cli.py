@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from ._errors import NsboxError, SpecError
+from ._files import FILE_LIMIT
 from ._result import EXIT_NSBOX_FAILURE, RunResult
 from ._spec import WORKSPACE, Limits, Mount, SandboxSpec
 
@@ -36,6 +37,29 @@ def _parser() -> argparse.ArgumentParser:
         description="Run COMMAND in a fresh sandbox and exit with its exit code.",
         usage="nsbox exec [options] -- COMMAND [ARG...]",
     )
+    _sandbox_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
+
+    python = commands.add_parser(
+        "python",
+        help="run Python code in a fresh sandbox",
+        description="Run Python code (-c CODE, or a FILE.py copied into /workspace) with the sandbox's python3 "
+        "in a fresh sandbox, and exit with its exit code.",
+        usage="nsbox python [options] (-c CODE | FILE.py) [ARG...]",
+    )
+    python.add_argument("-c", dest="code", metavar="CODE", help="the program, as a string")
+    _sandbox_options(python)
+    python.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="FILE.py [ARG...]", help="the script and its arguments"
+    )
+
+    check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _sandbox_options(run: argparse.ArgumentParser) -> None:
+    """The options of every command that makes a sandbox: filesystem, environment, limits, security."""
     fs = run.add_argument_group("filesystem")
     fs.add_argument("--rootfs", metavar="DIR", help="use a prepared root tree (bound read-only) instead of the host's")
     fs.add_argument(
@@ -78,11 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     security.add_argument(
         "--audit-log", metavar="PATH", help="append JSON lines of security events (sandbox, runs, refusals) to PATH"
     )
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
-
-    check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,6 +117,9 @@ def _exec(args: argparse.Namespace) -> int:
         command = command[1:]
     try:
         spec = _spec_from_args(args)
+        script = None
+        if args.subcommand == "python":
+            command, script = _python_command(args.code, command)
         if not command:
             raise SpecError("COMMAND", "no command given; usage: nsbox exec [options] -- COMMAND [ARG...]")
         if spec.seccomp.unconfined:
@@ -105,6 +127,8 @@ def _exec(args: argparse.Namespace) -> int:
         from ._sandbox import NsSandbox
 
         with NsSandbox._in_process(spec) as sandbox:
+            if script is not None:
+                sandbox.write_file(command[1], script)
             stdio = [fd if _is_open(fd) else subprocess.DEVNULL for fd in (0, 1, 2)]
             result = sandbox.run(command, cwd=args.cwd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
     except SpecError as exc:
@@ -118,6 +142,22 @@ def _exec(args: argparse.Namespace) -> int:
         print(f"nsbox: {result.error}", file=sys.stderr)
     _report(args.report, _report_data(result))
     return result.exit_code
+
+
+def _python_command(code: str | None, args: list[str]) -> tuple[list[str], bytes | None]:
+    """python3's argv and, for a FILE.py, its content (copied into the workspace)."""
+    if code is not None:
+        return ["python3", "-c", code, *args], None
+    if not args:
+        raise SpecError(
+            "FILE.py", "give -c CODE or a script; usage: nsbox python [options] (-c CODE | FILE.py) [ARG...]"
+        )
+    try:
+        with open(args[0], "rb") as f:
+            script = f.read(FILE_LIMIT + 1)
+    except OSError as exc:
+        raise SpecError("FILE.py", f"cannot read {args[0]!r}: {exc.strerror}") from None
+    return ["python3", os.path.basename(args[0]), *args[1:]], script
 
 
 def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:

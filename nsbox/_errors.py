@@ -8,11 +8,14 @@
     │                               errno, remedy); the CLI exits 125
     ├── SandboxError                the sandbox broke during use: it died, or sent something
     │   └── ProtocolError           malformed (everything from inside is untrusted); exit 125
-    ├── SecurityError               a host-side request that would leave its boundary
-    └── RunFailed                   check=True and the run did not succeed; also a
-        (subprocess.CalledProcessError)  subprocess.CalledProcessError, as users expect
+    ├── SecurityError               a host-side request that would leave its boundary (a
+    │                               workspace path through '..' or a symlink, safe_path_access)
+    ├── RunFailed                   check=True and the run did not succeed; also a
+    │   (subprocess.CalledProcessError)  subprocess.CalledProcessError, as users expect
+    └── ExecutionFailed             execute_ai_code's code raised, or left no JSON ``result``
 
-A payload's own failure is never an exception: it is a :class:`~nsbox.RunResult`.
+A payload's own failure is never an exception: it is a :class:`~nsbox.RunResult` (or, for
+Python code, an :class:`~nsbox.ExecutionResult`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import subprocess  # nosec B404  # only for the CalledProcessError base class, n
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._result import RunResult
+    from ._result import ExecutionResult, RunResult
 
 
 class NsboxError(Exception):
@@ -124,3 +127,11 @@ class RunFailed(NsboxError, subprocess.CalledProcessError):
             + (f" (exit code {self.result.exit_code})" if self.result.exit_code else "")
             + (f": {self.result.error}" if self.result.error else "")
         )
+
+
+class ExecutionFailed(NsboxError):
+    """Raised by ``execute_ai_code`` when the code failed or left no JSON ``result``."""
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self.result = result
+        super().__init__(f"the code failed with status {result.status.value}: {result.error}")

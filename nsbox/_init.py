@@ -1,8 +1,9 @@
 """PID 1 of a sandbox: serves runs, reaps every zombie, forwards signals.
 
-One run at a time: an ``Exec`` forks the payload (``payload_main``), answers ``Started``,
-and ``Exited`` once it is reaped, with the errno of a failed execve read from the
-payload's close-on-exec error pipe. ``Signal`` goes to the run's process group,
+At most one process of each kind the supervisor names (``RUN``, a command; ``KERNEL``,
+the session's Python kernel): an ``Exec`` forks it (``payload_main``), answers
+``Started``, and ``Exited`` once it is reaped, with the errno of a failed execve read
+from the payload's close-on-exec error pipe. ``Signal`` goes to that process's group,
 ``KillRun`` kills every process of the sandbox but init (kill(-1) from PID 1 reaches
 exactly the processes of its pid namespace). When the supervisor's channel closes,
 init exits and the kernel kills whatever is left in the namespace.
@@ -25,13 +26,14 @@ from collections.abc import Callable
 from ._channel import Channel
 from ._errors import ProtocolError
 from ._fds import close_fds
-from ._protocol import Exec, Exited, KillRun, Signal, Started, parse
+from ._protocol import KERNEL, RUN, Exec, Exited, KillRun, Signal, Started, parse
 
 PayloadMain = Callable[[Exec, list[int], int], None]
 
 
 class _Run:
-    def __init__(self, pid: int, errpipe: int) -> None:
+    def __init__(self, process: int, pid: int, errpipe: int) -> None:
+        self.process = process
         self.pid = pid
         self.errpipe = errpipe
 
@@ -64,13 +66,13 @@ def serve(ctl: Channel, payload_main: PayloadMain) -> None:
     poller = select.poll()
     poller.register(ctl.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
-    run: _Run | None = None
+    runs: dict[int, _Run] = {}  # by process kind
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
-                run = _reap(ctl, run)
+                _reap(ctl, runs)
                 continue
             try:
                 got = ctl.read_packet()
@@ -81,12 +83,12 @@ def serve(ctl: Channel, payload_main: PayloadMain) -> None:
             obj, fds = got
             message = parse(obj, Exec, Signal, KillRun)
             if isinstance(message, Exec):
-                if run is not None or len(fds) != 3:
+                if message.process in runs or message.process not in (RUN, KERNEL) or len(fds) != 3:
                     close_fds(fds)
-                    raise ProtocolError("exec while a run is active, or without three stdio fds")
-                run = _start(ctl, message, fds, payload_main)
-            elif isinstance(message, Signal) and run is not None:
-                _forward(run.pid, message.signum)
+                    raise ProtocolError("exec of a process that is running, or without three stdio fds")
+                runs[message.process] = _start(ctl, message, fds, payload_main)
+            elif isinstance(message, Signal) and message.process in runs:
+                _forward(runs[message.process].pid, message.signum)
             elif isinstance(message, KillRun):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
@@ -112,19 +114,20 @@ def _start(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadM
         os._exit(127)  # payload_main never returns
     os.close(err_w)
     close_fds(stdio)
-    ctl.send(Started(pid))
-    return _Run(pid, err_r)
+    ctl.send(Started(pid, request.process))
+    return _Run(request.process, pid, err_r)
 
 
-def _reap(ctl: Channel, run: _Run | None) -> _Run | None:
+def _reap(ctl: Channel, runs: dict[int, _Run]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return run
+            return
         if pid == 0:
-            return run
-        if run is not None and pid == run.pid:
-            err, stage = run.failure()
-            ctl.send(Exited(status, err, stage))
-            run = None
+            return
+        for run in list(runs.values()):
+            if pid == run.pid:
+                err, stage = run.failure()
+                ctl.send(Exited(status, err, stage, run.process))
+                del runs[run.process]

@@ -12,10 +12,13 @@ up per machine in ``_SYSCALLS``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
+from collections.abc import Iterator
 
 # clone(2)/unshare(2) flags, <linux/sched.h>
 CLONE_NEWNS = 0x00020000
@@ -55,6 +58,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 # openat2(2), <linux/openat2.h>
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
@@ -102,6 +106,8 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.setfsuid.argtypes = [ctypes.c_uint]
+_libc.setfsgid.argtypes = [ctypes.c_uint]
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -198,9 +204,9 @@ def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: in
     _check(res, "mount_setattr", dirfd, path, hex(flags), hex(attr_set))
 
 
-def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """open with resolution restrictions (RESOLVE_*): an fd, or SyscallError."""
-    how = _OpenHow(flags, 0, resolve)
+    how = _OpenHow(flags, mode, resolve)
     fd = _libc.syscall(_OPENAT2, ctypes.c_int(dirfd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     return _check(fd, "openat2", path, hex(flags), hex(resolve))
 
@@ -246,6 +252,22 @@ def load_seccomp_filter(bpf: bytes) -> None:
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
     nr = _syscall_number("seccomp")
     _check(_libc.syscall(nr, ctypes.c_uint(_SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0), ctypes.byref(prog)), "seccomp")
+
+
+@contextlib.contextmanager
+def filesystem_ids(uid: int, gid: int) -> Iterator[None]:
+    """Act on files as ``uid``/``gid`` (setfsuid(2)): files are created as theirs and access
+    is checked as theirs (a non-zero fsuid also drops root's file capabilities). The
+    ids are the calling thread's only (glibc does not broadcast setfsuid). Restored on leaving."""
+    old_gid = _libc.setfsgid(gid)
+    old_uid = _libc.setfsuid(uid)
+    try:
+        if _libc.setfsuid(0xFFFFFFFF) != uid or _libc.setfsgid(0xFFFFFFFF) != gid:  # -1: query only
+            raise SyscallError(errno.EPERM, "setfsuid", f"{uid}, {gid}")
+        yield
+    finally:
+        _libc.setfsuid(old_uid)
+        _libc.setfsgid(old_gid)
 
 
 def setdomainname(name: str) -> None:

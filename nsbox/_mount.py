@@ -116,7 +116,7 @@ def plan_root(spec: SandboxSpec, workspace_owner: tuple[int, int]) -> RootPlan:
                 _mirror(os.path.join(spec.rootfs, name), f"/{name}", links, binds)
     user_binds = tuple(
         Bind(m.source, m.target, m.writable, os.path.isdir(m.source))  # m.source is canonical
-        for m in sorted(spec.mounts, key=lambda m: m.target.count("/"))
+        for m in sorted(spec.all_mounts, key=lambda m: m.target.count("/"))
     )
     for bind in user_binds:
         _check_target(bind, binds + [b for b in user_binds if b is not bind], spec)

@@ -29,8 +29,10 @@ MAX_FRAME_FROM_SANDBOX = 64 * 1024
 MAX_FRAME_TO_INIT = 4 * 1024 * 1024
 #: Every integer on the wire (pids, statuses, errnos, signals) fits in 32 bits.
 _INT_LIMIT = 1 << 31
-#: Frames between a front-end and its supervisor carry captured output (base64).
+#: Frames between a front-end and its supervisor carry captured output and files (base64).
 MAX_FRAME_SESSION = 256 * 1024 * 1024
+#: The processes init serves at once, named by the supervisor: a run, and the Python kernel.
+RUN, KERNEL = 0, 1
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,38 @@ class Run(Message):
 
 
 @dataclass(frozen=True)
+class Execute(Message):
+    """Python code for the session's kernel; ``inputs`` become variables first, and
+    ``want_result`` asks for the JSON value of the variable ``result`` (execute_ai_code)."""
+
+    TYPE: ClassVar[str] = "execute"
+    code: str
+    timeout: float | None
+    inputs: dict[str, Any] | None = None
+    want_result: bool = False
+
+
+@dataclass(frozen=True)
+class FileRequest(Message):
+    """A workspace file operation (``_files``): ``op`` is read, write, list or remove;
+    ``data`` the base64 content to write."""
+
+    TYPE: ClassVar[str] = "file"
+    op: str
+    path: str
+    data: str | None = None
+    mode: int = 0o644
+    recursive: bool = False
+
+
+@dataclass(frozen=True)
 class Signal(Message):
-    """Forward a signal to the current run (front-end -> supervisor -> init)."""
+    """Forward a signal to the current run (front-end -> supervisor -> init); from the
+    supervisor to init, ``process`` says to which (RUN or KERNEL)."""
 
     TYPE: ClassVar[str] = "signal"
     signum: int
+    process: int = RUN
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,15 @@ class Failed(Message):
 class Done(Message):
     TYPE: ClassVar[str] = "done"
     result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FileReply(Message):
+    """The answer to a FileRequest: read -> base64 ``data``; list -> ``entries``."""
+
+    TYPE: ClassVar[str] = "file_reply"
+    data: str | None = None
+    entries: list[dict[str, Any]] | None = None
 
 
 # --- intermediate / init -> supervisor ----------------------------------------------------
@@ -132,18 +170,21 @@ class InitReady(Message):
 
 @dataclass(frozen=True)
 class Exec(Message):
-    """Supervisor -> init: start the payload; three fds (stdin, stdout, stderr) ride along."""
+    """Supervisor -> init: start a process (RUN or KERNEL); three fds (stdin, stdout,
+    stderr) ride along."""
 
     TYPE: ClassVar[str] = "exec"
     argv: list[str]
     env: dict[str, str]
     cwd: str
+    process: int = RUN
 
 
 @dataclass(frozen=True)
 class Started(Message):
     TYPE: ClassVar[str] = "started"
     pid: int
+    process: int = RUN
 
 
 @dataclass(frozen=True)
@@ -154,6 +195,7 @@ class Exited(Message):
     wait_status: int
     exec_errno: int | None
     exec_stage: str | None
+    process: int = RUN
 
 
 @dataclass(frozen=True)
@@ -161,6 +203,35 @@ class KillRun(Message):
     """Supervisor -> init: kill every process of the sandbox but init itself."""
 
     TYPE: ClassVar[str] = "kill_run"
+
+
+# --- the Python kernel (nsbox/_guest/kernel.py, inside) <-> supervisor -------------------------
+@dataclass(frozen=True)
+class Cell(Message):
+    """Supervisor -> kernel: execute ``code`` (see Execute)."""
+
+    TYPE: ClassVar[str] = "cell"
+    code: str
+    inputs: dict[str, Any] | None = None
+    want_result: bool = False
+
+
+@dataclass(frozen=True)
+class KernelReady(Message):
+    TYPE: ClassVar[str] = "kernel_ready"
+    python: str
+
+
+@dataclass(frozen=True)
+class CellDone(Message):
+    """Kernel -> supervisor: how a cell ended. ``error`` has ``type``, ``message`` and
+    ``traceback`` when the code raised; ``result`` is set when asked for and JSON-able."""
+
+    TYPE: ClassVar[str] = "cell_done"
+    value: str | None
+    error: dict[str, str] | None
+    has_result: bool = False
+    result: Any = None
 
 
 # --- front-end <-> spawner -----------------------------------------------------------------
@@ -181,8 +252,9 @@ M = TypeVar("M", bound=Message)
 _REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Open, Run, Signal, Close, Ready, Failed, Done, Unshared, Go, InitStarted,
-        StepFailed, InitReady, Exec, Started, Exited, KillRun, Spawn, Spawned,
+        Open, Run, Execute, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Unshared, Go,
+        InitStarted, StepFailed, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady, CellDone,
+        Spawn, Spawned,
     )
 }  # fmt: skip
 

@@ -36,7 +36,8 @@ class Status(enum.StrEnum):
     OOM = "oom"  #: the kernel's OOM killer ended a process at the memory limit
     PIDS = "pids"  #: a fork or clone failed at the process limit
     OUTPUT_LIMIT = "output_limit"  #: exited 0, but output beyond the limit was dropped
-    ERROR = "error"  #: never ran (e.g. the program does not exist); ``error`` says why
+    EXCEPTION = "exception"  #: execute_code: the code raised; ``error`` and ``traceback`` say what
+    ERROR = "error"  #: never ran (e.g. the program does not exist), or nsbox failed; ``error`` says why
 
 
 @dataclass(frozen=True)
@@ -190,3 +191,48 @@ def _signal_name(sig: int) -> str:
         return f"killed by {_signal.Signals(sig).name}"
     except ValueError:
         return f"killed by signal {sig}"
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """The verdict of one ``execute_code``: the code's output, the repr of its last
+    expression (``value``), the exception it raised (``error``, ``traceback``), and whether
+    the session's Python state was lost: during this call (the kernel died or was killed)
+    or before it (this call started a fresh kernel). ``data`` is the seeds' shape."""
+
+    status: Status
+    stdout: str = ""
+    stderr: str = ""
+    value: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None  #: execute_ai_code: the JSON value of the variable ``result``
+    has_result: bool = False
+    state_lost: bool = False
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    memory_peak_bytes: int | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    limits: str = ""
+    seccomp: str = ""
+
+    @property
+    def success(self) -> bool:
+        return self.status is Status.OK
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"output": self.stdout, "stderr": self.stderr, "value": self.value}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = Status(values["status"])
+        return cls(**values)

@@ -15,35 +15,47 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import json
 import os
+import re
 import signal
 import socket
 import subprocess  # nosec B404  # only its PIPE/DEVNULL/STDOUT constants
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from ._channel import Channel, readable
-from ._errors import ProtocolError, SandboxError, SetupError, SpecError
+from ._errors import ExecutionFailed, ProtocolError, RunFailed, SandboxError, SecurityError, SetupError, SpecError
 from ._fds import close_fds
-from ._protocol import MAX_FRAME_SESSION, Close, Done, Failed, Open, Ready, Run
-from ._result import RunResult
-from ._spec import WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
+from ._files import FILE_LIMIT, FileInfo, workspace_path
+from ._protocol import MAX_FRAME_SESSION, Close, Done, Execute, Failed, FileReply, FileRequest, Open, Ready, Run
+from ._result import ExecutionResult, RunResult
+from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
 from ._stdio import check_stdio_fd
 from ._supervisor import Supervisor
 
 StdioArg = int | IO[Any] | None
+_T = TypeVar("_T")
 _UNSET: Any = object()
 CLOSE_TIMEOUT = 10.0
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
+#: Where install_packages puts packages (the kernel has it on sys.path).
+PACKAGES = f"{WORKSPACE}/.packages"
+#: A requirement as pip takes it from a wheelhouse: a name, maybe a version; never an option.
+_REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!-]+)?$")
+
+
 class _Backend(Protocol):
     def start(self) -> None: ...
     def run(self, request: Run, fds: list[int]) -> RunResult: ...
+    def execute(self, request: Execute) -> ExecutionResult: ...
+    def file_op(self, request: FileRequest) -> FileReply: ...
     def interrupt(self) -> None: ...
     def close(self) -> None: ...
 
@@ -53,7 +65,7 @@ class _RemoteBackend:
         self.spec = spec
         self.channel: Channel | None = None
         self.supervisor_pid: int | None = None
-        self._opening: Ready | Done | Failed | None = None
+        self._opening: Ready | Done | Failed | FileReply | None = None
 
     def start(self) -> None:
         from ._spawner import Spawner  # imported on first use: the CLI never needs it
@@ -72,13 +84,38 @@ class _RemoteBackend:
         except OSError as exc:
             self.close()
             raise SandboxError(f"the sandbox's supervisor is gone ({exc.strerror})") from None
-        message = self._receive(Done, Failed)
+        return RunResult.from_dict(self._done(self._receive(Done, Failed)).result)
+
+    def execute(self, request: Execute) -> ExecutionResult:
+        self._send(request)
+        return ExecutionResult.from_dict(self._done(self._receive(Done, Failed)).result)
+
+    def file_op(self, request: FileRequest) -> FileReply:
+        self._send(request)
+        message = self._receive(FileReply, Failed)
+        self._raise_if_failed(message)
+        if not isinstance(message, FileReply):
+            raise ProtocolError(f"expected a file reply, got {message.TYPE!r}")
+        return message
+
+    def _send(self, request: Execute | FileRequest) -> None:
+        if self.channel is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            self.channel.send(request)
+        except OSError as exc:
+            self.close()
+            raise SandboxError(f"the sandbox's supervisor is gone ({exc.strerror})") from None
+
+    def _done(self, message: Ready | Done | Failed | FileReply) -> Done:
         self._raise_if_failed(message)
         if not isinstance(message, Done):
-            raise ProtocolError(f"expected a run's result, got {message.TYPE!r}")
-        return RunResult.from_dict(message.result)
+            raise ProtocolError(f"expected a result, got {message.TYPE!r}")
+        return message
 
-    def _receive(self, *expected: type[Ready] | type[Done] | type[Failed]) -> Ready | Done | Failed:
+    def _receive(
+        self, *expected: type[Ready] | type[Done] | type[Failed] | type[FileReply]
+    ) -> Ready | Done | Failed | FileReply:
         if self.channel is None:
             raise SandboxError("the sandbox is closed")
         try:
@@ -89,18 +126,23 @@ class _RemoteBackend:
         close_fds(fds)
         return message
 
-    def _raise_if_failed(self, message: Ready | Done | Failed) -> None:
-        """A Failed frame as its exception. The session survives only a refused run request
-        (kind spec, after start); anything else ended it on the supervisor's side too."""
+    def _raise_if_failed(self, message: Ready | Done | Failed | FileReply) -> None:
+        """A Failed frame as its exception. The session survives a refused request (kind
+        spec, security or os, after start); anything else ended it on the supervisor's side."""
         if not isinstance(message, Failed):
             return
-        if message.kind != "spec" or message is self._opening:
+        error = message.error
+        if message.kind not in ("spec", "security", "os") or message is self._opening:
             self.close()
         if message.kind == "setup":
-            raise SetupError.from_dict(message.error)
+            raise SetupError.from_dict(error)
         if message.kind == "spec":
-            raise SpecError(tuple(message.error.get("options", ())), str(message.error.get("message")))
-        raise SandboxError(str(message.error.get("message", "the sandbox failed")))
+            raise SpecError(tuple(error.get("options", ())), str(error.get("message")))
+        if message.kind == "security":
+            raise SecurityError(str(error.get("message")))
+        if message.kind == "os" and isinstance(error.get("errno"), int):
+            raise OSError(error["errno"], str(error.get("message")), str(error.get("path")))
+        raise SandboxError(str(error.get("message", "the sandbox failed")))
 
     def interrupt(self) -> None:
         """Wake a run blocked in another thread (it ends with SandboxError); the
@@ -149,6 +191,18 @@ class _LocalBackend:
             return self.supervisor.run(request, fds, forwarder)
         finally:
             forwarder.restore()
+
+    def execute(self, request: Execute) -> ExecutionResult:
+        if threading.current_thread() is not threading.main_thread():
+            return self.supervisor.execute(request)
+        forwarder = _SignalForwarder()
+        try:
+            return self.supervisor.execute(request, forwarder)
+        finally:
+            forwarder.restore()
+
+    def file_op(self, request: FileRequest) -> FileReply:
+        return self.supervisor.file_op(request)
 
     def close(self) -> None:
         self.supervisor.close()
@@ -267,6 +321,101 @@ class NsSandbox:
             result.check_returncode()
         return result
 
+    # -- Python code -------------------------------------------------------------------------
+    def execute_code(self, code: str, *, timeout: float | None = _UNSET) -> ExecutionResult:
+        """Run Python ``code`` in the session's kernel: variables persist between calls,
+        and the repr of a last expression is the result's ``value``. Never raises for the
+        code's own failure (see ``status``, ``error``, ``traceback``, ``state_lost``)."""
+        return self._execute(code, timeout, None, want_result=False)
+
+    def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = _UNSET) -> Any:
+        """Run ``code`` with ``inputs`` (JSON values) as variables and return the JSON value
+        of the variable ``result``; ExecutionFailed if the code failed or set none."""
+        result = self._execute(code, timeout, _json_inputs(inputs), want_result=True)
+        if not result.success or not result.has_result:
+            raise ExecutionFailed(result)
+        return result.result
+
+    def _execute(
+        self, code: str, timeout: float | None, inputs: dict[str, Any] | None, *, want_result: bool
+    ) -> ExecutionResult:
+        if not isinstance(code, str):
+            raise SpecError(option_name("code"), "code must be a string of Python source")
+        limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
+        return self._call(lambda backend: backend.execute(Execute(code, limit, inputs, want_result)))
+
+    # -- files of the workspace ----------------------------------------------------------------
+    def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
+        """Write a file in /workspace (parents created), owned by the sandbox's user."""
+        content = data.encode() if isinstance(data, str) else bytes(data)
+        if len(content) > FILE_LIMIT:
+            raise SpecError("data", f"{len(content)} bytes; at most {FILE_LIMIT} are written")
+        encoded = base64.b64encode(content).decode("ascii")
+        self._file(FileRequest("write", workspace_path(path), encoded, mode))
+
+    def read_file(self, path: str) -> bytes:
+        """The content of a regular file in /workspace (at most FILE_LIMIT bytes)."""
+        reply = self._file(FileRequest("read", workspace_path(path)))
+        try:
+            return base64.b64decode(reply.data or "", validate=True)
+        except ValueError:
+            self.close()
+            raise ProtocolError("a file's content was not base64") from None
+
+    def list_files(self, path: str = ".") -> list[FileInfo]:
+        """The entries of a directory in /workspace, by name; symlinks are not followed."""
+        reply = self._file(FileRequest("list", workspace_path(path)))
+        return [FileInfo.from_dict(entry) for entry in reply.entries or []]
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, an empty directory, or (``recursive``) a whole tree."""
+        self._file(FileRequest("remove", workspace_path(path), recursive=recursive))
+
+    def upload(self, host_path: str | os.PathLike[str], dest: str | None = None) -> None:
+        """Copy a host file into /workspace (``dest``: by default its name)."""
+        with open(host_path, "rb") as f:
+            data = f.read(FILE_LIMIT + 1)
+        self.write_file(dest if dest is not None else os.path.basename(os.fspath(host_path)), data)
+
+    def download(self, src: str, host_path: str | os.PathLike[str]) -> None:
+        """Copy a regular file of /workspace to ``host_path`` on the host."""
+        data = self.read_file(src)
+        with open(host_path, "wb") as f:
+            f.write(data)
+
+    def _file(self, request: FileRequest) -> FileReply:
+        return self._call(lambda backend: backend.file_op(request))
+
+    # -- packages ------------------------------------------------------------------------------
+    def install_packages(self, packages: Sequence[str], *, timeout: float | None = _UNSET) -> RunResult:
+        """pip-install ``packages`` into the session (``/workspace/.packages``, on the
+        kernel's sys.path) from the wheelhouse given as ``wheels=DIR``. RunFailed if pip fails."""
+        if isinstance(packages, str) or not packages:
+            raise SpecError(option_name("packages"), "give a non-empty list of package names")
+        for name in packages:
+            if not isinstance(name, str) or not _REQUIREMENT_RE.match(name):
+                raise SpecError(option_name("packages"), f"{name!r} is not a package name (options are not taken)")
+        if self.spec.wheels is None:
+            raise SpecError(
+                option_name("wheels"),
+                "install_packages needs a wheelhouse: create the sandbox with wheels=DIR (a directory of .whl files)",
+            )
+        argv = ["python3", "-m", "pip", "install", "--no-index", "--find-links", WHEELS, "--target", PACKAGES]
+        argv += ["--no-cache-dir", "--disable-pip-version-check", "--no-input", "--quiet", *packages]
+        result = self.run(argv, capture_output=True, timeout=timeout)
+        if not result.ok:
+            raise RunFailed(result)
+        return result
+
+    def _call(self, call: Callable[[_Backend], _T]) -> _T:
+        self.start()
+        try:
+            with self._lock:
+                return call(self._backend)
+        except ProtocolError:
+            self.close()
+            raise
+
     def close(self) -> None:
         """Destroy the sandbox: every process, mount and namespace of it. Idempotent.
         A run in progress in another thread ends with SandboxError."""
@@ -310,6 +459,18 @@ def spec_from_options(**options: Any) -> SandboxSpec:
         return SandboxSpec(**options)
     except TypeError as exc:
         raise SpecError(tuple(options), f"unknown option: {exc}") from None
+
+
+def _json_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """execute_ai_code's inputs: variable names to JSON values (what crosses into the sandbox)."""
+    if inputs is None:
+        return None
+    if not isinstance(inputs, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in inputs):
+        raise SpecError(option_name("inputs"), "inputs must map variable names to values")
+    try:
+        return dict(json.loads(json.dumps(dict(inputs), allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise SpecError(option_name("inputs"), f"inputs must be JSON values: {exc}") from None
 
 
 def _argv(args: Sequence[str | os.PathLike[str]] | str) -> list[str]:

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from . import _supervisor
+from . import _session
 from ._cgroup import sweep_all
 from ._channel import Channel, socketpair
 from ._fds import close_fds
@@ -83,7 +83,7 @@ def _spawn(channel: Channel, _: Spawn, fds: list[int], own_fds: tuple[int, int])
         close_fds(own_fds)
         channel.close()
         try:
-            _supervisor.serve_session(socket.socket(fileno=fds[0]))
+            _session.serve_session(socket.socket(fileno=fds[0]))
         finally:
             os._exit(0)
     os.close(fds[0])

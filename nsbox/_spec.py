@@ -26,6 +26,7 @@ __all__ = ["GiB", "MiB", "option_name", "parse_size", "parse_timeout"]  # re-exp
 
 #: Where things are inside every sandbox.
 WORKSPACE = "/workspace"
+WHEELS = "/wheels"  #: where the wheelhouse (the ``wheels`` option) is bound, read-only
 TMP = "/tmp"  # nosec B108  # inside the sandbox: its own private, size-capped tmpfs
 #: The unprivileged identity payloads run as, inside the sandbox.
 PAYLOAD_UID = 1000
@@ -231,6 +232,7 @@ class SandboxSpec:
     limits: Limits = field(default_factory=Limits)
     seccomp: Seccomp = field(default_factory=Seccomp)
     audit_log: str | None = None  #: a file on the host for JSON lines of security events
+    wheels: str | None = None  #: a host directory of wheels, bound read-only at /wheels (install_packages)
 
     def __post_init__(self) -> None:
         if self.rootfs is not None:
@@ -245,6 +247,13 @@ class SandboxSpec:
         if dupes := sorted({t for t in targets if targets.count(t) > 1}):
             raise SpecError(option_name("mounts"), f"destination(s) used twice: {', '.join(dupes)}")
         object.__setattr__(self, "mounts", mounts)
+        if self.wheels is not None:
+            wheels = os.path.abspath(str(self.wheels))
+            if not os.path.isdir(wheels):
+                raise SpecError(option_name("wheels"), f"{wheels!r} is not a directory")
+            if WHEELS in targets:
+                raise SpecError((option_name("wheels"), option_name("mounts")), f"both bind something at {WHEELS}")
+            object.__setattr__(self, "wheels", wheels)
         size = int(bounded("workspace_size", self.workspace_size, MiB, 64 * GiB, "size"))
         object.__setattr__(self, "workspace_size", size)
         if not isinstance(self.hostname, str) or not _HOSTNAME_RE.match(self.hostname):
@@ -264,6 +273,11 @@ class SandboxSpec:
             object.__setattr__(self, "audit_log", audit_log)
 
     # -- derived values ------------------------------------------------------------------
+    @property
+    def all_mounts(self) -> tuple[Mount, ...]:
+        """The user's binds and the wheelhouse's."""
+        return self.mounts + (() if self.wheels is None else (Mount(self.wheels, WHEELS),))
+
     def payload_env(self, extra: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> dict[str, str]:
         """The payload's whole environment: a minimal base, the spec's env, then ``extra``."""
         env = {
@@ -290,6 +304,7 @@ class SandboxSpec:
             "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
             "seccomp": self.seccomp.to_dict(),
             "audit_log": self.audit_log,
+            "wheels": self.wheels,
         }
 
     @classmethod
@@ -324,7 +339,7 @@ class SandboxSpec:
         data = self.to_dict()
         lines = [
             f"{key} = {_toml_value(data[key])}"
-            for key in ("rootfs", "workspace_size", "hostname", "audit_log")
+            for key in ("rootfs", "workspace_size", "hostname", "audit_log", "wheels")
             if data[key]
         ]
         lines.append("[env]")

@@ -22,10 +22,10 @@ _CHUNK = 65536
 #: After the payload ended, at most this much is drained per stream: what it wrote before
 #: exiting is in the pipe (at most its capacity, which a payload can raise to 1 MiB); a
 #: process left behind must not keep the supervisor reading forever.
-_DRAIN_LIMIT = (1 << 20) + _CHUNK
+DRAIN_LIMIT = (1 << 20) + _CHUNK
 
 
-class _Capture:
+class Capture:
     def __init__(self, fd: int, limit: int) -> None:
         self.fd = fd
         self.limit = limit
@@ -59,8 +59,8 @@ class RunIO:
 
     def __init__(self, request: Run, received: list[int], limit: int, input_data: bytes = b"") -> None:
         self.child_fds: list[int] = []
-        self._captures: dict[int, _Capture] = {}
-        self._by_name: dict[str, _Capture] = {}
+        self._captures: dict[int, Capture] = {}
+        self._by_name: dict[str, Capture] = {}
         self._input_fd: int | None = None
         self._input = memoryview(input_data)
         self._owned: list[int] = []  # everything we must close eventually
@@ -88,7 +88,7 @@ class RunIO:
             r, w = os.pipe2(os.O_CLOEXEC)
             os.set_blocking(r, False)
             self._own(r)
-            self._captures[r] = self._by_name[name] = _Capture(r, limit)
+            self._captures[r] = self._by_name[name] = Capture(r, limit)
             return self._own(w)
         if mode == "stdout" and name == "stderr":
             return self.child_fds[1]
@@ -147,7 +147,7 @@ class RunIO:
         """After the payload ended: take what is already in the pipes, then close all.
         (A background process may hold a pipe open; we do not wait for it.)"""
         for capture in self._captures.values():
-            for _ in range(_DRAIN_LIMIT // _CHUNK):
+            for _ in range(DRAIN_LIMIT // _CHUNK):
                 if not (readable(capture.fd) and capture.read()):
                     break
         self.close()

@@ -18,38 +18,43 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import math
 import os
 import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
-from . import _caps, _child, _mount, _rlimits, _userns
+from . import _caps, _child, _kernel, _mount, _rlimits, _userns
 from ._audit import AuditLog
 from ._cgroup import CgroupGuard, CgroupLimits, Usage, cgroup_for_host
 from ._channel import Channel, readable, socketpair
 from ._child import SandboxPlan
-from ._errors import ProtocolError, SandboxError, SetupError, SpecError
+from ._errors import ProtocolError, SandboxError, SecurityError, SetupError, SpecError
 from ._fds import close_fds
+from ._files import Workspace
 from ._host import remedy_for
+from ._kernel import Kernel
 from ._protocol import (
+    KERNEL,
     MAX_FRAME_FROM_SANDBOX,
-    MAX_FRAME_SESSION,
     MAX_FRAME_TO_INIT,
-    Close,
-    Done,
+    RUN,
+    Cell,
+    CellDone,
     Exec,
+    Execute,
     Exited,
-    Failed,
+    FileReply,
+    FileRequest,
     Go,
     InitReady,
     InitStarted,
+    KernelReady,
     KillRun,
     Message,
-    Open,
-    Ready,
     Run,
     Signal,
     Started,
@@ -58,14 +63,13 @@ from ._protocol import (
     encode,
     parse,
 )
-from ._result import RunResult
+from ._result import ExecutionResult, RunResult, Status
 from ._seccomp import compile_filters
-from ._spec import Limits, SandboxSpec, option_name, parse_timeout
+from ._spec import SandboxSpec, option_name, parse_timeout
 from ._stdio import RunIO
+from ._watch import Watch
 
 SETUP_TIMEOUT = 30.0
-#: After KillRun, how long init gets to report the run's end before the sandbox is killed.
-KILL_GRACE = 1.0
 #: How long the intermediate gets to reap init and exit before it is killed too.
 TEARDOWN_TIMEOUT = 5.0
 M = TypeVar("M", bound=Message)
@@ -111,6 +115,8 @@ class Supervisor:
         self._sync: Channel | None = None
         self._ctl: Channel | None = None
         self._id_range_hold: socket.socket | None = None
+        self.kernel = Kernel(limits.output_limit)
+        self.workspace: Workspace | None = None
         self.alive = False
 
     # -- start -------------------------------------------------------------------------
@@ -149,7 +155,13 @@ class Supervisor:
                 close_fds(fds)
                 raise ProtocolError("init_started must carry exactly one pidfd")
             self._init_fd = fds[0]
-            self._await_setup(ctl, InitReady)
+            ctl.accept_fds = True  # init's /workspace, sent before any payload ran; never again
+            _, fds = self._await_setup(ctl, InitReady)
+            ctl.accept_fds = False
+            if len(fds) != 1:
+                close_fds(fds)
+                raise ProtocolError("init_ready must carry exactly one directory fd")
+            self.workspace = Workspace(fds[0], self.plan.mapping.payload_host_ids)
         except BaseException as exc:
             self.audit.failed(exc if isinstance(exc, Exception) else SandboxError(type(exc).__name__))
             self.close()
@@ -256,7 +268,7 @@ class Supervisor:
         try:
             timeout = parse_timeout(request.timeout) if request.timeout is not None else self.spec.limits.timeout
             argv = tuple(request.argv)
-            exec_request = Exec(list(argv), self.spec.payload_env(request.env), request.cwd)
+            exec_request = Exec(list(argv), self.spec.payload_env(request.env), request.cwd, RUN)
             if len(encode(exec_request)) > MAX_FRAME_TO_INIT:
                 raise SpecError(option_name("command"), f"argv and env exceed {MAX_FRAME_TO_INIT} bytes")
             input_data = base64.b64decode(request.input, validate=True) if request.input else b""
@@ -266,7 +278,7 @@ class Supervisor:
         io = RunIO(request, fds, self.spec.limits.output_limit, input_data)
         before = self._usage()
         self.cgroup.reset_peak()
-        watch = _Watch(time.monotonic(), timeout, self.spec.limits, self._usage, before)
+        watch = Watch(time.monotonic(), timeout, self.spec.limits, self._usage, before)
         exited: Exited | None = None
         try:
             self._ctl.send(exec_request, io.child_fds)
@@ -287,7 +299,7 @@ class Supervisor:
                 for fd, _ in poller.poll(watch.wait_ms(now)):
                     if fd == self._ctl.fileno():
                         message = self._read_ctl()
-                        if isinstance(message, Exited):
+                        if isinstance(message, Exited) and message.process == RUN:
                             exited = message
                     elif fd == self._intermediate_fd:
                         self.close()
@@ -296,7 +308,7 @@ class Supervisor:
                         break
                     elif events is not None and fd == events.fileno():
                         for signum in events.read():
-                            self._ctl.send(Signal(signum))
+                            self._ctl.send(Signal(signum, RUN))
                     else:
                         io.handle(fd, poller)
             wall = time.monotonic() - watch.started
@@ -309,7 +321,7 @@ class Supervisor:
         return self._verdict(argv, wall, exited, watch, before, io)
 
     def _verdict(
-        self, argv: tuple[str, ...], wall: float, exited: Exited | None, watch: _Watch, before: Usage, io: RunIO
+        self, argv: tuple[str, ...], wall: float, exited: Exited | None, watch: Watch, before: Usage, io: RunIO
     ) -> RunResult:
         after = self._usage()
         used = after.since(before)
@@ -342,6 +354,175 @@ class Supervisor:
             seccomp=self.spec.seccomp.kind,
         )
 
+    # -- Python code (the session's kernel) ------------------------------------------------
+    def execute(self, request: Execute, events: Events | None = None) -> ExecutionResult:
+        """One cell of Python in the session's kernel (started if it is not running).
+        Never raises for the code's own failure; SandboxError if the sandbox dies."""
+        try:
+            timeout = self.spec.limits.timeout if request.timeout is None else parse_timeout(request.timeout)
+        except SpecError as exc:
+            self.audit.refused("execute", str(exc))
+            raise
+        result = self._execute(request, timeout, events)
+        self.audit.execution(result)
+        return result
+
+    def _execute(self, request: Execute, timeout: float | None, events: Events | None) -> ExecutionResult:
+        if not self.alive or self._ctl is None or self._intermediate_fd is None:
+            raise SandboxError("the sandbox is not running")
+        started = time.monotonic()
+        state_lost = self.kernel.lost
+        if not self.kernel.running:
+            self._start_kernel()
+        self.kernel.lost = False
+        wire, output = self.kernel.wire, self.kernel.captures()
+        before = self._usage()
+        self.cgroup.reset_peak()
+        watch = Watch(started, timeout, self.spec.limits, self._usage, before)
+        reply: CellDone | None = None
+        interrupted = killing = False
+        hard_kill_at: float | None = None
+        poller = select.poll()
+        for fd in (self._ctl.fileno(), self._intermediate_fd, *(c.fd for c in output)):
+            poller.register(fd, select.POLLIN)
+        if events is not None:
+            poller.register(events.fileno(), select.POLLIN)
+        try:
+            if wire is not None and self.kernel.running:
+                poller.register(wire.fileno(), select.POLLIN)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
+                    wire.send(Cell(request.code, request.inputs, request.want_result))
+            while self.alive and self.kernel.running and (reply is None or killing):
+                now = time.monotonic()
+                if watch.kill_by is None and watch.exceeded(now):
+                    if watch.killed_for is not None and watch.killed_for[0] == "timeout":
+                        self._ctl.send(Signal(signal.SIGINT, KERNEL))  # first as KeyboardInterrupt
+                        interrupted, hard_kill_at = True, now + _kernel.INTERRUPT_GRACE
+                    else:
+                        self._ctl.send(KillRun())
+                        killing = True
+                if hard_kill_at is not None and now >= hard_kill_at:
+                    self._ctl.send(KillRun())  # the code did not stop: the kernel goes, with the rest
+                    killing, hard_kill_at = True, None
+                if watch.kill_by is not None and now >= watch.kill_by:
+                    self.close()
+                    break
+                wait = watch.wait_ms(now)
+                if hard_kill_at is not None:
+                    wait = min(math.inf if wait is None else wait, (hard_kill_at - now) * 1000)
+                for fd, _ in poller.poll(wait):
+                    if fd == self._ctl.fileno():
+                        self._read_ctl()  # the kernel's Exited ends the loop
+                    elif fd == self._intermediate_fd:
+                        self.close()
+                        if watch.kill_by is None:
+                            raise SandboxError("the sandbox died during the execution")
+                    elif wire is not None and fd == wire.fileno():
+                        reply = self._read_reply(wire, poller) or reply
+                    elif events is not None and fd == events.fileno():
+                        for signum in events.read():
+                            self._ctl.send(Signal(signum, KERNEL))
+                    else:
+                        for capture in output:
+                            if fd == capture.fd and not capture.read():
+                                poller.unregister(fd)
+        except ProtocolError as exc:
+            self.close()
+            return ExecutionResult(
+                Status.ERROR,
+                error=f"the Python kernel broke the protocol ({exc}); the sandbox is closed",
+                state_lost=True,
+                wall_s=time.monotonic() - started,
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            self.close()
+            raise SandboxError("the sandbox's init stopped answering") from None
+        _kernel.drain(*output)
+        used = self._usage().since(before)
+        return _kernel.verdict(
+            reply if self.kernel.running else None,
+            self.kernel.last_exit,
+            interrupted=interrupted,
+            killed_for=watch.killed_for,
+            oom_killed=used.oom_kills > 0,
+            pids_hit=used.pids_max_hits > 0,
+            state_lost_before=state_lost,
+            output=output,
+            wall_s=time.monotonic() - started,
+            cpu_s=used.cpu_ns / 1e9,
+            memory_peak_bytes=self._usage().memory_peak,
+            limits=self.cgroup.kind,
+            seccomp=self.spec.seccomp.kind,
+        )
+
+    def _read_reply(self, wire: Channel, poller: select.poll) -> CellDone | None:
+        try:
+            got = wire.read_packet()
+        except EOFError:
+            poller.unregister(wire.fileno())  # the kernel is ending; init's Exited follows
+            return None
+        return None if got is None else parse(got[0], CellDone)
+
+    def _start_kernel(self) -> None:
+        """Start the kernel and wait until it is ready. If it cannot start, its Exited
+        (kernel.running False) makes the caller's loop end at once with the reason."""
+        if self._ctl is None or self._intermediate_fd is None:
+            raise SandboxError("the sandbox is not running")
+        exec_request, fds = self.kernel.exec_request(self.spec.payload_env())
+        try:
+            self._ctl.send(exec_request, fds)
+        finally:
+            self.kernel.close_child_fds()
+        wire = self.kernel.wire
+        assert wire is not None  # nosec B101  # set by exec_request
+        deadline = time.monotonic() + _kernel.KERNEL_START_TIMEOUT
+        poller = select.poll()
+        for fd in (self._ctl.fileno(), self._intermediate_fd, wire.fileno()):
+            poller.register(fd, select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.kernel.running:
+                return  # it could not start: the caller reports why
+            for fd, _ in poller.poll(left * 1000):
+                if fd == self._ctl.fileno():
+                    self._read_ctl()
+                elif fd == self._intermediate_fd:
+                    self.close()
+                    raise SandboxError("the sandbox died while its Python kernel started")
+                else:
+                    try:
+                        got = wire.read_packet()
+                    except EOFError:
+                        poller.unregister(fd)
+                        continue
+                    if got is not None:
+                        parse(got[0], KernelReady)
+                        return
+        self._ctl.send(Signal(signal.SIGKILL, KERNEL))
+        raise SandboxError(f"the Python kernel did not start within {_kernel.KERNEL_START_TIMEOUT:g} s")
+
+    # -- files of the workspace --------------------------------------------------------------
+    def file_op(self, request: FileRequest) -> FileReply:
+        """A workspace file operation; SecurityError for a path that leaves the workspace or
+        crosses a symlink (also logged), OSError for the rest (no such file...)."""
+        if not self.alive or self.workspace is None:
+            raise SandboxError("the sandbox is not running")
+        try:
+            if request.op == "read":
+                return FileReply(data=base64.b64encode(self.workspace.read(request.path)).decode("ascii"))
+            if request.op == "write":
+                data = base64.b64decode(request.data or "", validate=True)
+                self.workspace.write(request.path, data, request.mode)
+            elif request.op == "list":
+                return FileReply(entries=self.workspace.list(request.path))
+            elif request.op == "remove":
+                self.workspace.remove(request.path, request.recursive)
+            else:
+                raise SpecError("op", f"unknown file operation {request.op!r}")
+        except (SecurityError, SpecError) as exc:
+            self.audit.refused(f"file {request.op}", str(exc))
+            raise
+        return FileReply()
+
     def _usage(self) -> Usage:
         """The cgroup's counters, or zeros once it is gone (a sandbox killed mid-run)."""
         try:
@@ -350,13 +531,17 @@ class Supervisor:
             return Usage()
 
     def _read_ctl(self) -> Message | None:
+        """The next message from init; the kernel's end is noted whenever it arrives."""
         if self._ctl is None:
             return None
         try:
             got = self._ctl.read_packet()
         except EOFError:
             return None  # init is gone; the intermediate's pidfd will say so
-        return None if got is None else parse(got[0], Started, Exited)
+        message = None if got is None else parse(got[0], Started, Exited)
+        if isinstance(message, Exited) and message.process == KERNEL:
+            self.kernel.exited(message)
+        return message
 
     # -- teardown ----------------------------------------------------------------------
     def close(self) -> None:
@@ -383,6 +568,11 @@ class Supervisor:
             if fd is not None:
                 os.close(fd)
         self._init_fd = self._intermediate_fd = None
+        self.kernel.exited(None)  # with the sandbox (if it had not ended already)
+        self.kernel.close()
+        if self.workspace is not None:
+            self.workspace.close()
+            self.workspace = None
         self.cgroup.kill()  # nothing should be left; if anything is, it goes now
         self.cgroup.remove()
         if self._guard is not None:
@@ -405,49 +595,6 @@ def _killed_by_cpu_rlimit(exited: Exited | None) -> bool:
     )
 
 
-class _Watch:
-    """A run's two clocks: the wall-clock deadline, and CPU time read from the cgroup.
-
-    CPU time is checked when it could first have run out: the time left divided by the
-    CPUs the sandbox may use (no sooner than every 10 ms), so a check costs nothing while
-    a limit is far and the kill lands within a few milliseconds of it."""
-
-    def __init__(
-        self, started: float, timeout: float | None, limits: Limits, usage: Callable[[], Usage], before: Usage
-    ) -> None:
-        self.started = started
-        self.deadline = None if timeout is None else started + timeout
-        self.timeout = timeout
-        self.cpu_time = limits.cpu_time if limits.cgroups else None  # rlimit-only: the kernel's RLIMIT_CPU
-        self.cpus = limits.cpus
-        self.usage = usage
-        self.before = before
-        self.next_cpu_check = started if self.cpu_time is not None else None
-        self.kill_by: float | None = None
-        self.killed_for: tuple[str, float] | None = None
-
-    def exceeded(self, now: float) -> bool:
-        """True once a limit is reached (the caller sends KillRun); then wait for the kill."""
-        if self.deadline is not None and self.timeout is not None and now >= self.deadline:
-            self.killed_for = ("timeout", self.timeout)
-        elif self.cpu_time is not None and self.next_cpu_check is not None and now >= self.next_cpu_check:
-            used = (self.usage().cpu_ns - self.before.cpu_ns) / 1e9
-            if used >= self.cpu_time:
-                self.killed_for = ("cpu_time", self.cpu_time)
-            else:
-                self.next_cpu_check = now + max(0.01, (self.cpu_time - used) / max(self.cpus, 0.01))
-        if self.killed_for is None:
-            return False
-        self.kill_by = now + KILL_GRACE
-        return True
-
-    def wait_ms(self, now: float) -> float | None:
-        wakes = [t for t in (self.kill_by,) if t is not None] or [
-            t for t in (self.deadline, self.next_cpu_check) if t is not None
-        ]
-        return None if not wakes else max(0.0, min(wakes) - now) * 1000
-
-
 @contextlib.contextmanager
 def _setup_stage(stage: str, call: str) -> Iterator[None]:
     try:
@@ -455,77 +602,3 @@ def _setup_stage(stage: str, call: str) -> Iterator[None]:
     except OSError as exc:
         call = getattr(exc, "call", call)
         raise SetupError(stage, call, str(exc.filename or ""), exc.errno, remedy_for(stage, call, exc.errno)) from exc
-
-
-# --- serving a front-end (the embedding case) -------------------------------------------------
-class _SessionEvents:
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-
-    def fileno(self) -> int:
-        return self.channel.fileno()
-
-    def read(self) -> list[int]:
-        try:
-            got = self.channel.read_packet()
-        except EOFError:
-            raise SessionClosed from None
-        if got is None:
-            return []
-        close_fds(got[1])
-        message = parse(got[0], Signal, Close)
-        if isinstance(message, Signal):
-            return [message.signum] if 0 < message.signum < signal.NSIG else []
-        raise SessionClosed
-
-
-def serve_session(sock: socket.socket) -> None:
-    """Serve one front-end: Open, then Runs until Close or EOF; the sandbox dies with it.
-    Every failure is answered with a Failed frame before the session ends."""
-    channel = Channel(sock, MAX_FRAME_SESSION)
-    supervisor: Supervisor | None = None
-    try:
-        opened, fds = channel.recv(Open, timeout=SETUP_TIMEOUT)
-        close_fds(fds)
-        try:
-            supervisor = Supervisor(SandboxSpec.from_dict(opened.spec))
-            supervisor.start()
-        except Exception as exc:
-            channel.send(_failure(exc))
-            return
-        channel.send(Ready())
-        events = _SessionEvents(channel)
-        while True:
-            message, fds = channel.recv(Run, Close, Signal)
-            if not isinstance(message, Run):  # Close, or a Signal with no run to forward it to
-                close_fds(fds)
-                if isinstance(message, Close):
-                    return
-                continue
-            try:
-                result = supervisor.run(message, fds, events)
-            except SpecError as exc:  # this run's request was refused; the session goes on
-                channel.send(_failure(exc))
-                continue
-            except (SessionClosed, EOFError):
-                raise
-            except Exception as exc:
-                channel.send(_failure(exc))
-                return
-            channel.send(Done(result.to_dict(binary="base64")))
-    except (EOFError, SessionClosed, BrokenPipeError, ConnectionResetError, TimeoutError):
-        return
-    finally:
-        if supervisor is not None:
-            supervisor.close()
-        channel.close()
-
-
-def _failure(exc: Exception) -> Failed:
-    if isinstance(exc, SpecError):
-        return Failed("spec", {"options": list(exc.options), "message": exc.message})
-    if isinstance(exc, SetupError):
-        return Failed("setup", exc.to_dict())
-    if isinstance(exc, SandboxError):
-        return Failed("sandbox", {"message": str(exc)})
-    return Failed("sandbox", {"message": f"internal error in the supervisor: {type(exc).__name__}: {exc}"})

@@ -62,6 +62,20 @@ class IdMapping:
         _, host, count = (int(x) for x in self.outer_uid_map.split()[:3])
         return range(host, host + count)
 
+    @property
+    def payload_host_ids(self) -> tuple[int, int]:
+        """The payload's uid and gid as the host sees them (who owns what it writes)."""
+        uid = _to_host(self.outer_uid_map, self.payload_outer_uid)
+        return uid, _to_host(self.outer_gid_map, self.payload_outer_gid)
+
+
+def _to_host(id_map: str, inside: int) -> int:
+    for line in id_map.splitlines():
+        first, host, count = (int(x) for x in line.split())
+        if first <= inside < first + count:
+            return host + inside - first
+    raise ValueError(f"id {inside} is not mapped")
+
 
 def allocate_host_range() -> tuple[int, socket.socket]:
     """As root: the first host id of a range no other running sandbox has, and the socket

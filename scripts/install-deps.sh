@@ -1,10 +1,11 @@
 #!/bin/sh
 # Debian packages nsbox needs: gcc, libc6-dev and libcap-dev to build python-prctl (the
-# tests also compile C probes with gcc), libseccomp2 for pyseccomp,
+# tests also compile C probes with gcc), libseccomp2 for pyseccomp, python3-pip for
+# install_packages inside a sandbox (pip runs with the sandbox's python3),
 # and for `bench` also bubblewrap (the baseline). As root they are installed with apt-get;
 # otherwise a missing one is named with the command that installs it.
 set -eu
-packages="gcc libc6-dev libcap-dev libseccomp2"
+packages="gcc libc6-dev libcap-dev libseccomp2 python3-pip"
 [ "${1:-}" = "bench" ] && packages="$packages bubblewrap"
 missing=""
 for p in $packages; do

@@ -1,0 +1,142 @@
+"""SandboxClient: the asynchronous front-end, with the names hosted AI sandboxes use.
+
+A thin mirror of NsSandbox over the same core: every call runs the synchronous method in
+the client's own worker thread (one per client, so its calls keep their order), and the
+event loop only awaits it. The blocking work is waiting on the supervisor's socket, so
+a thread costs nothing while it waits and never blocks the loop.
+
+Names from the seeds: ``memory_limit``, ``cpu_limit``, ``execution_timeout`` (or
+``timeout``), ``max_processes``, ``allow_network``, ``allowed_hosts``, ``network_timeout``;
+``setup()``, ``execute_code()`` (a response with ``.success``, ``.data["output"]``,
+``.error``) and ``cleanup()``. Any other NsSandbox option may be passed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._errors import SandboxError, SpecError
+from ._files import FileInfo
+from ._result import ExecutionResult, RunResult
+from ._sandbox import NsSandbox
+from ._values import option_name
+
+_T = TypeVar("_T")
+
+
+class SandboxClient:
+    """An asynchronous sandbox session. ``async with SandboxClient(...) as client:``, or
+    ``await client.setup()`` ... ``await client.cleanup()``."""
+
+    def __init__(
+        self,
+        memory_limit: str | int = "512M",
+        cpu_limit: float = 1,
+        execution_timeout: float | None = None,
+        timeout: float | None = None,
+        max_processes: int = 64,
+        allow_network: bool = False,
+        allowed_hosts: Sequence[str] = (),
+        network_timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        if execution_timeout is not None and timeout is not None and execution_timeout != timeout:
+            raise SpecError(("execution_timeout", "timeout"), "timeout is another name of execution_timeout: pass one")
+        if not isinstance(allow_network, bool):
+            raise SpecError("allow_network", f"{allow_network!r} is not true or false")
+        if isinstance(allowed_hosts, str) or not all(isinstance(h, str) for h in allowed_hosts):
+            raise SpecError("allowed_hosts", "give a list of host names")
+        self.allow_network = allow_network
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.network_timeout = network_timeout
+        limit = execution_timeout if execution_timeout is not None else timeout
+        self._options = {
+            "memory": memory_limit,
+            "cpus": cpu_limit,
+            "pids": max_processes,
+            "timeout": 60.0 if limit is None else limit,
+            **options,
+        }
+        self.sandbox = NsSandbox(**self._options)  # validates every option now
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def setup(self) -> SandboxClient:
+        """Create the sandbox (its namespaces, cgroup and workspace)."""
+        if self.allow_network:
+            raise SpecError(
+                option_name("allow_network"),
+                "network access is not available yet: every sandbox has loopback only (allowed_hosts: "
+                f"{', '.join(self.allowed_hosts) or 'none'}). Leave allow_network=False.",
+            )
+        await self._call(self.sandbox.start)
+        return self
+
+    async def cleanup(self) -> None:
+        """Destroy the sandbox; returns once every process of it is gone. Idempotent.
+        A call still running (say, after its task was cancelled) ends with SandboxError."""
+        try:
+            # Not through the worker, which may be busy with that call: close() interrupts it.
+            await asyncio.get_running_loop().run_in_executor(None, self.sandbox.close)
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=False)
+                self._worker = None
+
+    async def __aenter__(self) -> SandboxClient:
+        return await self.setup()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.cleanup()
+
+    @property
+    def closed(self) -> bool:
+        return self.sandbox.closed
+
+    # -- the session's operations (NsSandbox's, awaited) -----------------------------------------
+    async def execute_code(self, code: str, *, timeout: Any = None) -> ExecutionResult:
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        return await self._call(self.sandbox.execute_code, code, **kwargs)
+
+    async def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        return await self._call(self.sandbox.execute_ai_code, code, inputs, **kwargs)
+
+    async def run(self, args: Sequence[str | os.PathLike[str]], **kwargs: Any) -> RunResult:
+        return await self._call(self.sandbox.run, args, **kwargs)
+
+    async def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
+        await self._call(self.sandbox.write_file, path, data, mode=mode)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._call(self.sandbox.read_file, path)
+
+    async def list_files(self, path: str = ".") -> list[FileInfo]:
+        return await self._call(self.sandbox.list_files, path)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        await self._call(self.sandbox.remove, path, recursive=recursive)
+
+    async def upload(self, host_path: str | os.PathLike[str], dest: str | None = None) -> None:
+        await self._call(self.sandbox.upload, host_path, dest)
+
+    async def download(self, src: str, host_path: str | os.PathLike[str]) -> None:
+        await self._call(self.sandbox.download, src, host_path)
+
+    async def install_packages(self, packages: Sequence[str], **kwargs: Any) -> RunResult:
+        return await self._call(self.sandbox.install_packages, packages, **kwargs)
+
+    async def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self.sandbox.closed:
+            raise SandboxError("the sandbox is closed")
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nsbox-client")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, functools.partial(method, *args, **kwargs))

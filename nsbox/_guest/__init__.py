@@ -1,0 +1,1 @@
+"""Code that runs INSIDE a sandbox, with the sandbox's own python3 (stdlib only)."""
