@@ -7,21 +7,36 @@ its stdout and stderr pipes for as long as it lives. It is started on the first
 ``state_lost``. Everything it sends is untrusted: frames are parsed with a size cap, and
 its output is captured with the run's output limit.
 
-This module holds the kernel's state and the verdict of a cell; the supervisor's
-``execute`` drives the loop (it owns init's channel and the deadlines).
+A cell's timeout is answered first with SIGINT to the kernel's process group (the cell
+gets KeyboardInterrupt and the state is kept); if the cell has not ended INTERRUPT_GRACE
+later, every process of the sandbox is killed (the state is lost).
+
+This module holds the kernel's state, drives a cell through the supervisor's channels
+(``execute``), and decides its verdict.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import select
+import signal
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._channel import Channel, readable, socketpair
+from ._errors import ProtocolError, SandboxError
 from ._fds import close_fds
-from ._protocol import KERNEL, CellDone, Exec, Exited
+from ._protocol import KERNEL, Cell, CellDone, Exec, Execute, Exited, KernelReady, KillRun, Signal, parse
 from ._result import ExecutionResult, RunResult, Status
 from ._spec import WORKSPACE
 from ._stdio import DRAIN_LIMIT, Capture
+from ._watch import Watch
+
+if TYPE_CHECKING:
+    from ._supervisor import Events, Supervisor
 
 #: The guest kernel's text, read once (the spawner imports this module before forking).
 KERNEL_SOURCE = (Path(__file__).parent / "_guest" / "kernel.py").read_text()
@@ -87,6 +102,144 @@ class Kernel:
         close_fds([fd for fd in (self.stdout_fd, self.stderr_fd) if fd is not None])
         self.stdout_fd = self.stderr_fd = None
         self.running = False
+
+
+def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Events | None) -> ExecutionResult:
+    """Drive one cell: start the kernel if needed, send it, watch the deadlines (SIGINT
+    first, then the kill), capture the output, and decide the verdict."""
+    if not sup.alive or sup.ctl is None or sup.intermediate_fd is None:
+        raise SandboxError("the sandbox is not running")
+    started = time.monotonic()
+    state_lost = sup.kernel.lost
+    if not sup.kernel.running:
+        _start(sup)
+    sup.kernel.lost = False
+    wire, output = sup.kernel.wire, sup.kernel.captures()
+    before = sup.usage()
+    sup.cgroup.reset_peak()
+    watch = Watch(started, timeout, sup.spec.limits, sup.usage, before)
+    reply: CellDone | None = None
+    interrupted = killing = False
+    hard_kill_at: float | None = None
+    poller = select.poll()
+    for fd in (sup.ctl.fileno(), sup.intermediate_fd, *(c.fd for c in output)):
+        poller.register(fd, select.POLLIN)
+    if events is not None:
+        poller.register(events.fileno(), select.POLLIN)
+    try:
+        if wire is not None and sup.kernel.running:
+            poller.register(wire.fileno(), select.POLLIN)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
+                wire.send(Cell(request.code, request.inputs, request.want_result))
+        while sup.alive and sup.kernel.running and (reply is None or killing):
+            now = time.monotonic()
+            if watch.kill_by is None and watch.exceeded(now):
+                if watch.killed_for is not None and watch.killed_for[0] == "timeout":
+                    sup.ctl.send(Signal(signal.SIGINT, KERNEL))  # first as KeyboardInterrupt
+                    interrupted, hard_kill_at = True, now + INTERRUPT_GRACE
+                else:
+                    sup.ctl.send(KillRun())
+                    killing = True
+            if hard_kill_at is not None and now >= hard_kill_at:
+                sup.ctl.send(KillRun())  # the code did not stop: the kernel goes, with the rest
+                killing, hard_kill_at = True, None
+            if watch.kill_by is not None and now >= watch.kill_by:
+                sup.close()
+                break
+            wait = watch.wait_ms(now)
+            if hard_kill_at is not None:
+                wait = min(math.inf if wait is None else wait, (hard_kill_at - now) * 1000)
+            for fd, _ in poller.poll(wait):
+                if fd == sup.ctl.fileno():
+                    sup.read_init()  # the kernel's Exited ends the loop
+                elif fd == sup.intermediate_fd:
+                    sup.close()
+                    if watch.kill_by is None:
+                        raise SandboxError("the sandbox died during the execution")
+                elif wire is not None and fd == wire.fileno():
+                    reply = _read_reply(wire, poller) or reply
+                elif events is not None and fd == events.fileno():
+                    for signum in events.read():
+                        sup.ctl.send(Signal(signum, KERNEL))
+                else:
+                    for capture in output:
+                        if fd == capture.fd and not capture.read():
+                            poller.unregister(fd)
+    except ProtocolError as exc:
+        sup.close()
+        return ExecutionResult(
+            Status.ERROR,
+            error=f"the Python kernel broke the protocol ({exc}); the sandbox is closed",
+            state_lost=True,
+            wall_s=time.monotonic() - started,
+        )
+    except (BrokenPipeError, ConnectionResetError):
+        sup.close()
+        raise SandboxError("the sandbox's init stopped answering") from None
+    drain(*output)
+    used = sup.usage().since(before)
+    return verdict(
+        reply if sup.kernel.running else None,
+        sup.kernel.last_exit,
+        interrupted=interrupted,
+        killed_for=watch.killed_for,
+        oom_killed=used.oom_kills > 0,
+        pids_hit=used.pids_max_hits > 0,
+        state_lost_before=state_lost,
+        output=output,
+        wall_s=time.monotonic() - started,
+        cpu_s=used.cpu_ns / 1e9,
+        memory_peak_bytes=sup.usage().memory_peak,
+        limits=sup.cgroup.kind,
+        seccomp=sup.spec.seccomp.kind,
+    )
+
+
+def _read_reply(wire: Channel, poller: select.poll) -> CellDone | None:
+    try:
+        got = wire.read_packet()
+    except EOFError:
+        poller.unregister(wire.fileno())  # the kernel is ending; init's Exited follows
+        return None
+    return None if got is None else parse(got[0], CellDone)
+
+
+def _start(sup: Supervisor) -> None:
+    """Start the kernel and wait until it is ready. If it cannot start, its Exited
+    (kernel.running False) makes the caller's loop end at once with the reason."""
+    if sup.ctl is None or sup.intermediate_fd is None:
+        raise SandboxError("the sandbox is not running")
+    exec_request, fds = sup.kernel.exec_request(sup.spec.payload_env())
+    try:
+        sup.ctl.send(exec_request, fds)
+    finally:
+        sup.kernel.close_child_fds()
+    wire = sup.kernel.wire
+    assert wire is not None  # nosec B101  # set by exec_request
+    deadline = time.monotonic() + KERNEL_START_TIMEOUT
+    poller = select.poll()
+    for fd in (sup.ctl.fileno(), sup.intermediate_fd, wire.fileno()):
+        poller.register(fd, select.POLLIN)
+    while (left := deadline - time.monotonic()) > 0:
+        if not sup.kernel.running:
+            return  # it could not start: the caller reports why
+        for fd, _ in poller.poll(left * 1000):
+            if fd == sup.ctl.fileno():
+                sup.read_init()
+            elif fd == sup.intermediate_fd:
+                sup.close()
+                raise SandboxError("the sandbox died while its Python kernel started")
+            else:
+                try:
+                    got = wire.read_packet()
+                except EOFError:
+                    poller.unregister(fd)
+                    continue
+                if got is not None:
+                    parse(got[0], KernelReady)
+                    return
+    sup.ctl.send(Signal(signal.SIGKILL, KERNEL))
+    raise SandboxError(f"the Python kernel did not start within {KERNEL_START_TIMEOUT:g} s")
 
 
 def drain(*captures: Capture) -> None:
@@ -162,6 +315,6 @@ def verdict(
         status, error = Status.OUTPUT_LIMIT, "output beyond the limit was dropped"
     else:
         status, error = Status.OK, None
-    if status is not Status.EXCEPTION and exception is not None:
+    if status in (Status.OOM, Status.PIDS) and exception is not None:
         error = f"{error} ({exception})"
     return ExecutionResult(status, error=error, traceback=traceback, **fields)  # type: ignore[arg-type]

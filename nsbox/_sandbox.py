@@ -31,7 +31,7 @@ from typing import IO, Any, Protocol, TypeVar
 from ._channel import Channel, readable
 from ._errors import ExecutionFailed, ProtocolError, RunFailed, SandboxError, SecurityError, SetupError, SpecError
 from ._fds import close_fds
-from ._files import FILE_LIMIT, FileInfo, workspace_path
+from ._files import FILE_LIMIT, FileInfo
 from ._protocol import MAX_FRAME_SESSION, Close, Done, Execute, Failed, FileReply, FileRequest, Open, Ready, Run
 from ._result import ExecutionResult, RunResult
 from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
@@ -351,11 +351,11 @@ class NsSandbox:
         if len(content) > FILE_LIMIT:
             raise SpecError("data", f"{len(content)} bytes; at most {FILE_LIMIT} are written")
         encoded = base64.b64encode(content).decode("ascii")
-        self._file(FileRequest("write", workspace_path(path), encoded, mode))
+        self._file(FileRequest("write", _path(path), encoded, mode))
 
     def read_file(self, path: str) -> bytes:
         """The content of a regular file in /workspace (at most FILE_LIMIT bytes)."""
-        reply = self._file(FileRequest("read", workspace_path(path)))
+        reply = self._file(FileRequest("read", _path(path)))
         try:
             return base64.b64decode(reply.data or "", validate=True)
         except ValueError:
@@ -364,12 +364,12 @@ class NsSandbox:
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
         """The entries of a directory in /workspace, by name; symlinks are not followed."""
-        reply = self._file(FileRequest("list", workspace_path(path)))
+        reply = self._file(FileRequest("list", _path(path)))
         return [FileInfo.from_dict(entry) for entry in reply.entries or []]
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
         """Remove a file, an empty directory, or (``recursive``) a whole tree."""
-        self._file(FileRequest("remove", workspace_path(path), recursive=recursive))
+        self._file(FileRequest("remove", _path(path), recursive=recursive))
 
     def upload(self, host_path: str | os.PathLike[str], dest: str | None = None) -> None:
         """Copy a host file into /workspace (``dest``: by default its name)."""
@@ -459,6 +459,13 @@ def spec_from_options(**options: Any) -> SandboxSpec:
         return SandboxSpec(**options)
     except TypeError as exc:
         raise SpecError(tuple(options), f"unknown option: {exc}") from None
+
+
+def _path(path: str) -> str:
+    """Only the type is checked here: the supervisor resolves (and logs what it refuses)."""
+    if not isinstance(path, str):
+        raise SpecError("path", f"{path!r} is not a path inside the workspace")
+    return path
 
 
 def _json_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:

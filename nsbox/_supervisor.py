@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import math
 import os
 import select
 import signal
@@ -42,8 +41,6 @@ from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
     MAX_FRAME_TO_INIT,
     RUN,
-    Cell,
-    CellDone,
     Exec,
     Execute,
     Exited,
@@ -52,7 +49,6 @@ from ._protocol import (
     Go,
     InitReady,
     InitStarted,
-    KernelReady,
     KillRun,
     Message,
     Run,
@@ -63,7 +59,7 @@ from ._protocol import (
     encode,
     parse,
 )
-from ._result import ExecutionResult, RunResult, Status
+from ._result import ExecutionResult, RunResult
 from ._seccomp import compile_filters
 from ._spec import SandboxSpec, option_name, parse_timeout
 from ._stdio import RunIO
@@ -110,10 +106,10 @@ class Supervisor:
         self.audit = AuditLog(spec.audit_log)
         self._guard = CgroupGuard(self.cgroup) if guard_cgroup and limits.cgroups else None
         self._intermediate_pid: int | None = None
-        self._intermediate_fd: int | None = None
+        self.intermediate_fd: int | None = None
         self._init_fd: int | None = None
         self._sync: Channel | None = None
-        self._ctl: Channel | None = None
+        self.ctl: Channel | None = None
         self._id_range_hold: socket.socket | None = None
         self.kernel = Kernel(limits.output_limit)
         self.workspace: Workspace | None = None
@@ -181,22 +177,22 @@ class Supervisor:
         sync_child.close()
         ctl_child.close()
         self._intermediate_pid = pid
-        self._intermediate_fd = os.pidfd_open(pid)
+        self.intermediate_fd = os.pidfd_open(pid)
         self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
-        self._ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
-        return pid, self._sync, self._ctl
+        self.ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
+        return pid, self._sync, self.ctl
 
     def _await_setup(self, channel: Channel, expected: type[M]) -> tuple[M, list[int]]:
         """The next setup message; a StepFailed from either child becomes SetupError."""
-        if self._sync is None or self._ctl is None or self._intermediate_fd is None:
+        if self._sync is None or self.ctl is None or self.intermediate_fd is None:
             raise SandboxError("the sandbox was closed during setup")
         deadline = time.monotonic() + SETUP_TIMEOUT
         poller = select.poll()
-        for fd in (self._sync.fileno(), self._ctl.fileno(), self._intermediate_fd):
+        for fd in (self._sync.fileno(), self.ctl.fileno(), self.intermediate_fd):
             poller.register(fd, select.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
             for fd, _ in poller.poll(left * 1000):
-                source = self._sync if fd == self._sync.fileno() else self._ctl if fd == self._ctl.fileno() else None
+                source = self._sync if fd == self._sync.fileno() else self.ctl if fd == self.ctl.fileno() else None
                 if source is None:
                     raise self._setup_failure("the sandbox's intermediate process ended during setup")
                 try:
@@ -223,8 +219,8 @@ class Supervisor:
         """Prefer init's own report: it is sent before init exits, so before the
         intermediate can notice and report the same failure less precisely."""
         with contextlib.suppress(EOFError, ProtocolError, OSError):
-            while self._ctl is not None and readable(self._ctl.fileno()):
-                got = self._ctl.read_packet()
+            while self.ctl is not None and readable(self.ctl.fileno()):
+                got = self.ctl.read_packet()
                 if got is not None and got[0].get("type") == StepFailed.TYPE:
                     failure = parse(got[0], StepFailed)
                     break
@@ -262,7 +258,7 @@ class Supervisor:
         return result
 
     def _run(self, request: Run, fds: list[int], events: Events | None) -> RunResult:
-        if not self.alive or self._ctl is None or self._intermediate_fd is None:
+        if not self.alive or self.ctl is None or self.intermediate_fd is None:
             close_fds(fds)
             raise SandboxError("the sandbox is not running")
         try:
@@ -276,39 +272,39 @@ class Supervisor:
             close_fds(fds)
             raise
         io = RunIO(request, fds, self.spec.limits.output_limit, input_data)
-        before = self._usage()
+        before = self.usage()
         self.cgroup.reset_peak()
-        watch = Watch(time.monotonic(), timeout, self.spec.limits, self._usage, before)
+        watch = Watch(time.monotonic(), timeout, self.spec.limits, self.usage, before)
         exited: Exited | None = None
         try:
-            self._ctl.send(exec_request, io.child_fds)
+            self.ctl.send(exec_request, io.child_fds)
             io.close_child_fds()
             poller = select.poll()
-            poller.register(self._ctl.fileno(), select.POLLIN)
-            poller.register(self._intermediate_fd, select.POLLIN)
+            poller.register(self.ctl.fileno(), select.POLLIN)
+            poller.register(self.intermediate_fd, select.POLLIN)
             io.register(poller)
             if events is not None:
                 poller.register(events.fileno(), select.POLLIN)
             while exited is None and self.alive:
                 now = time.monotonic()
                 if watch.kill_by is None and watch.exceeded(now):
-                    self._ctl.send(KillRun())
+                    self.ctl.send(KillRun())
                 if watch.kill_by is not None and now >= watch.kill_by:
                     self.close()  # init did not report the kill in time: the whole sandbox goes
                     break
                 for fd, _ in poller.poll(watch.wait_ms(now)):
-                    if fd == self._ctl.fileno():
-                        message = self._read_ctl()
+                    if fd == self.ctl.fileno():
+                        message = self.read_init()
                         if isinstance(message, Exited) and message.process == RUN:
                             exited = message
-                    elif fd == self._intermediate_fd:
+                    elif fd == self.intermediate_fd:
                         self.close()
                         if watch.kill_by is None:
                             raise SandboxError("the sandbox died during the run")
                         break
                     elif events is not None and fd == events.fileno():
                         for signum in events.read():
-                            self._ctl.send(Signal(signum, RUN))
+                            self.ctl.send(Signal(signum, RUN))
                     else:
                         io.handle(fd, poller)
             wall = time.monotonic() - watch.started
@@ -323,7 +319,7 @@ class Supervisor:
     def _verdict(
         self, argv: tuple[str, ...], wall: float, exited: Exited | None, watch: Watch, before: Usage, io: RunIO
     ) -> RunResult:
-        after = self._usage()
+        after = self.usage()
         used = after.since(before)
         stdout, stdout_cut = io.output("stdout")
         stderr, stderr_cut = io.output("stderr")
@@ -363,142 +359,9 @@ class Supervisor:
         except SpecError as exc:
             self.audit.refused("execute", str(exc))
             raise
-        result = self._execute(request, timeout, events)
+        result = _kernel.execute(self, request, timeout, events)
         self.audit.execution(result)
         return result
-
-    def _execute(self, request: Execute, timeout: float | None, events: Events | None) -> ExecutionResult:
-        if not self.alive or self._ctl is None or self._intermediate_fd is None:
-            raise SandboxError("the sandbox is not running")
-        started = time.monotonic()
-        state_lost = self.kernel.lost
-        if not self.kernel.running:
-            self._start_kernel()
-        self.kernel.lost = False
-        wire, output = self.kernel.wire, self.kernel.captures()
-        before = self._usage()
-        self.cgroup.reset_peak()
-        watch = Watch(started, timeout, self.spec.limits, self._usage, before)
-        reply: CellDone | None = None
-        interrupted = killing = False
-        hard_kill_at: float | None = None
-        poller = select.poll()
-        for fd in (self._ctl.fileno(), self._intermediate_fd, *(c.fd for c in output)):
-            poller.register(fd, select.POLLIN)
-        if events is not None:
-            poller.register(events.fileno(), select.POLLIN)
-        try:
-            if wire is not None and self.kernel.running:
-                poller.register(wire.fileno(), select.POLLIN)
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-                    wire.send(Cell(request.code, request.inputs, request.want_result))
-            while self.alive and self.kernel.running and (reply is None or killing):
-                now = time.monotonic()
-                if watch.kill_by is None and watch.exceeded(now):
-                    if watch.killed_for is not None and watch.killed_for[0] == "timeout":
-                        self._ctl.send(Signal(signal.SIGINT, KERNEL))  # first as KeyboardInterrupt
-                        interrupted, hard_kill_at = True, now + _kernel.INTERRUPT_GRACE
-                    else:
-                        self._ctl.send(KillRun())
-                        killing = True
-                if hard_kill_at is not None and now >= hard_kill_at:
-                    self._ctl.send(KillRun())  # the code did not stop: the kernel goes, with the rest
-                    killing, hard_kill_at = True, None
-                if watch.kill_by is not None and now >= watch.kill_by:
-                    self.close()
-                    break
-                wait = watch.wait_ms(now)
-                if hard_kill_at is not None:
-                    wait = min(math.inf if wait is None else wait, (hard_kill_at - now) * 1000)
-                for fd, _ in poller.poll(wait):
-                    if fd == self._ctl.fileno():
-                        self._read_ctl()  # the kernel's Exited ends the loop
-                    elif fd == self._intermediate_fd:
-                        self.close()
-                        if watch.kill_by is None:
-                            raise SandboxError("the sandbox died during the execution")
-                    elif wire is not None and fd == wire.fileno():
-                        reply = self._read_reply(wire, poller) or reply
-                    elif events is not None and fd == events.fileno():
-                        for signum in events.read():
-                            self._ctl.send(Signal(signum, KERNEL))
-                    else:
-                        for capture in output:
-                            if fd == capture.fd and not capture.read():
-                                poller.unregister(fd)
-        except ProtocolError as exc:
-            self.close()
-            return ExecutionResult(
-                Status.ERROR,
-                error=f"the Python kernel broke the protocol ({exc}); the sandbox is closed",
-                state_lost=True,
-                wall_s=time.monotonic() - started,
-            )
-        except (BrokenPipeError, ConnectionResetError):
-            self.close()
-            raise SandboxError("the sandbox's init stopped answering") from None
-        _kernel.drain(*output)
-        used = self._usage().since(before)
-        return _kernel.verdict(
-            reply if self.kernel.running else None,
-            self.kernel.last_exit,
-            interrupted=interrupted,
-            killed_for=watch.killed_for,
-            oom_killed=used.oom_kills > 0,
-            pids_hit=used.pids_max_hits > 0,
-            state_lost_before=state_lost,
-            output=output,
-            wall_s=time.monotonic() - started,
-            cpu_s=used.cpu_ns / 1e9,
-            memory_peak_bytes=self._usage().memory_peak,
-            limits=self.cgroup.kind,
-            seccomp=self.spec.seccomp.kind,
-        )
-
-    def _read_reply(self, wire: Channel, poller: select.poll) -> CellDone | None:
-        try:
-            got = wire.read_packet()
-        except EOFError:
-            poller.unregister(wire.fileno())  # the kernel is ending; init's Exited follows
-            return None
-        return None if got is None else parse(got[0], CellDone)
-
-    def _start_kernel(self) -> None:
-        """Start the kernel and wait until it is ready. If it cannot start, its Exited
-        (kernel.running False) makes the caller's loop end at once with the reason."""
-        if self._ctl is None or self._intermediate_fd is None:
-            raise SandboxError("the sandbox is not running")
-        exec_request, fds = self.kernel.exec_request(self.spec.payload_env())
-        try:
-            self._ctl.send(exec_request, fds)
-        finally:
-            self.kernel.close_child_fds()
-        wire = self.kernel.wire
-        assert wire is not None  # nosec B101  # set by exec_request
-        deadline = time.monotonic() + _kernel.KERNEL_START_TIMEOUT
-        poller = select.poll()
-        for fd in (self._ctl.fileno(), self._intermediate_fd, wire.fileno()):
-            poller.register(fd, select.POLLIN)
-        while (left := deadline - time.monotonic()) > 0:
-            if not self.kernel.running:
-                return  # it could not start: the caller reports why
-            for fd, _ in poller.poll(left * 1000):
-                if fd == self._ctl.fileno():
-                    self._read_ctl()
-                elif fd == self._intermediate_fd:
-                    self.close()
-                    raise SandboxError("the sandbox died while its Python kernel started")
-                else:
-                    try:
-                        got = wire.read_packet()
-                    except EOFError:
-                        poller.unregister(fd)
-                        continue
-                    if got is not None:
-                        parse(got[0], KernelReady)
-                        return
-        self._ctl.send(Signal(signal.SIGKILL, KERNEL))
-        raise SandboxError(f"the Python kernel did not start within {_kernel.KERNEL_START_TIMEOUT:g} s")
 
     # -- files of the workspace --------------------------------------------------------------
     def file_op(self, request: FileRequest) -> FileReply:
@@ -523,19 +386,19 @@ class Supervisor:
             raise
         return FileReply()
 
-    def _usage(self) -> Usage:
+    def usage(self) -> Usage:
         """The cgroup's counters, or zeros once it is gone (a sandbox killed mid-run)."""
         try:
             return self.cgroup.usage()
         except (OSError, ValueError):
             return Usage()
 
-    def _read_ctl(self) -> Message | None:
+    def read_init(self) -> Message | None:
         """The next message from init; the kernel's end is noted whenever it arrives."""
-        if self._ctl is None:
+        if self.ctl is None:
             return None
         try:
-            got = self._ctl.read_packet()
+            got = self.ctl.read_packet()
         except EOFError:
             return None  # init is gone; the intermediate's pidfd will say so
         message = None if got is None else parse(got[0], Started, Exited)
@@ -555,19 +418,19 @@ class Supervisor:
         if self._init_fd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
-        if self._intermediate_fd is not None and (
-            self._init_fd is None or not readable(self._intermediate_fd, timeout=TEARDOWN_TIMEOUT)
+        if self.intermediate_fd is not None and (
+            self._init_fd is None or not readable(self.intermediate_fd, timeout=TEARDOWN_TIMEOUT)
         ):
             with contextlib.suppress(ProcessLookupError):  # init never started, or it is stuck
-                signal.pidfd_send_signal(self._intermediate_fd, signal.SIGKILL)
+                signal.pidfd_send_signal(self.intermediate_fd, signal.SIGKILL)
         if self._intermediate_pid is not None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._intermediate_pid, 0)
             self._intermediate_pid = None
-        for fd in (self._init_fd, self._intermediate_fd):
+        for fd in (self._init_fd, self.intermediate_fd):
             if fd is not None:
                 os.close(fd)
-        self._init_fd = self._intermediate_fd = None
+        self._init_fd = self.intermediate_fd = None
         self.kernel.exited(None)  # with the sandbox (if it had not ended already)
         self.kernel.close()
         if self.workspace is not None:
@@ -577,10 +440,10 @@ class Supervisor:
         self.cgroup.remove()
         if self._guard is not None:
             self._guard.stop()
-        for channel in (self._sync, self._ctl):
+        for channel in (self._sync, self.ctl):
             if channel is not None:
                 channel.close()
-        self._sync = self._ctl = None
+        self._sync = self.ctl = None
         if self._id_range_hold is not None:  # only now that nothing of the sandbox is left
             self._id_range_hold.close()
             self._id_range_hold = None

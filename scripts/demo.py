@@ -68,6 +68,20 @@ def main() -> int:
         sandbox.run(["sh", "-c", "echo 'written by run 1' > notes.txt"])
         print((sandbox.run(["cat", "notes.txt"], capture_output=True).stdout or b"").decode().strip())
 
+        print("\n== Python that keeps its state between calls (execute_code) ==")
+        for code in ("x = 41", "print('the answer is near'); x + 1", "import os; os._exit(1)", "x"):
+            got = sandbox.execute_code(code, timeout=5)
+            print(f">>> {code!r:40} -> {got.status.value:9} value={got.value} state_lost={got.state_lost}")
+            if got.error:
+                print(f"    {got.error}")
+
+        print("\n== the file API never follows a symlink the sandbox planted ==")
+        sandbox.run(["ln", "-s", "/etc", "/workspace/etc-link"], check=True)
+        try:
+            sandbox.read_file("etc-link/passwd")
+        except nsbox.SecurityError as exc:
+            print(f"SecurityError: {exc}")
+
     print("\n== nsbox exec, the command line ==")
     cmd = [str(Path(sys.executable).with_name("nsbox")), "exec", "--hostname", "demo", "--", "sh", "-c",
            "echo \"hello from $(hostname), I am $(id -un)\"; exit 3"]  # fmt: skip

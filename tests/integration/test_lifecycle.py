@@ -246,3 +246,21 @@ def test_concurrent_sandboxes_have_distinct_host_ids() -> None:
                 if Path(f"/proc/{p}/comm").read_text().strip() != "nsbox-init"  # "sh" until it execs sleep
             }
         assert len(uids) == 2, uids
+
+
+def test_nsbox_python_runs_code_and_files_with_the_exit_code(tmp_path: Path) -> None:
+    require_root()
+    proc = subprocess.run(
+        [NSBOX_CLI, "python", "--memory", "128M", "-c", "import os, sys; print(os.getcwd(), sys.argv[1:])", "a"],
+        capture_output=True,
+        text=True,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "/workspace ['a']\n"), proc.stderr
+    script = tmp_path / "job.py"
+    script.write_text("import sys\nprint(len(open(sys.argv[0]).read().splitlines()), sys.argv[1:])\nsys.exit(4)\n")
+    proc = subprocess.run([NSBOX_CLI, "python", str(script), "x", "y"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (4, "3 ['x', 'y']\n"), proc.stderr
+    proc = subprocess.run([NSBOX_CLI, "python", "--timeout", "0.5", "-c", "while True: pass"], capture_output=True)
+    assert proc.returncode == 124
+    proc = subprocess.run([NSBOX_CLI, "python"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "-c CODE or a script" in proc.stderr

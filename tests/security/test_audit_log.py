@@ -62,3 +62,21 @@ def test_the_payload_cannot_reach_the_log(sandbox_run: SandboxRun, tmp_path: Pat
     out = sandbox_run(["sh", "-c", probe], audit_log=str(log))
     assert out.status == "ok"
     assert b"audit" not in out.stdout
+
+
+def test_executions_and_refused_file_requests_are_logged(tmp_path: Path) -> None:
+    require_root()
+    log = tmp_path / "audit.jsonl"
+    with nsbox.NsSandbox(audit_log=str(log)) as sandbox:
+        assert sandbox.execute_code("secret = 'do not log me'; 1/0").status is nsbox.Status.EXCEPTION
+        with pytest.raises(nsbox.SecurityError):
+            sandbox.read_file("../../etc/shadow")
+        sandbox.run(["ln", "-s", "/etc", "/workspace/etc"], check=True)
+        with pytest.raises(nsbox.SecurityError):
+            sandbox.write_file("etc/passwd", "x")
+    got = events(log)
+    assert [e["event"] for e in got] == ["sandbox_created", "execution", "refused", "run", "refused", "sandbox_closed"]
+    assert got[1]["status"] == "exception" and "ZeroDivisionError" in str(got[1]["error"])
+    assert "do not log me" not in log.read_text(), "the code itself is not logged"
+    assert got[2]["what"] == "file read" and "leads out" in str(got[2]["reason"])
+    assert got[4]["what"] == "file write" and "symbolic link" in str(got[4]["reason"])
