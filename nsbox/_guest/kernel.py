@@ -105,7 +105,7 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
             last = ast.Expression(tree.body.pop().value)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGINT)
         try:
-            exec(compile(tree, name, "exec"), namespace)  # inside the sandbox: running its code is the point
+            exec(compile(tree, name, "exec"), namespace)  # nosec B102  # inside the sandbox: running its code is the point
             if last is not None:
                 shown = eval(compile(last, name, "eval"), namespace)  # nosec B307  # the cell's last expression
                 if shown is not None:
