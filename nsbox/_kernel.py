@@ -61,6 +61,7 @@ class Kernel:
         #: A kernel died since the last one started: the next execution says state_lost.
         self.lost = False
         self.last_exit: Exited | None = None  #: how the last kernel ended, as init saw it
+        self.cells = 0  #: cells sent to this session's kernels, to number them
 
     def exec_request(self, env: dict[str, str]) -> tuple[Exec, list[int]]:
         """The Exec that starts a kernel, and the fds that ride along (its stdio)."""
@@ -130,7 +131,8 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
         if wire is not None and sup.kernel.running:
             poller.register(wire.fileno(), select.POLLIN)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-                wire.send(Cell(request.code, request.inputs, request.want_result))
+                sup.kernel.cells += 1
+                wire.send(Cell(sup.kernel.cells, request.code, request.inputs, request.want_result))
         while sup.alive and sup.kernel.running and (reply is None or killing):
             now = time.monotonic()
             if watch.kill_by is None and watch.exceeded(now):
@@ -157,7 +159,9 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
                     if watch.kill_by is None:
                         raise SandboxError("the sandbox died during the execution")
                 elif wire is not None and fd == wire.fileno():
-                    reply = _read_reply(wire, poller) or reply
+                    got = _read_reply(wire, poller)
+                    if got is not None and got.number == sup.kernel.cells:  # else stale, or forged by a cell
+                        reply = got
                 elif events is not None and fd == events.fileno():
                     for signum in events.read():
                         sup.ctl.send(Signal(signum, KERNEL))

@@ -211,6 +211,7 @@ class Cell(Message):
     """Supervisor -> kernel: execute ``code`` (see Execute)."""
 
     TYPE: ClassVar[str] = "cell"
+    number: int
     code: str
     inputs: dict[str, Any] | None = None
     want_result: bool = False
@@ -225,9 +226,11 @@ class KernelReady(Message):
 @dataclass(frozen=True)
 class CellDone(Message):
     """Kernel -> supervisor: how a cell ended. ``error`` has ``type``, ``message`` and
-    ``traceback`` when the code raised; ``result`` is set when asked for and JSON-able."""
+    ``traceback`` when the code raised; ``result`` is set when asked for and JSON-able.
+    ``number`` is the cell's: a reply to another (a cell can forge frames) is dropped."""
 
     TYPE: ClassVar[str] = "cell_done"
+    number: int
     value: str | None
     error: dict[str, str] | None
     has_result: bool = False

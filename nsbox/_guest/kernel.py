@@ -120,7 +120,9 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
             result, has_result = namespace["result"], True
     except BaseException as exc:  # the cell's failure, whatever it is, is its result
         error = describe(exc, own_file)
-    return {"type": "cell_done", "value": value, "error": error, "has_result": has_result, "result": result}
+    reply = {"type": "cell_done", "number": cell.get("number"), "value": value, "error": error}
+    reply.update(has_result=has_result, result=result)
+    return reply
 
 
 def flush_output() -> None:
@@ -155,7 +157,7 @@ def main() -> None:
         cell = wire.recv()
         if cell is None or cell.get("type") != "cell":
             return
-        number += 1
+        number += 1  # for tracebacks: <cell N>
         discard_pending_interrupt()
         reply = run_cell(cell, module.__dict__, number)
         if os.getpid() != me:  # a cell forked and its child came back here: not our reply to send

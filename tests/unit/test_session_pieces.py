@@ -51,13 +51,13 @@ def _verdict(reply: CellDone | None, exited: Exited | None = None, **kw: object)
 
 
 def test_verdicts_by_precedence() -> None:
-    ok = _verdict(CellDone("42", None))
+    ok = _verdict(CellDone(1, "42", None))
     assert (ok.status, ok.value, ok.stdout, ok.success, ok.state_lost) == (Status.OK, "42", "printed", True, False)
     assert ok.data == {"output": "printed", "stderr": "", "value": "42"}
-    raised = _verdict(CellDone(None, {"type": "ValueError", "message": "bad", "traceback": "Traceback..."}))
+    raised = _verdict(CellDone(1, None, {"type": "ValueError", "message": "bad", "traceback": "Traceback..."}))
     assert (raised.status, raised.error, raised.traceback) == (Status.EXCEPTION, "ValueError: bad", "Traceback...")
     interrupted = _verdict(
-        CellDone(None, {"type": "KeyboardInterrupt", "message": ""}), interrupted=True, killed_for=("timeout", 0.5)
+        CellDone(1, None, {"type": "KeyboardInterrupt", "message": ""}), interrupted=True, killed_for=("timeout", 0.5)
     )
     assert interrupted.status is Status.TIMEOUT and not interrupted.state_lost
     killed = _verdict(None, killed_for=("timeout", 0.5))
@@ -76,8 +76,11 @@ def test_execution_results_round_trip_through_json() -> None:
 
 
 def test_kernel_frames_are_checked_field_by_field() -> None:
-    assert parse({"type": "cell_done", "value": None, "error": None}, CellDone) == CellDone(None, None)
-    for bad in ({"type": "cell_done", "value": 5, "error": None}, {"type": "cell_done", "value": None, "error": [1]}):
+    assert parse({"type": "cell_done", "number": 1, "value": None, "error": None}, CellDone) == CellDone(1, None, None)
+    for bad in (
+        {"type": "cell_done", "number": 1, "value": 5, "error": None},
+        {"type": "cell_done", "number": 1, "value": None, "error": [1]},
+    ):
         with pytest.raises(ProtocolError):
             parse(bad, CellDone)
     with pytest.raises(ProtocolError):
@@ -95,9 +98,14 @@ def test_the_guest_kernel_keeps_state_and_reports_values(tmp_path: object) -> No
     try:
         assert isinstance(wire.recv(KernelReady, timeout=10)[0], KernelReady)
 
+        numbers = iter(range(1, 100))
+
         def cell(code: str, **kw: object) -> CellDone:
-            wire.send(Cell(code, **kw))  # type: ignore[arg-type]
-            return wire.recv(CellDone, timeout=10)[0]
+            number = next(numbers)
+            wire.send(Cell(number, code, **kw))  # type: ignore[arg-type]
+            done = wire.recv(CellDone, timeout=10)[0]
+            assert done.number == number
+            return done
 
         assert cell("x = 41").value is None
         assert cell("x + 1").value == "42"
