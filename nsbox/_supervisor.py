@@ -2,10 +2,11 @@
 
 It computes the plan (the spec was validated already; the root plan can still refuse
 targets), forks the intermediate, writes its id maps (authority stays outside), waits
-for init, serves runs (deadlines, captured output, signal forwarding) and tears the
-sandbox down. It is single-threaded: the CLI process for a one-shot ``nsbox exec``, or
-a process forked from the spawner (``_spawner``) for an embedding front-end, in which
-case ``serve_session`` speaks frames to the front-end.
+for init, serves runs (deadlines, captured output, signal forwarding), Python cells
+(``_kernel`` drives them) and workspace file requests (``_files``), and tears the sandbox
+down. It is single-threaded: the CLI process for a one-shot ``nsbox exec``, or a process
+forked from the spawner (``_spawner``) for an embedding front-end, in which case
+``_session.serve_session`` speaks frames to the front-end.
 
 Teardown is SIGKILL of init through a pidfd (never a pid that could have been reused):
 the kernel then kills every process of the pid namespace, and with the last of them
