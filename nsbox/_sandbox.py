@@ -48,7 +48,7 @@ _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQU
 #: Where install_packages puts packages (the kernel has it on sys.path).
 PACKAGES = f"{WORKSPACE}/.packages"
 #: A requirement as pip takes it from a wheelhouse: a name, maybe a version; never an option.
-_REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!-]+)?$")
+_REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!-]+)?")
 
 
 class _Backend(Protocol):
@@ -393,7 +393,7 @@ class NsSandbox:
         if isinstance(packages, str) or not packages:
             raise SpecError(option_name("packages"), "give a non-empty list of package names")
         for name in packages:
-            if not isinstance(name, str) or not _REQUIREMENT_RE.match(name):
+            if not isinstance(name, str) or not _REQUIREMENT_RE.fullmatch(name):
                 raise SpecError(option_name("packages"), f"{name!r} is not a package name (options are not taken)")
         if self.spec.wheels is None:
             raise SpecError(
