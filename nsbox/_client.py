@@ -46,7 +46,7 @@ class SandboxClient:
         network_timeout: float | None = None,
         **options: Any,
     ) -> None:
-        if execution_timeout is not None and timeout is not None and execution_timeout != timeout:
+        if execution_timeout is not None and timeout is not None:
             raise SpecError(("execution_timeout", "timeout"), "timeout is another name of execution_timeout: pass one")
         if not isinstance(allow_network, bool):
             raise SpecError("allow_network", f"{allow_network!r} is not true or false")

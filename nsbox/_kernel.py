@@ -18,6 +18,7 @@ This module holds the kernel's state, drives a cell through the supervisor's cha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import select
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 from ._channel import Channel, readable, socketpair
 from ._errors import ProtocolError, SandboxError
 from ._fds import close_fds
-from ._protocol import KERNEL, Cell, CellDone, Exec, Execute, Exited, KernelReady, KillRun, Signal, parse
+from ._protocol import KERNEL, Cell, CellDone, CellStarted, Exec, Execute, Exited, KernelReady, KillRun, Signal, parse
 from ._result import ExecutionResult, RunResult, Status
 from ._spec import WORKSPACE
 from ._stdio import DRAIN_LIMIT, Capture
@@ -107,20 +108,32 @@ class Kernel:
 
 def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Events | None) -> ExecutionResult:
     """Drive one cell: start the kernel if needed, send it, watch the deadlines (SIGINT
-    first, then the kill), capture the output, and decide the verdict."""
+    first, then the kill), capture the output, and decide the verdict. A kernel that
+    turns out to have died before it took the cell (a run's kill reached it, and its
+    Exited was still on the way) is replaced, and the cell goes to the new one."""
     if not sup.alive or sup.ctl is None or sup.intermediate_fd is None:
         raise SandboxError("the sandbox is not running")
     started = time.monotonic()
     state_lost = sup.kernel.lost
-    if not sup.kernel.running:
-        _start(sup)
+    for _ in range(2):
+        if not sup.kernel.running:
+            _start(sup)
+        outcome = _cell(sup, request, Watch(started, timeout, sup.spec.limits, sup.usage, sup.usage()), events)
+        if outcome is not None:
+            return dataclasses.replace(outcome, state_lost=outcome.state_lost or state_lost)
+        state_lost = True
+    raise SandboxError("the Python kernel died twice before it could take the cell")
+
+
+def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None) -> ExecutionResult | None:
+    """One attempt; None if the kernel died before it acknowledged the cell."""
+    assert sup.ctl is not None and sup.intermediate_fd is not None  # nosec B101  # checked by execute
+    sent = sup.kernel.running
     sup.kernel.lost = False
     wire, output = sup.kernel.wire, sup.kernel.captures()
-    before = sup.usage()
     sup.cgroup.reset_peak()
-    watch = Watch(started, timeout, sup.spec.limits, sup.usage, before)
     reply: CellDone | None = None
-    interrupted = killing = False
+    acknowledged = interrupted = killing = False
     hard_kill_at: float | None = None
     poller = select.poll()
     for fd in (sup.ctl.fileno(), sup.intermediate_fd, *(c.fd for c in output)):
@@ -128,7 +141,7 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
     if events is not None:
         poller.register(events.fileno(), select.POLLIN)
     try:
-        if wire is not None and sup.kernel.running:
+        if wire is not None and sent:
             poller.register(wire.fileno(), select.POLLIN)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
                 sup.kernel.cells += 1
@@ -160,7 +173,11 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
                         raise SandboxError("the sandbox died during the execution")
                 elif wire is not None and fd == wire.fileno():
                     got = _read_reply(wire, poller)
-                    if got is not None and got.number == sup.kernel.cells:  # else stale, or forged by a cell
+                    if got is None or got.number != sup.kernel.cells:
+                        continue  # stale, or forged by a cell
+                    if isinstance(got, CellStarted):
+                        acknowledged = True
+                    else:
                         reply = got
                 elif events is not None and fd == events.fileno():
                     for signum in events.read():
@@ -175,13 +192,15 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
             Status.ERROR,
             error=f"the Python kernel broke the protocol ({exc}); the sandbox is closed",
             state_lost=True,
-            wall_s=time.monotonic() - started,
+            wall_s=time.monotonic() - watch.started,
         )
     except (BrokenPipeError, ConnectionResetError):
         sup.close()
         raise SandboxError("the sandbox's init stopped answering") from None
+    if sent and not (acknowledged or reply or killing) and sup.alive and not sup.kernel.running:
+        return None
     drain(*output)
-    used = sup.usage().since(before)
+    used = sup.usage().since(watch.before)
     return verdict(
         reply if sup.kernel.running else None,
         sup.kernel.last_exit,
@@ -189,9 +208,9 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
         killed_for=watch.killed_for,
         oom_killed=used.oom_kills > 0,
         pids_hit=used.pids_max_hits > 0,
-        state_lost_before=state_lost,
+        state_lost_before=False,
         output=output,
-        wall_s=time.monotonic() - started,
+        wall_s=time.monotonic() - watch.started,
         cpu_s=used.cpu_ns / 1e9,
         memory_peak_bytes=sup.usage().memory_peak,
         limits=sup.cgroup.kind,
@@ -199,13 +218,14 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
     )
 
 
-def _read_reply(wire: Channel, poller: select.poll) -> CellDone | None:
+def _read_reply(wire: Channel, poller: select.poll) -> CellStarted | CellDone | None:
     try:
         got = wire.read_packet()
-    except EOFError:
+    except (EOFError, ConnectionResetError):
         poller.unregister(wire.fileno())  # the kernel is ending; init's Exited follows
         return None
-    return None if got is None else parse(got[0], CellDone)
+    message = None if got is None else parse(got[0], CellStarted, CellDone)
+    return message if isinstance(message, CellStarted | CellDone) else None
 
 
 def _start(sup: Supervisor) -> None:

@@ -224,6 +224,15 @@ class KernelReady(Message):
 
 
 @dataclass(frozen=True)
+class CellStarted(Message):
+    """Kernel -> supervisor: cell ``number`` was received and now runs. A kernel that dies
+    before saying so died of something else (a run's kill): the cell goes to a new one."""
+
+    TYPE: ClassVar[str] = "cell_started"
+    number: int
+
+
+@dataclass(frozen=True)
 class CellDone(Message):
     """Kernel -> supervisor: how a cell ended. ``error`` has ``type``, ``message`` and
     ``traceback`` when the code raised; ``result`` is set when asked for and JSON-able.
@@ -256,7 +265,7 @@ _REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Open, Run, Execute, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Unshared, Go,
-        InitStarted, StepFailed, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady, CellDone,
+        InitStarted, StepFailed, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady, CellStarted, CellDone,
         Spawn, Spawned,
     )
 }  # fmt: skip

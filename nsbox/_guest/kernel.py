@@ -7,9 +7,9 @@ supervisor trusts nothing it says (every frame is parsed with size caps).
 
 Wire: fd 0 is a socket to the supervisor when we start; it is moved to a high fd and fd 0
 becomes /dev/null. Frames are a 4-byte big-endian length and UTF-8 JSON, as in
-``nsbox._protocol``: we receive ``cell`` and answer ``kernel_ready`` once, then
-``cell_done`` per cell. The code's output goes to fds 1 and 2 (pipes the supervisor
-captures), so subprocesses' output is captured too.
+``nsbox._protocol``: we send ``kernel_ready`` once, then for each ``cell`` received
+``cell_started`` at once and ``cell_done`` when it ends. The code's output goes to fds
+1 and 2 (pipes the supervisor captures), so subprocesses' output is captured too.
 
 A cell runs in one persistent namespace (registered as ``__main__``, so pickling and
 ``if __name__ == "__main__"`` behave); if its last statement is an expression, its repr
@@ -158,6 +158,7 @@ def main() -> None:
         if cell is None or cell.get("type") != "cell":
             return
         number += 1  # for tracebacks: <cell N>
+        wire.send({"type": "cell_started", "number": cell.get("number")})
         discard_pending_interrupt()
         reply = run_cell(cell, module.__dict__, number)
         if os.getpid() != me:  # a cell forked and its child came back here: not our reply to send

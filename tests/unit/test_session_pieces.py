@@ -14,7 +14,7 @@ from nsbox import ExecutionResult, SecurityError, SpecError, Status, safe_path_a
 from nsbox._channel import Channel, socketpair
 from nsbox._files import workspace_path
 from nsbox._kernel import KERNEL_SOURCE, verdict
-from nsbox._protocol import Cell, CellDone, Exited, KernelReady, ProtocolError, parse
+from nsbox._protocol import Cell, CellDone, CellStarted, Exited, KernelReady, ProtocolError, parse
 from nsbox._stdio import Capture
 
 
@@ -103,6 +103,7 @@ def test_the_guest_kernel_keeps_state_and_reports_values(tmp_path: object) -> No
         def cell(code: str, **kw: object) -> CellDone:
             number = next(numbers)
             wire.send(Cell(number, code, **kw))  # type: ignore[arg-type]
+            assert wire.recv(CellStarted, timeout=10)[0] == CellStarted(number)
             done = wire.recv(CellDone, timeout=10)[0]
             assert done.number == number
             return done
