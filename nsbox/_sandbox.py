@@ -77,13 +77,7 @@ class _RemoteBackend:
         self._raise_if_failed(self._opening)
 
     def run(self, request: Run, fds: list[int]) -> RunResult:
-        if self.channel is None:
-            raise SandboxError("the sandbox is closed")
-        try:
-            self.channel.send(request, fds)
-        except OSError as exc:
-            self.close()
-            raise SandboxError(f"the sandbox's supervisor is gone ({exc.strerror})") from None
+        self._send(request, fds)
         return RunResult.from_dict(self._done(self._receive(Done, Failed)).result)
 
     def execute(self, request: Execute) -> ExecutionResult:
@@ -98,11 +92,11 @@ class _RemoteBackend:
             raise ProtocolError(f"expected a file reply, got {message.TYPE!r}")
         return message
 
-    def _send(self, request: Execute | FileRequest) -> None:
+    def _send(self, request: Run | Execute | FileRequest, fds: list[int] | None = None) -> None:
         if self.channel is None:
             raise SandboxError("the sandbox is closed")
         try:
-            self.channel.send(request)
+            self.channel.send(request, fds or ())
         except OSError as exc:
             self.close()
             raise SandboxError(f"the sandbox's supervisor is gone ({exc.strerror})") from None
@@ -184,28 +178,27 @@ class _LocalBackend:
         pass  # single-threaded by contract: nothing can be running concurrently
 
     def run(self, request: Run, fds: list[int]) -> RunResult:
-        if threading.current_thread() is not threading.main_thread():
-            return self.supervisor.run(request, fds)
-        forwarder = _SignalForwarder()
-        try:
-            return self.supervisor.run(request, fds, forwarder)
-        finally:
-            forwarder.restore()
+        return _forwarding(lambda events: self.supervisor.run(request, fds, events))
 
     def execute(self, request: Execute) -> ExecutionResult:
-        if threading.current_thread() is not threading.main_thread():
-            return self.supervisor.execute(request)
-        forwarder = _SignalForwarder()
-        try:
-            return self.supervisor.execute(request, forwarder)
-        finally:
-            forwarder.restore()
+        return _forwarding(lambda events: self.supervisor.execute(request, events))
 
     def file_op(self, request: FileRequest) -> FileReply:
         return self.supervisor.file_op(request)
 
     def close(self) -> None:
         self.supervisor.close()
+
+
+def _forwarding(call: Callable[[_SignalForwarder | None], _T]) -> _T:
+    """``call`` with the terminal's signals forwarded (only the main thread gets signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return call(None)
+    forwarder = _SignalForwarder()
+    try:
+        return call(forwarder)
+    finally:
+        forwarder.restore()
 
 
 class _SignalForwarder:
