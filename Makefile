@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/install-deps.sh bench
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) scripts/bench.py --json bench-results.json
 
 deps:

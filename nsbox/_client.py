@@ -13,19 +13,20 @@ Names from the seeds: ``memory_limit``, ``cpu_limit``, ``execution_timeout`` (or
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import SandboxError, SpecError
 from ._files import FileInfo
 from ._result import ExecutionResult, RunResult
 from ._sandbox import NsSandbox
 from ._values import option_name
+
+if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a client is used, not for the CLI
+    import concurrent.futures
 
 _T = TypeVar("_T")
 
@@ -83,6 +84,8 @@ class SandboxClient:
         A call still running (say, after its task was cancelled) ends with SandboxError."""
         try:
             # Not through the worker, which may be busy with that call: close() interrupts it.
+            import asyncio
+
             await asyncio.get_running_loop().run_in_executor(None, self.sandbox.close)
         finally:
             if self._worker is not None:
@@ -136,6 +139,9 @@ class SandboxClient:
     async def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         if self.sandbox.closed:
             raise SandboxError("the sandbox is closed")
+        import asyncio
+        import concurrent.futures
+
         if self._worker is None:
             self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nsbox-client")
         loop = asyncio.get_running_loop()

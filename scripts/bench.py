@@ -4,6 +4,8 @@
 Whole-process commands are timed the same way (fork/exec from this process, wait), so
 their ratios are fair; the embedded rows are timed in this already-running process.
 Prints a table of medians and ratios to bubblewrap; ``--json PATH`` saves the numbers.
+``execute_code("pass")`` in a live session is also compared with the same round trip to a
+Jupyter kernel (jupyter_client + ipykernel, ``pip install -e '.[bench]'``; make bench does).
 
     .venv/bin/python scripts/bench.py [--runs 200] [--json bench.json]
 """
@@ -25,6 +27,8 @@ from pathlib import Path
 import nsbox
 
 NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
+EXECUTE = "execute_code('pass') in a live NsSandbox"
+JUPYTER = "Jupyter kernel: execute 'pass' (ipykernel)"
 
 
 def bwrap_argv() -> list[str]:
@@ -64,6 +68,36 @@ def new_sandbox_run() -> None:
             raise SystemExit("NsSandbox run failed")
 
 
+def jupyter_kernel() -> tuple[Callable[[], object], Callable[[], None]] | None:
+    """A warm ipykernel (this interpreter's), and the round trip of executing "pass" in it
+    (execute request -> reply and idle status, as a notebook front-end waits for)."""
+    try:
+        from jupyter_client.manager import start_new_kernel
+    except ImportError:
+        print("  skipped: the Jupyter row needs jupyter_client and ipykernel (pip install -e '.[bench]')")
+        return None
+    manager, client = start_new_kernel(kernel_name="python3")
+
+    def round_trip() -> None:
+        reply = client.execute_interactive("pass", timeout=30)
+        if reply["content"]["status"] != "ok":
+            raise SystemExit(f"the Jupyter kernel failed: {reply['content']}")
+
+    def stop() -> None:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+    return round_trip, stop
+
+
+def execute_pass(sandbox: nsbox.NsSandbox) -> Callable[[], object]:
+    def round_trip() -> None:
+        if not sandbox.execute_code("pass").success:
+            raise SystemExit("execute_code failed")
+
+    return round_trip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="timed runs per row (200)")
@@ -74,6 +108,7 @@ def main() -> int:
         return 1
 
     live = nsbox.NsSandbox().start()
+    jupyter = jupyter_kernel()
     rows: list[tuple[str, list[float]]] = []
     try:
         plan: list[tuple[str, Callable[[], object], int]] = [
@@ -83,12 +118,17 @@ def main() -> int:
             ("nsbox exec -- /bin/true", command([NSBOX_CLI, "exec", "--", "/bin/true"]), max(20, args.runs // 4)),
             ("NsSandbox().run(['/bin/true']) (new sandbox)", new_sandbox_run, args.runs),
             ("run of /bin/true in a live NsSandbox", lambda: live.run(["/bin/true"]), args.runs),
+            (EXECUTE, execute_pass(live), args.runs),
         ]
+        if jupyter is not None:
+            plan.append((JUPYTER, jupyter[0], args.runs))
         for label, fn, runs in plan:
             rows.append((label, timed(fn, runs)))
             print(f"  measured: {label}", file=sys.stderr)
     finally:
         live.close()
+        if jupyter is not None:
+            jupyter[1]()
 
     baseline = statistics.median(dict(rows)["bwrap --unshare-all ... /bin/true"])
     print(
@@ -102,6 +142,9 @@ def main() -> int:
         print(f"{label:48} {len(samples):5d} {median:10.2f} {p90:8.2f} {median / baseline:8.2f}")
         results.append({"what": label, "runs": len(samples), "median_ms": median, "p90_ms": p90,
                         "ratio_to_bwrap": median / baseline})  # fmt: skip
+    medians = {label: statistics.median(samples) for label, samples in rows}
+    if JUPYTER in medians:
+        print(f"\nexecute_code('pass') / Jupyter kernel round trip: {medians[EXECUTE] / medians[JUPYTER]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": platform.uname()._asdict(), "results": results}, indent=2))
     return 0
