@@ -37,7 +37,7 @@ from ._errors import (
 from ._files import FILE_LIMIT, FileInfo
 from ._result import ExecutionResult, RunResult, Status
 from ._sandbox import NsSandbox
-from ._spec import Limits, Mount, SandboxSpec, Seccomp
+from ._spec import Limits, Mount, NetworkPolicy, SandboxSpec, Seccomp
 from ._template import execute_ai_code, safe_path_access
 
 __version__ = "0.1.0"
@@ -49,6 +49,7 @@ __all__ = [
     "FileInfo",
     "Limits",
     "Mount",
+    "NetworkPolicy",
     "NsSandbox",
     "NsboxError",
     "ProtocolError",

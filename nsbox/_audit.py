@@ -2,7 +2,9 @@
 
 Written by the supervisor, outside the sandbox: nothing inside can reach the file. Events:
 ``sandbox_created`` (the policy, limits, network and binds in force), ``sandbox_failed`` (set-up
-refused or failed), ``run`` (each run and its verdict), ``execution`` (each execute_code: its
+refused or failed), ``run`` (each run and its verdict), ``network`` (each connection attempt
+through the egress proxy: host, port, address, verdict, reason, bytes; written by the proxy),
+``execution`` (each execute_code: its
 verdict, not the code or its output), ``refused`` (a request nsbox itself refused: a bad run
 option, a file path that leaves the workspace or crosses a symlink) and ``sandbox_closed``.
 The file is opened for appending, created 0600, never through a symlink. Each event is one
@@ -42,7 +44,7 @@ class AuditLog:
             "sandbox_created",
             seccomp=spec.seccomp.to_dict() | {"kind": spec.seccomp.kind},
             limits=spec.to_dict()["limits"] | {"enforced_by": limits_kind},
-            network="none (loopback only)",
+            network=spec.network.to_dict(),
             mounts=[m.to_dict() for m in spec.all_mounts],
             rootfs=spec.rootfs or "host system directories, read-only",
         )
@@ -60,6 +62,14 @@ class AuditLog:
         data = result.to_dict()
         keep = ("status", "error", "state_lost", "wall_s", "cpu_s", "memory_peak_bytes", "limits", "seccomp")
         self._write("execution", **{k: data[k] for k in keep})
+
+    def network(self, **fields: Any) -> None:
+        """One connection attempt through the egress proxy (which writes it)."""
+        self._write("network", **fields)
+
+    def fds(self) -> tuple[int, ...]:
+        """What a forked writer (the egress proxy) must keep open."""
+        return () if self._fd is None else (self._fd,)
 
     def refused(self, what: str, reason: str) -> None:
         self._write("refused", what=what, reason=reason)

@@ -18,7 +18,7 @@ from . import __version__
 from ._errors import NsboxError, SpecError
 from ._files import FILE_LIMIT
 from ._result import EXIT_NSBOX_FAILURE, RunResult
-from ._spec import WORKSPACE, Limits, Mount, SandboxSpec
+from ._spec import WORKSPACE, Limits, Mount, NetworkPolicy, SandboxSpec
 
 EXIT_USAGE = 2
 
@@ -102,6 +102,27 @@ def _sandbox_options(run: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--audit-log", metavar="PATH", help="append JSON lines of security events (sandbox, runs, refusals) to PATH"
     )
+    net = run.add_argument_group("network (default: none, loopback only)")
+    net.add_argument(
+        "--net",
+        metavar="none|allow",
+        default="none",
+        help="'allow': connections to the --allow-host list only, through nsbox's proxy (HTTP_PROXY inside)",
+    )
+    net.add_argument(
+        "--allow-host",
+        metavar="HOST[:PORT]",
+        action="append",
+        default=[],
+        help="a host name, *.domain, IP or CIDR the sandbox may reach (repeatable)",
+    )
+    net.add_argument("--net-timeout", metavar="SECONDS", default=30.0, help="connect and idle timeout (30)")
+    net.add_argument("--net-rate", metavar="N", default=20.0, help="new connections per second (20)")
+    net.add_argument("--net-bytes", metavar="SIZE", help="bytes in and out for the sandbox's life (no limit)")
+    net.add_argument(
+        "--add-host", metavar="NAME=IP", action="append", default=[], help="resolve NAME to IP (repeatable)"
+    )
+    net.add_argument("--net-uplink", metavar="NETNS", help="connect out from this network namespace (a path)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,6 +201,15 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         ),
         seccomp=args.seccomp,
         audit_log=args.audit_log,
+        network=NetworkPolicy(
+            mode=args.net,
+            allowed_hosts=tuple(args.allow_host),
+            timeout=args.net_timeout,
+            rate=args.net_rate,
+            max_bytes=args.net_bytes,
+            hosts=tuple(args.add_host),
+            uplink=args.net_uplink,
+        ),
     )
 
 

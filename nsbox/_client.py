@@ -13,6 +13,7 @@ Names from the seeds: ``memory_limit``, ``cpu_limit``, ``execution_timeout`` (or
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from ._errors import SandboxError, SpecError
 from ._files import FileInfo
 from ._result import ExecutionResult, RunResult
 from ._sandbox import NsSandbox
-from ._values import option_name
+from ._spec import NetworkPolicy
 
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a client is used, not for the CLI
     import concurrent.futures
@@ -56,12 +57,27 @@ class SandboxClient:
         self.allow_network = allow_network
         self.allowed_hosts = tuple(allowed_hosts)
         self.network_timeout = network_timeout
+        network = NetworkPolicy.parse(options.pop("network", None))  # its other settings (hosts, rate...)
+        if network.mode == "allow" and not allow_network:
+            raise SpecError(("allow_network", "network"), "network 'allow' needs allow_network=True")
+        if allow_network:
+            network = dataclasses.replace(
+                network,
+                mode="allow",
+                allowed_hosts=self.allowed_hosts or network.allowed_hosts,
+                timeout=network.timeout if network_timeout is None else network_timeout,
+            )
+        elif self.allowed_hosts or network_timeout is not None:
+            raise SpecError(
+                ("allow_network", "allowed_hosts"), "allowed_hosts and network_timeout need allow_network=True"
+            )
         limit = execution_timeout if execution_timeout is not None else timeout
         self._options = {
             "memory": memory_limit,
             "cpus": cpu_limit,
             "pids": max_processes,
             "timeout": 60.0 if limit is None else limit,
+            "network": network,
             **options,
         }
         self.sandbox = NsSandbox(**self._options)  # validates every option now
@@ -70,12 +86,6 @@ class SandboxClient:
     # -- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> SandboxClient:
         """Create the sandbox (its namespaces, cgroup and workspace)."""
-        if self.allow_network:
-            raise SpecError(
-                option_name("allow_network"),
-                "network access is not available yet: every sandbox has loopback only (allowed_hosts: "
-                f"{', '.join(self.allowed_hosts) or 'none'}). Leave allow_network=False.",
-            )
         await self._call(self.sandbox.start)
         return self
 

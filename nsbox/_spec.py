@@ -11,6 +11,7 @@ unknown keys) and can be written by people as TOML (``from_toml``/``to_toml``).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import re
@@ -26,7 +27,10 @@ __all__ = ["GiB", "MiB", "option_name", "parse_size", "parse_timeout"]  # re-exp
 
 #: Where things are inside every sandbox.
 WORKSPACE = "/workspace"
-WHEELS = "/wheels"  #: where the wheelhouse (the ``wheels`` option) is bound, read-only
+WHEELS = "/wheels"
+#: Where a sandbox with network "allow" finds its egress proxy: its own loopback (the
+#: listening socket belongs to the supervisor's proxy process, outside).
+PROXY_ADDRESS = ("127.0.0.1", 3128)  #: where the wheelhouse (the ``wheels`` option) is bound, read-only
 TMP = "/tmp"  # nosec B108  # inside the sandbox: its own private, size-capped tmpfs
 #: The unprivileged identity payloads run as, inside the sandbox.
 PAYLOAD_UID = 1000
@@ -221,6 +225,74 @@ class Seccomp:
 
 
 @dataclass(frozen=True)
+class NetworkPolicy:
+    """The sandbox's way out. ``none`` (the default): loopback only. ``allow``: still only
+    loopback inside, plus an HTTP proxy (CONNECT and plain HTTP) at PROXY_ADDRESS that the
+    supervisor owns: it lets through connections to ``allowed_hosts`` only (see
+    ``_netpolicy``), with ``timeout`` (connect and idle seconds), ``rate`` (new connections per
+    second) and ``max_bytes`` (both ways, for the sandbox's life). ``hosts`` maps names to
+    addresses before DNS (as ``--add-host``); ``uplink`` is a network namespace (a path such as
+    /run/netns/NAME) in which the proxy connects out, instead of the supervisor's own."""
+
+    mode: str = "none"
+    allowed_hosts: tuple[str, ...] = ()
+    timeout: float = 30.0
+    rate: float = 20.0
+    max_bytes: int | None = None
+    hosts: tuple[tuple[str, str], ...] = ()
+    uplink: str | None = None
+
+    def __post_init__(self) -> None:
+        from ._netpolicy import parse_allowlist  # a pure module, but only needed here
+
+        if self.mode not in ("none", "allow"):
+            raise SpecError(option_name("network"), f"{self.mode!r} is not 'none' or 'allow'")
+        hosts: Any = self.allowed_hosts  # checked: it may be anything a caller passed
+        if isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts):
+            raise SpecError(option_name("allowed_hosts"), f"{hosts!r} is not a list of hosts")
+        object.__setattr__(self, "allowed_hosts", tuple(e.text for e in parse_allowlist(hosts)))
+        if self.mode == "none" and self.allowed_hosts:
+            raise SpecError((option_name("network"), option_name("allowed_hosts")), "hosts need network 'allow'")
+        timeout = parse_timeout(self.timeout, "network.timeout")
+        if timeout is None:
+            raise SpecError(option_name("network.timeout"), "a network timeout is required")
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "rate", bounded("network.rate", self.rate, 0.1, 10_000, "number"))
+        if self.max_bytes is not None:
+            object.__setattr__(self, "max_bytes", int(bounded("network.max_bytes", self.max_bytes, 1, 1 << 50, "size")))
+        pairs = self.hosts.items() if isinstance(self.hosts, Mapping) else self.hosts
+        clean = []
+        for pair in pairs:
+            name, _, address = pair.partition("=") if isinstance(pair, str) else (pair[0], "=", pair[1])
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise SpecError(option_name("network.hosts"), f"{pair!r} is not NAME=IP") from None
+            if not name or not isinstance(name, str):
+                raise SpecError(option_name("network.hosts"), f"{pair!r} is not NAME=IP")
+            clean.append((name.lower().rstrip("."), str(address)))
+        object.__setattr__(self, "hosts", tuple(clean))
+        if self.uplink is not None and not os.path.exists(str(self.uplink)):
+            raise SpecError(option_name("network.uplink"), f"{self.uplink!r} does not exist (a network namespace file)")
+
+    @classmethod
+    def parse(cls, value: NetworkPolicy | Mapping[str, Any] | str | None) -> NetworkPolicy:
+        if isinstance(value, NetworkPolicy):
+            return value
+        if value is None or value in ("none", "allow"):
+            return cls(mode=value or "none")
+        if isinstance(value, Mapping):
+            return cls(**_known(cls, value, "network"))
+        raise SpecError(option_name("network"), f"{value!r} is not 'none', 'allow' or a NetworkPolicy")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["allowed_hosts"] = list(self.allowed_hosts)
+        data["hosts"] = dict(self.hosts)
+        return data
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything that defines a sandbox. Build it, or let ``NsSandbox(**options)`` do it."""
 
@@ -233,6 +305,7 @@ class SandboxSpec:
     seccomp: Seccomp = field(default_factory=Seccomp)
     audit_log: str | None = None  #: a file on the host for JSON lines of security events
     wheels: str | None = None  #: a host directory of wheels, bound read-only at /wheels (install_packages)
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
     def __post_init__(self) -> None:
         if self.rootfs is not None:
@@ -266,6 +339,7 @@ class SandboxSpec:
         elif not isinstance(self.limits, Limits):
             raise SpecError("limits", f"{self.limits!r} is not a Limits")
         object.__setattr__(self, "seccomp", Seccomp.parse(self.seccomp))
+        object.__setattr__(self, "network", NetworkPolicy.parse(self.network))
         if self.audit_log is not None:
             audit_log = os.path.abspath(str(self.audit_log))
             if not os.path.isdir(os.path.dirname(audit_log)) or os.path.isdir(audit_log):
@@ -289,6 +363,11 @@ class SandboxSpec:
             "LANG": "C.UTF-8",
             "TMPDIR": TMP,
         }
+        if self.network.mode == "allow":
+            proxy = f"http://{PROXY_ADDRESS[0]}:{PROXY_ADDRESS[1]}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+                env[name] = env[name.lower()] = proxy
+            env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1"
         env.update(self.env)
         env.update(_clean_env(extra))
         return env
@@ -305,6 +384,7 @@ class SandboxSpec:
             "seccomp": self.seccomp.to_dict(),
             "audit_log": self.audit_log,
             "wheels": self.wheels,
+            "network": self.network.to_dict(),
         }
 
     @classmethod
@@ -346,6 +426,10 @@ class SandboxSpec:
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data["env"].items()]
         lines.append("[limits]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in data["limits"].items() if v is not None]
+        lines.append("[network]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data["network"].items() if v is not None and k != "hosts"]
+        lines.append("[network.hosts]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data["network"]["hosts"].items()]
         lines.append("[seccomp]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in data["seccomp"].items()]
         for mount in data["mounts"]:

@@ -113,6 +113,8 @@ class Supervisor:
         self.ctl: Channel | None = None
         self._id_range_hold: socket.socket | None = None
         self.kernel = Kernel(limits.output_limit)
+        self._proxy_pid: int | None = None
+        self._proxy_fd: int | None = None  #: a pidfd of the egress proxy (network "allow")
         self.workspace: Workspace | None = None
         self.alive = False
 
@@ -159,6 +161,11 @@ class Supervisor:
                 close_fds(fds)
                 raise ProtocolError("init_ready must carry exactly one directory fd")
             self.workspace = Workspace(fds[0], self.plan.mapping.payload_host_ids)
+            if self.spec.network.mode == "allow":
+                from . import _proxy  # only for sandboxes with a way out
+
+                with _setup_stage("start the egress proxy", "fork"):
+                    self._proxy_pid, self._proxy_fd = _proxy.start(self.spec.network, self._init_fd, self.audit)
         except BaseException as exc:
             self.audit.failed(exc if isinstance(exc, Exception) else SandboxError(type(exc).__name__))
             self.close()
@@ -432,6 +439,15 @@ class Supervisor:
             if fd is not None:
                 os.close(fd)
         self._init_fd = self.intermediate_fd = None
+        if self._proxy_fd is not None:  # its socket in the sandbox's namespace keeps that alive
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._proxy_fd, signal.SIGKILL)
+            os.close(self._proxy_fd)
+            self._proxy_fd = None
+        if self._proxy_pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._proxy_pid, 0)
+            self._proxy_pid = None
         self.kernel.exited(None)  # with the sandbox (if it had not ended already)
         self.kernel.close()
         if self.workspace is not None:

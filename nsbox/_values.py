@@ -35,6 +35,13 @@ CLI_FLAGS = {
     "seccomp": "--seccomp",
     "audit_log": "--audit-log",
     "cwd": "--cwd",
+    "network": "--net",
+    "allowed_hosts": "--allow-host",
+    "network.timeout": "--net-timeout",
+    "network.rate": "--net-rate",
+    "network.max_bytes": "--net-bytes",
+    "network.hosts": "--add-host",
+    "network.uplink": "--net-uplink",
     "command": "COMMAND",
 }
 

@@ -37,18 +37,25 @@ def test_seed_000_network_example_constructs_a_client() -> None:
     assert client is not None
 
 
-def test_seed_000_network_client_refuses_setup_until_the_network_policy_exists() -> None:
+def test_seed_000_network_client_gets_the_egress_proxy() -> None:
     require_root()
     from nsbox import SandboxClient
 
     client = SandboxClient(allow_network=True, allowed_hosts=["api.example.com"], network_timeout=30)
 
-    async def setup_and_cleanup() -> None:
+    async def setup_use_cleanup() -> nsbox.ExecutionResult:
         await client.setup()
-        await client.cleanup()
+        try:
+            # Nothing is sent: the proxy is only asked about a host that is not listed.
+            code = "import os, urllib.request\ntry:\n    urllib.request.urlopen('http://not-listed.example/')\n"
+            code += "except Exception as e:\n    print(e.code, e.read().decode())\nos.environ['HTTPS_PROXY']"
+            return await client.execute_code(code)
+        finally:
+            await client.cleanup()
 
-    with pytest.raises(nsbox.SpecError):
-        asyncio.run(setup_and_cleanup())
+    result = asyncio.run(setup_use_cleanup())
+    assert result.value == "'http://127.0.0.1:3128'", result
+    assert result.stdout.startswith("403 nsbox: not-listed.example:80 is not in the allowed hosts"), result
 
 
 def test_seed_000_resource_limits_example(capsys: pytest.CaptureFixture[str]) -> None:

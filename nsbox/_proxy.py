@@ -1,0 +1,421 @@
+"""The egress proxy of a sandbox whose network policy is ``allow``.
+
+A sandbox never gets a route out: its network namespace has only ``lo``. The supervisor
+forks this proxy, which enters the sandbox's network namespace just long enough to create
+a listening socket on the sandbox's 127.0.0.1:3128, then goes back (or into the policy's
+``uplink`` namespace) for every connection it makes. So the only way out is a socket that
+a process outside the sandbox owns, and the sandbox's only means of using it is to ask:
+``CONNECT host:port`` (a tunnel) or an absolute-form HTTP request. Each request is decided
+by ``_netpolicy`` (allowlist, sensitive ports, blocked addresses after resolution), limited
+(new connections per second, bytes for the sandbox's life, connect and idle timeouts) and
+logged (one ``network`` audit event per attempt).
+
+Everything a sandbox sends here is untrusted: request heads are capped, parsed strictly,
+and must arrive within the timeout. The proxy is single-threaded (selectors); a name is
+resolved with the blocking getaddrinfo, once, and the connection goes to the address that
+was checked, never to a second resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import selectors
+import signal
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterable
+
+import prctl
+
+from . import _linux
+from ._audit import AuditLog
+from ._fds import close_all_but, stdio_to_devnull
+from ._netpolicy import Entry, IPAddress, Verdict, check_addresses, check_host, parse_allowlist
+from ._spec import PROXY_ADDRESS, NetworkPolicy
+
+HEAD_LIMIT = 16 * 1024
+CHUNK = 64 * 1024
+_CLONE_NEWNET = 0x40000000
+_HOP_HEADERS = {b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive"}
+_STATUS_TEXT = {403: "Forbidden", 429: "Too Many Requests", 400: "Bad Request", 502: "Bad Gateway",
+                504: "Gateway Timeout", 431: "Request Header Fields Too Large", 408: "Request Timeout"}  # fmt: skip
+
+
+def own_addresses() -> tuple[IPAddress, ...]:
+    """This host's addresses (read in its own network namespace, before forking)."""
+    found: list[IPAddress] = []
+    with contextlib.suppress(OSError):
+        last = None
+        for line in open("/proc/net/fib_trie", encoding="ascii"):  # noqa: SIM115  # read whole below
+            text = line.strip()
+            if text.startswith("|-- "):
+                last = text[4:]
+            elif text == "/32 host LOCAL" and last is not None:
+                found.append(ipaddress.IPv4Address(last))
+    with contextlib.suppress(OSError):
+        for line in open("/proc/net/if_inet6", encoding="ascii"):  # noqa: SIM115
+            found.append(ipaddress.IPv6Address(int(line.split()[0], 16)))
+    return tuple(dict.fromkeys(found))
+
+
+def start(policy: NetworkPolicy, init_pidfd: int, audit: AuditLog) -> tuple[int, int]:
+    """Fork the proxy; returns its pid and a pidfd once it listens in the sandbox, or raises
+    OSError (with the step in ``call``) if it could not."""
+    own = own_addresses()
+    uplink = os.open(policy.uplink, os.O_RDONLY | os.O_CLOEXEC) if policy.uplink else None
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the proxy
+            code = 1
+            try:
+                os.close(ready_r)
+                _main(policy, init_pidfd, uplink, ready_w, own, audit)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        ready_w = -1
+        report = os.read(ready_r, 512)
+    finally:
+        for fd in (ready_r, ready_w, uplink):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    if report != b"ok":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        err = _linux.SyscallError(errno.EIO, "egress proxy", report.decode(errors="replace") or "it died")
+        raise err
+    return pid, os.pidfd_open(pid)
+
+
+def _main(
+    policy: NetworkPolicy, init_pidfd: int, uplink: int | None, ready: int, own: tuple[IPAddress, ...], audit: AuditLog
+) -> None:
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        prctl.set_name("nsbox-egress")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the CLI's to handle
+        home = uplink if uplink is not None else os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        stdio_to_devnull()
+        close_all_but(0, 1, 2, init_pidfd, home, ready, *audit.fds())
+        _linux.setns(init_pidfd, _CLONE_NEWNET)  # a pidfd names init's namespaces race-free
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(PROXY_ADDRESS)
+        listener.listen(128)
+        _linux.setns(home, _CLONE_NEWNET)  # every connection out is made from here
+        for fd in (init_pidfd, home):
+            os.close(fd)
+    except OSError as exc:
+        os.write(ready, f"{getattr(exc, 'call', 'setup')}: {exc}".encode()[:500])
+        return
+    os.write(ready, b"ok")
+    os.close(ready)
+    Proxy(listener, policy, own, audit).serve()
+
+
+class _Bucket:
+    """New connections per second, with a burst of the same size."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class _Conn:
+    """A client connection, and its upstream once allowed."""
+
+    def __init__(self, client: socket.socket, deadline: float) -> None:
+        self.client = client
+        self.upstream: socket.socket | None = None
+        self.state = "head"  # -> connecting -> relay
+        self.head = bytearray()
+        self.to_client = bytearray()
+        self.to_upstream = bytearray()
+        self.deadline = deadline
+        self.host = ""
+        self.port = 0
+        self.address: str | None = None
+        self.tunnel = False
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.logged = False
+        self.closing = False  # flush to_client, then close
+
+
+class Proxy:
+    def __init__(
+        self, listener: socket.socket, policy: NetworkPolicy, own: Iterable[IPAddress], audit: AuditLog
+    ) -> None:
+        self.listener = listener
+        self.policy = policy
+        self.entries: tuple[Entry, ...] = parse_allowlist(policy.allowed_hosts)
+        self.hosts = dict(policy.hosts)
+        self.own = tuple(own)
+        self.audit = audit
+        self.bucket = _Bucket(policy.rate)
+        self.bytes_used = 0
+        self.selector = selectors.DefaultSelector()
+        self.conns: set[_Conn] = set()
+
+    def serve(self) -> None:
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        while True:
+            now = time.monotonic()
+            wait = min((c.deadline for c in self.conns), default=now + 60) - now
+            for key, events in self.selector.select(max(0.0, wait)):
+                if key.data is None:
+                    self._accept()
+                    continue
+                conn, side = key.data
+                if conn in self.conns:
+                    self._event(conn, side, events)
+            now = time.monotonic()
+            for conn in [c for c in self.conns if c.deadline <= now]:
+                self._expire(conn)
+
+    # -- connections ---------------------------------------------------------------------------
+    def _accept(self) -> None:
+        with contextlib.suppress(BlockingIOError, ConnectionAbortedError):
+            client, _ = self.listener.accept()
+            client.setblocking(False)
+            conn = _Conn(client, time.monotonic() + self.policy.timeout)
+            self.conns.add(conn)
+            self._interest(conn)
+
+    def _event(self, conn: _Conn, side: str, events: int) -> None:
+        try:
+            if side == "upstream" and conn.state == "connecting":
+                self._connected(conn)
+            if events & selectors.EVENT_WRITE:
+                self._flush(conn, side)
+            if events & selectors.EVENT_READ and conn in self.conns:
+                self._read(conn, side)
+        except OSError:
+            self._close(conn)
+            return
+        if conn in self.conns:
+            self._interest(conn)
+
+    def _read(self, conn: _Conn, side: str) -> None:
+        sock = conn.client if side == "client" else conn.upstream
+        assert sock is not None  # nosec B101  # registered only while it exists
+        data = sock.recv(CHUNK)
+        if not data:
+            if side == "client" or not conn.to_client:
+                self._close(conn)
+            else:
+                conn.closing = True
+            return
+        conn.deadline = time.monotonic() + self.policy.timeout  # idle timeout
+        if side == "client" and conn.state == "head":
+            conn.head += data
+            self._head(conn)
+            return
+        self.bytes_used += len(data)
+        if side == "client":
+            conn.bytes_out += len(data)
+            conn.to_upstream += data
+        else:
+            conn.bytes_in += len(data)
+            conn.to_client += data
+        if self.policy.max_bytes is not None and self.bytes_used > self.policy.max_bytes:
+            self._close(conn, "the sandbox's network byte limit was reached")
+
+    def _flush(self, conn: _Conn, side: str) -> None:
+        sock, buffer = (conn.client, conn.to_client) if side == "client" else (conn.upstream, conn.to_upstream)
+        if sock is None or not buffer:
+            return
+        with contextlib.suppress(BlockingIOError):
+            sent = sock.send(buffer)
+            del buffer[:sent]
+        if side == "client" and conn.closing and not conn.to_client:
+            self._close(conn)
+
+    def _interest(self, conn: _Conn) -> None:
+        for side, sock in (("client", conn.client), ("upstream", conn.upstream)):
+            if sock is None:
+                continue
+            mine, theirs = (conn.to_client, conn.to_upstream)
+            if side == "upstream":
+                mine, theirs = theirs, mine
+            events = 0
+            if len(theirs) < CHUNK * 4 and not conn.closing:  # back-pressure
+                events |= selectors.EVENT_READ
+            if mine or (side == "upstream" and conn.state == "connecting"):
+                events |= selectors.EVENT_WRITE
+            try:
+                key = self.selector.get_key(sock)
+            except KeyError:
+                if events:
+                    self.selector.register(sock, events, (conn, side))
+                continue
+            if not events:
+                self.selector.unregister(sock)
+            elif key.events != events:
+                self.selector.modify(sock, events, (conn, side))
+
+    def _expire(self, conn: _Conn) -> None:
+        if conn.state == "head":
+            self._refuse(conn, Verdict("the request did not arrive in time", 408))
+        elif conn.state == "connecting":
+            self._refuse(conn, Verdict(f"no connection within {self.policy.timeout:g} s", 504))
+        else:
+            self._close(conn, f"idle for {self.policy.timeout:g} s")
+
+    def _close(self, conn: _Conn, reason: str | None = None) -> None:
+        for sock in (conn.client, conn.upstream):
+            if sock is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(sock)
+                sock.close()
+        self.conns.discard(conn)
+        if not conn.logged and conn.host:
+            self._log(conn, "allowed", reason)
+
+    def _log(self, conn: _Conn, verdict: str, reason: str | None) -> None:
+        conn.logged = True
+        self.audit.network(
+            host=conn.host,
+            port=conn.port,
+            address=conn.address,
+            verdict=verdict,
+            reason=reason,
+            bytes_out=conn.bytes_out,
+            bytes_in=conn.bytes_in,
+        )
+
+    def _refuse(self, conn: _Conn, verdict: Verdict) -> None:
+        if conn.host:
+            self._log(conn, "refused", verdict.reason)
+        body = f"nsbox: {verdict.reason}\n".encode()
+        text = _STATUS_TEXT.get(verdict.status, "Error")
+        conn.to_client += (
+            f"HTTP/1.1 {verdict.status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        if conn.upstream is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn.upstream)
+            conn.upstream.close()
+            conn.upstream = None
+        conn.state, conn.closing = "refused", True
+        conn.deadline = time.monotonic() + self.policy.timeout
+
+    # -- the request -----------------------------------------------------------------------------
+    def _head(self, conn: _Conn) -> None:
+        end = conn.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(conn.head) > HEAD_LIMIT:
+                self._refuse(conn, Verdict("the request head is too large", 431))
+            return
+        head, rest = bytes(conn.head[:end]), bytes(conn.head[end + 4 :])
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self._refuse(conn, Verdict("not an HTTP/1.x proxy request", 400))
+            return
+        method, target, version = (p.decode("latin-1") for p in parts)
+        try:
+            if method == "CONNECT":
+                host, port = _authority(target)
+                conn.tunnel = True
+            else:
+                url = urllib.parse.urlsplit(target)
+                if url.scheme != "http" or not url.hostname:
+                    raise ValueError("only http:// URLs; use CONNECT for anything else")
+                host, port = url.hostname, url.port or 80
+                path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
+                headers = [line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() not in _HOP_HEADERS]
+                request = f"{method} {path} {version}\r\n".encode("latin-1")
+                conn.to_upstream += request + b"".join(h + b"\r\n" for h in headers) + b"Connection: close\r\n\r\n"
+            conn.to_upstream += rest
+        except ValueError as exc:
+            self._refuse(conn, Verdict(f"bad request target: {exc}", 400))
+            return
+        conn.host, conn.port = host, port
+        conn.head = bytearray()
+        self._decide(conn)
+
+    def _decide(self, conn: _Conn) -> None:
+        if self.policy.max_bytes is not None and self.bytes_used >= self.policy.max_bytes:
+            self._refuse(conn, Verdict("the sandbox's network byte limit was reached", 429))
+            return
+        if not self.bucket.take():
+            self._refuse(conn, Verdict(f"more than {self.policy.rate:g} new connections per second", 429))
+            return
+        verdict = check_host(self.entries, conn.host, conn.port)
+        if not verdict.allowed:
+            self._refuse(conn, verdict)
+            return
+        addresses = self._resolve(conn.host, conn.port)
+        verdict = check_addresses(self.entries, addresses, self.own)
+        if not verdict.allowed:
+            conn.address = str(addresses[0]) if addresses else None
+            self._refuse(conn, verdict)
+            return
+        address = addresses[0]
+        conn.address = str(address)
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        upstream = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        upstream.setblocking(False)
+        conn.upstream, conn.state = upstream, "connecting"
+        conn.deadline = time.monotonic() + self.policy.timeout
+        try:
+            upstream.connect((str(address), conn.port))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._refuse(conn, Verdict(f"cannot connect to {address}:{conn.port}: {exc.strerror}", 502))
+
+    def _resolve(self, host: str, port: int) -> list[IPAddress]:
+        name = host.lower().rstrip(".")
+        if name in self.hosts:
+            return [ipaddress.ip_address(self.hosts[name])]
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return []
+        return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+
+    def _connected(self, conn: _Conn) -> None:
+        assert conn.upstream is not None  # nosec B101  # state connecting
+        err = conn.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._refuse(conn, Verdict(f"cannot connect to {conn.address}:{conn.port}: {os.strerror(err)}", 502))
+            return
+        conn.state = "relay"
+        conn.deadline = time.monotonic() + self.policy.timeout
+        if conn.tunnel:
+            conn.to_client += b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+def _authority(target: str) -> tuple[str, int]:
+    """CONNECT's ``host:port`` (``[v6]:port``)."""
+    if target.startswith("["):
+        host, _, port = target[1:].partition("]:")
+    else:
+        host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{target[:100]!r} is not host:port")
+    return host, int(port)
