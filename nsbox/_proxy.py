@@ -1,9 +1,10 @@
 """The egress proxy of a sandbox whose network policy is ``allow``.
 
 A sandbox never gets a route out: its network namespace has only ``lo``. The supervisor
-forks this proxy, which enters the sandbox's network namespace just long enough to create
-a listening socket on the sandbox's 127.0.0.1:3128, then goes back (or into the policy's
-``uplink`` namespace) for every connection it makes. So the only way out is a socket that
+forks this proxy; a short-lived child of it enters the sandbox's network namespace, creates
+a listening socket on the sandbox's 127.0.0.1:3128 and hands it over, so the proxy itself
+stays in the supervisor's namespace (or enters the policy's ``uplink``) and makes every
+connection from there. So the only way out is a socket that
 a process outside the sandbox owns, and the sandbox's only means of using it is to ask:
 ``CONNECT host:port`` (a tunnel) or an absolute-form HTTP request. Each request is decided
 by ``_netpolicy`` (allowlist, sensitive ports, blocked addresses after resolution), limited
@@ -101,22 +102,52 @@ def _main(
         prctl.set_pdeathsig(signal.SIGKILL)
         prctl.set_name("nsbox-egress")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the CLI's to handle
-        home = uplink if uplink is not None else os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         stdio_to_devnull()
-        close_all_but(0, 1, 2, init_pidfd, home, ready, *audit.fds())
-        _linux.setns(init_pidfd, _CLONE_NEWNET)  # a pidfd names init's namespaces race-free
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        listener.bind(PROXY_ADDRESS)
-        listener.listen(128)
-        _linux.setns(home, _CLONE_NEWNET)  # every connection out is made from here
-        for fd in (init_pidfd, home):
-            os.close(fd)
+        close_all_but(0, 1, 2, init_pidfd, ready, *audit.fds(), *(() if uplink is None else (uplink,)))
+        listener = _listen_in_sandbox(init_pidfd)
+        os.close(init_pidfd)
+        if uplink is not None:
+            _linux.setns(uplink, _CLONE_NEWNET)  # every connection out is made from there
+            os.close(uplink)
     except OSError as exc:
         os.write(ready, f"{getattr(exc, 'call', 'setup')}: {exc}".encode()[:500])
         return
     os.write(ready, b"ok")
     os.close(ready)
     Proxy(listener, policy, own, audit).serve()
+
+
+def _listen_in_sandbox(init_pidfd: int) -> socket.socket:
+    """The listening socket, made in the sandbox's network namespace by a short-lived child
+    (so that this process never has to come back from there: rootless, it could not)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            _linux.setns(init_pidfd, _CLONE_NEWNET)  # a pidfd names init's namespaces race-free
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            listener.bind(PROXY_ADDRESS)
+            listener.listen(128)
+            socket.send_fds(theirs, [b"l"], [listener.fileno()])
+            code = 0
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                theirs.send(f"{getattr(exc, 'call', 'listen')}: {exc}".encode()[:400])
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        data, fds, _, _ = socket.recv_fds(ours, 512, 1)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    if data != b"l" or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EIO, data.decode(errors="replace") or "the listener could not be made")
+    return socket.socket(fileno=fds[0])
 
 
 class _Bucket:
