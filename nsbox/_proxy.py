@@ -39,6 +39,7 @@ from ._netpolicy import Entry, IPAddress, Verdict, check_addresses, check_host, 
 from ._spec import PROXY_ADDRESS, NetworkPolicy
 
 HEAD_LIMIT = 16 * 1024
+MAX_CONNECTIONS = 256
 CHUNK = 64 * 1024
 _CLONE_NEWNET = 0x40000000
 _HOP_HEADERS = {b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive"}
@@ -226,6 +227,11 @@ class Proxy:
         with contextlib.suppress(BlockingIOError, ConnectionAbortedError):
             client, _ = self.listener.accept()
             client.setblocking(False)
+            if len(self.conns) >= MAX_CONNECTIONS:  # each costs us an fd: a sandbox gets so many at once
+                with contextlib.suppress(OSError):
+                    client.send(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                client.close()
+                return
             conn = _Conn(client, time.monotonic() + self.policy.timeout)
             self.conns.add(conn)
             self._interest(conn)

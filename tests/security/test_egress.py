@@ -190,3 +190,16 @@ def test_sandbox_client_takes_the_seeds_names(world: Uplink) -> None:
             )
 
     assert asyncio.run(fetch()).value == "b'allowed'"
+
+
+def test_a_flood_of_idle_connections_is_capped_and_the_proxy_survives(world: Uplink) -> None:
+    flood = (
+        "import socket\nsocks = [socket.create_connection(('127.0.0.1', 3128)) for _ in range(300)]\n"
+        "last = socks[-1]; last.settimeout(5)\nprint(last.recv(100).split(b'\\r\\n')[0].decode())\n"
+        "for s in socks: s.close()"
+    )
+    with nsbox.NsSandbox(network=policy(world, "allowed.test")) as sandbox:
+        out = sandbox.run(["python3", "-c", flood], capture_output=True)
+        assert out.stdout == b"HTTP/1.1 429 Too Many Requests\n", out
+        time.sleep(0.2)
+        assert curl(sandbox, "http://allowed.test/after-flood") == ("200", b"allowed")
