@@ -525,16 +525,22 @@ class Race:
         return int(swaps), float(seconds)
 
 
+def outside_with_canaries(host_tmp: Callable[..., Path]) -> Path:
+    """A host directory (bound writable at /outside) holding the canaries ``f`` and ``canary``."""
+    outside = host_tmp("outside", 0o777)
+    for name, text in (("f", b"OUTSIDE-CANARY-F\n"), ("canary", b"OUTSIDE-CANARY\n")):
+        (outside / name).write_bytes(text)
+        os.chmod(outside / name, 0o666)
+    return outside
+
+
 @contextlib.contextmanager
 def racing(host_tmp: Callable[..., Path], mode: str) -> Iterator[Race]:
     """/workspace/swap is exchanged (renameat2 RENAME_EXCHANGE) between a real directory
     and a symlink to /outside: ``../outside`` (mode "rel"), or that and ``/outside``
     ("both"). /outside is a writable bind of a host directory holding the canaries
     ``f`` and ``canary`` (writable by anyone: the sandbox's user too)."""
-    outside = host_tmp("outside", 0o777)
-    for name, text in (("f", b"OUTSIDE-CANARY-F\n"), ("canary", b"OUTSIDE-CANARY\n")):
-        (outside / name).write_bytes(text)
-        os.chmod(outside / name, 0o666)
+    outside = outside_with_canaries(host_tmp)
     token = uuid.uuid4().hex
     with session(mounts=(nsbox.Mount(str(outside), "/outside", writable=True),)) as sandbox:
         sh(sandbox, "mkdir swap && echo INSIDE > swap/f && ln -s ../outside .alt-rel && ln -s /outside .alt-abs")
@@ -677,10 +683,7 @@ with open(".swaps", "w") as f:
 def gardening(host_tmp: Callable[..., Path]) -> Iterator[Race]:
     """/workspace/victim/sub (a tree) is exchanged with victim/.alt (``../../outside``)
     thousands of times per second, and regrown whenever it was removed."""
-    outside = host_tmp("outside", 0o777)
-    for name, text in (("f", b"OUTSIDE-CANARY-F\n"), ("canary", b"OUTSIDE-CANARY\n")):
-        (outside / name).write_bytes(text)
-        os.chmod(outside / name, 0o666)
+    outside = outside_with_canaries(host_tmp)
     token = uuid.uuid4().hex
     with session(mounts=(nsbox.Mount(str(outside), "/outside", writable=True),)) as sandbox:
         start_python_bg(sandbox, GARDENER, token, ready=".gardening")
