@@ -50,17 +50,16 @@ _STATUS_TEXT = {403: "Forbidden", 429: "Too Many Requests", 400: "Bad Request", 
 def own_addresses() -> tuple[IPAddress, ...]:
     """This host's addresses (read in its own network namespace, before forking)."""
     found: list[IPAddress] = []
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), open("/proc/net/fib_trie", encoding="ascii") as fib:
         last = None
-        for line in open("/proc/net/fib_trie", encoding="ascii"):  # noqa: SIM115  # read whole below
+        for line in fib:  # "|-- 10.0.2.15" then, for an address of ours, "/32 host LOCAL"
             text = line.strip()
             if text.startswith("|-- "):
                 last = text[4:]
             elif text == "/32 host LOCAL" and last is not None:
                 found.append(ipaddress.IPv4Address(last))
-    with contextlib.suppress(OSError):
-        for line in open("/proc/net/if_inet6", encoding="ascii"):  # noqa: SIM115
-            found.append(ipaddress.IPv6Address(int(line.split()[0], 16)))
+    with contextlib.suppress(OSError), open("/proc/net/if_inet6", encoding="ascii") as inet6:
+        found += [ipaddress.IPv6Address(int(line.split()[0], 16)) for line in inet6]
     return tuple(dict.fromkeys(found))
 
 
