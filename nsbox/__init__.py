@@ -35,6 +35,7 @@ from ._errors import (
     SpecError,
 )
 from ._files import FILE_LIMIT, FileInfo
+from ._pool import AsyncSandboxPool, SandboxPool
 from ._result import ExecutionResult, RunResult, Status
 from ._sandbox import NsSandbox
 from ._spec import Limits, Mount, NetworkPolicy, SandboxSpec, Seccomp
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FILE_LIMIT",
+    "AsyncSandboxPool",
     "ExecutionFailed",
     "ExecutionResult",
     "FileInfo",
@@ -57,6 +59,7 @@ __all__ = [
     "RunResult",
     "SandboxClient",
     "SandboxError",
+    "SandboxPool",
     "SandboxSpec",
     "Seccomp",
     "SecurityError",

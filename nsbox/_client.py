@@ -29,7 +29,11 @@ from ._spec import NetworkPolicy
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a client is used, not for the CLI
     import concurrent.futures
 
+    from ._pool import SandboxPool
+
 _T = TypeVar("_T")
+#: The constructor's defaults, as NsSandbox options (a pooled client must keep them).
+_DEFAULTS: dict[str, Any] = {"memory": "512M", "cpus": 1, "pids": 64, "timeout": 60.0, "network": NetworkPolicy()}
 
 
 class SandboxClient:
@@ -46,8 +50,11 @@ class SandboxClient:
         allow_network: bool = False,
         allowed_hosts: Sequence[str] = (),
         network_timeout: float | None = None,
+        pool: SandboxPool | None = None,
+        pool_timeout: float | None = 30.0,
         **options: Any,
     ) -> None:
+        """``pool``: setup() takes a started sandbox from it (its spec: no other option then)."""
         if execution_timeout is not None and timeout is not None:
             raise SpecError(("execution_timeout", "timeout"), "timeout is another name of execution_timeout: pass one")
         if not isinstance(allow_network, bool):
@@ -80,12 +87,23 @@ class SandboxClient:
             "network": network,
             **options,
         }
-        self.sandbox = NsSandbox(**self._options)  # validates every option now
+        self._pool = pool
+        self._pool_timeout = pool_timeout
+        if pool is not None:
+            given = {k for k, v in self._options.items() if v != _DEFAULTS.get(k, v) or k not in _DEFAULTS}
+            if given:
+                raise SpecError(tuple(sorted(given)), "a pooled client has the pool's options; pass none")
+            self.sandbox = NsSandbox(pool.spec)  # a placeholder until setup() takes one from the pool
+        else:
+            self.sandbox = NsSandbox(**self._options)  # validates every option now
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> SandboxClient:
-        """Create the sandbox (its namespaces, cgroup and workspace)."""
+        """Create the sandbox (its namespaces, cgroup and workspace), or take one from the pool."""
+        if self._pool is not None and not self.sandbox._healthy():
+            self.sandbox = await self._call(self._pool.acquire, self._pool_timeout)
+            return self
         await self._call(self.sandbox.start)
         return self
 

@@ -425,6 +425,16 @@ class NsSandbox:
     def closed(self) -> bool:
         return self._closed
 
+    def _healthy(self) -> bool:
+        """Started, open, and its supervisor still there (it never speaks unasked, so
+        anything readable on an idle session is its end). For the pool."""
+        if self._closed or not self._started:
+            return False
+        backend = self._backend
+        if isinstance(backend, _RemoteBackend):
+            return backend.channel is not None and not readable(backend.channel.fileno())
+        return True
+
     def __enter__(self) -> NsSandbox:
         return self.start()
 

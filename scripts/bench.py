@@ -98,6 +98,39 @@ def execute_pass(sandbox: nsbox.NsSandbox) -> Callable[[], object]:
     return round_trip
 
 
+def pool_acquire(runs: int) -> list[float]:
+    """acquire() from a full pool (refilled between samples, untimed), then the sandbox closed."""
+    samples = []
+    with nsbox.SandboxPool(4) as pool:
+        for _ in range(runs):
+            while pool.ready < pool.size:
+                time.sleep(0.005)
+            started = time.perf_counter()
+            sandbox = pool.acquire()
+            samples.append((time.perf_counter() - started) * 1000)
+            sandbox.close()
+    return samples
+
+
+def idle_memory(sandbox: nsbox.NsSandbox) -> tuple[int, float, float]:
+    """Processes of an idle sandbox (its supervisor and everything below it), their summed
+    RSS and PSS in MiB (RSS counts pages the forked processes share once per process)."""
+    pids, todo = [], [sandbox._backend.supervisor_pid]  # type: ignore[attr-defined]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    rss = pss = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1])
+    return len(pids), rss / 1024, pss / 1024
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="timed runs per row (200)")
@@ -125,6 +158,9 @@ def main() -> int:
         for label, fn, runs in plan:
             rows.append((label, timed(fn, runs)))
             print(f"  measured: {label}", file=sys.stderr)
+        rows.append(("SandboxPool.acquire() (pool of 4, ready)", pool_acquire(max(20, args.runs // 4))))
+        with nsbox.NsSandbox() as idle:
+            processes, rss, pss = idle_memory(idle)
     finally:
         live.close()
         if jupyter is not None:
@@ -142,11 +178,15 @@ def main() -> int:
         print(f"{label:48} {len(samples):5d} {median:10.2f} {p90:8.2f} {median / baseline:8.2f}")
         results.append({"what": label, "runs": len(samples), "median_ms": median, "p90_ms": p90,
                         "ratio_to_bwrap": median / baseline})  # fmt: skip
+    print(f"\nan idle sandbox: {processes} processes (supervisor, intermediate, init),", end=" ")
+    print(f"RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
     medians = {label: statistics.median(samples) for label, samples in rows}
     if JUPYTER in medians:
         print(f"\nexecute_code('pass') / Jupyter kernel round trip: {medians[EXECUTE] / medians[JUPYTER]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.uname()._asdict(), "results": results}, indent=2))
+        idle_data = {"processes": processes, "rss_mib": rss, "pss_mib": pss}
+        data = {"machine": platform.uname()._asdict(), "results": results, "idle_sandbox": idle_data}
+        Path(args.json).write_text(json.dumps(data, indent=2))
     return 0
 
 
