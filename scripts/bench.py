@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import nsbox
 
 NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
+UNSHARE = ["unshare", "-Upfnmiu", "-r", "--mount-proc", "/bin/true"]
 EXECUTE = "execute_code('pass') in a live NsSandbox"
 JUPYTER = "Jupyter kernel: execute 'pass' (ipykernel)"
 
@@ -112,6 +114,50 @@ def pool_acquire(runs: int) -> list[float]:
     return samples
 
 
+def throughput(workers: int, seconds: float) -> float:
+    """Sandboxes per second: ``workers`` threads each creating a sandbox, running /bin/true in
+    it and destroying it, over and over, for ``seconds``."""
+    done = [0] * workers
+    stop = time.monotonic() + seconds
+
+    def work(i: int) -> None:
+        while time.monotonic() < stop:
+            new_sandbox_run()
+            done[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+def chart(rows: list[tuple[str, float]], path: str) -> None:
+    """A bar chart of the medians (log scale), if matplotlib is there (pip install -e '.[bench]')."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  no chart: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return
+    labels, medians = zip(*rows, strict=True)
+    figure, axes = plt.subplots(figsize=(10, 0.45 * len(rows) + 1))
+    axes.barh(range(len(rows)), medians, color="#4c72b0")
+    axes.set_yticks(range(len(rows)), labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.set_xlabel("median wall time, ms (log scale)")
+    axes.set_title(f"nsbox {nsbox.__version__}: {platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs")
+    for i, value in enumerate(medians):
+        axes.text(value, i, f" {value:.2f}", va="center", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def idle_memory(sandbox: nsbox.NsSandbox) -> tuple[int, float, float]:
     """Processes of an idle sandbox (its supervisor and everything below it), their summed
     RSS and PSS in MiB (RSS counts pages the forked processes share once per process)."""
@@ -134,7 +180,8 @@ def idle_memory(sandbox: nsbox.NsSandbox) -> tuple[int, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="timed runs per row (200)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (and a PNG chart beside it)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement (5)")
     args = parser.parse_args()
     if shutil.which("bwrap") is None:
         print("bubblewrap is the baseline: apt-get install bubblewrap (make bench does this)", file=sys.stderr)
@@ -148,6 +195,7 @@ def main() -> int:
             ("/bin/true", command(["/bin/true"]), args.runs),
             ("python -c pass (the interpreter nsbox runs on)", command([sys.executable, "-c", "pass"]), args.runs),
             ("bwrap --unshare-all ... /bin/true", command(bwrap_argv()), args.runs),
+            ("unshare -Upfnmiu -r --mount-proc /bin/true", command(UNSHARE), args.runs),
             ("nsbox exec -- /bin/true", command([NSBOX_CLI, "exec", "--", "/bin/true"]), max(20, args.runs // 4)),
             ("NsSandbox().run(['/bin/true']) (new sandbox)", new_sandbox_run, args.runs),
             ("run of /bin/true in a live NsSandbox", lambda: live.run(["/bin/true"]), args.runs),
@@ -161,6 +209,8 @@ def main() -> int:
         rows.append(("SandboxPool.acquire() (pool of 4, ready)", pool_acquire(max(20, args.runs // 4))))
         with nsbox.NsSandbox() as idle:
             processes, rss, pss = idle_memory(idle)
+        per_second = {n: throughput(n, args.seconds) for n in (1, 2, 4)}
+        print("  measured: throughput", file=sys.stderr)
     finally:
         live.close()
         if jupyter is not None:
@@ -180,13 +230,18 @@ def main() -> int:
                         "ratio_to_bwrap": median / baseline})  # fmt: skip
     print(f"\nan idle sandbox: {processes} processes (supervisor, intermediate, init),", end=" ")
     print(f"RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
+    print(
+        "new sandbox + /bin/true + close, per second: " + ", ".join(f"{v:.0f} with {n}" for n, v in per_second.items())
+    )
     medians = {label: statistics.median(samples) for label, samples in rows}
     if JUPYTER in medians:
         print(f"\nexecute_code('pass') / Jupyter kernel round trip: {medians[EXECUTE] / medians[JUPYTER]:.2f}")
     if args.json:
         idle_data = {"processes": processes, "rss_mib": rss, "pss_mib": pss}
-        data = {"machine": platform.uname()._asdict(), "results": results, "idle_sandbox": idle_data}
+        data = {"machine": platform.uname()._asdict(), "results": results, "idle_sandbox": idle_data,
+                "sandboxes_per_second": {str(n): v for n, v in per_second.items()}}  # fmt: skip
         Path(args.json).write_text(json.dumps(data, indent=2))
+        chart([(r["what"], r["median_ms"]) for r in results], str(Path(args.json).with_suffix(".png")))
     return 0
 
 
