@@ -16,7 +16,7 @@ import json
 import struct
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import ProtocolError
@@ -272,7 +272,8 @@ _REGISTRY: dict[str, type[Message]] = {
 
 
 def encode(message: Message) -> bytes:
-    body = json.dumps({"type": message.TYPE, **asdict(message)}, separators=(",", ":")).encode()
+    fields_ = {f.name: getattr(message, f.name) for f in fields(message)}  # no deep copy: only read
+    body = json.dumps({"type": message.TYPE, **fields_}, separators=(",", ":")).encode()
     return HEADER.pack(len(body)) + body
 
 
@@ -315,7 +316,7 @@ def parse(obj: dict[str, Any], *expected: type[M]) -> M:
     if cls is None or cls not in expected:
         names = ", ".join(e.TYPE for e in expected)
         raise ProtocolError(f"unexpected message {str(obj.get('type'))[:40]!r}; expected {names}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values = {}
     for f in fields(cls):
         if f.name not in obj:
@@ -328,6 +329,17 @@ def parse(obj: dict[str, Any], *expected: type[M]) -> M:
     if extra := set(obj) - {f.name for f in fields(cls)} - {"type"}:
         raise ProtocolError(f"{cls.TYPE}: unknown field(s) {sorted(extra)[:5]}")
     return cls(**values)  # cls is one of `expected`, checked above
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    """A message class's field types (evaluated once: they are strings until asked)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _conforms(value: Any, hint: Any) -> bool:
