@@ -220,6 +220,8 @@ class Proxy:
             now = time.monotonic()
             for conn in [c for c in self.conns if c.deadline <= now]:
                 self._expire(conn)
+                if conn in self.conns:  # a refusal to write back first
+                    self._interest(conn)
 
     # -- connections ---------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -390,7 +392,8 @@ class Proxy:
         self._decide(conn)
 
     def _decide(self, conn: _Conn) -> None:
-        if self.policy.max_bytes is not None and self.bytes_used >= self.policy.max_bytes:
+        pending = len(conn.to_upstream)  # the forwarded head, and what came with it, leave too
+        if self.policy.max_bytes is not None and self.bytes_used + pending > self.policy.max_bytes:
             self._refuse(conn, Verdict("the sandbox's network byte limit was reached", 429))
             return
         if not self.bucket.take():
@@ -408,6 +411,8 @@ class Proxy:
             return
         address = addresses[0]
         conn.address = str(address)
+        conn.bytes_out += pending
+        self.bytes_used += pending
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         upstream = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         upstream.setblocking(False)
