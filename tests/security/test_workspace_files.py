@@ -525,13 +525,28 @@ class Race:
         return int(swaps), float(seconds)
 
 
-def outside_with_canaries(host_tmp: Callable[..., Path]) -> Path:
-    """A host directory (bound writable at /outside) holding the canaries ``f`` and ``canary``."""
+@contextlib.contextmanager
+def background_race(
+    host_tmp: Callable[..., Path], script: str, *args: str, ready: str, setup: str | None = None
+) -> Iterator[Race]:
+    """A session with /outside (a writable bind of a host directory holding the canaries
+    ``f`` and ``canary``, writable by anyone), ``script`` running in its background until
+    the race ends (it stops when /workspace/.stop appears)."""
     outside = host_tmp("outside", 0o777)
     for name, text in (("f", b"OUTSIDE-CANARY-F\n"), ("canary", b"OUTSIDE-CANARY\n")):
         (outside / name).write_bytes(text)
         os.chmod(outside / name, 0o666)
-    return outside
+    token = uuid.uuid4().hex
+    with session(mounts=(nsbox.Mount(str(outside), "/outside", writable=True),)) as sandbox:
+        if setup is not None:
+            sh(sandbox, setup)
+        start_python_bg(sandbox, script, token, *args, ready=ready)
+        race = Race(sandbox, outside, host_pid_of(token))
+        try:
+            yield race
+        finally:
+            with contextlib.suppress(Exception):
+                sh(sandbox, "touch .stop")
 
 
 @contextlib.contextmanager
@@ -540,17 +555,9 @@ def racing(host_tmp: Callable[..., Path], mode: str) -> Iterator[Race]:
     and a symlink to /outside: ``../outside`` (mode "rel"), or that and ``/outside``
     ("both"). /outside is a writable bind of a host directory holding the canaries
     ``f`` and ``canary`` (writable by anyone: the sandbox's user too)."""
-    outside = outside_with_canaries(host_tmp)
-    token = uuid.uuid4().hex
-    with session(mounts=(nsbox.Mount(str(outside), "/outside", writable=True),)) as sandbox:
-        sh(sandbox, "mkdir swap && echo INSIDE > swap/f && ln -s ../outside .alt-rel && ln -s /outside .alt-abs")
-        start_python_bg(sandbox, SWAPPER, token, mode, "300", ready=".swapping")
-        race = Race(sandbox, outside, host_pid_of(token))
-        try:
-            yield race
-        finally:
-            with contextlib.suppress(Exception):
-                sh(sandbox, "touch .stop")
+    setup = "mkdir swap && echo INSIDE > swap/f && ln -s ../outside .alt-rel && ln -s /outside .alt-abs"
+    with background_race(host_tmp, SWAPPER, mode, "300", ready=".swapping", setup=setup) as race:
+        yield race
 
 
 def test_premise_a_check_then_open_is_redirected_by_the_swap(host_tmp: Callable[..., Path]) -> None:
@@ -683,16 +690,8 @@ with open(".swaps", "w") as f:
 def gardening(host_tmp: Callable[..., Path]) -> Iterator[Race]:
     """/workspace/victim/sub (a tree) is exchanged with victim/.alt (``../../outside``)
     thousands of times per second, and regrown whenever it was removed."""
-    outside = outside_with_canaries(host_tmp)
-    token = uuid.uuid4().hex
-    with session(mounts=(nsbox.Mount(str(outside), "/outside", writable=True),)) as sandbox:
-        start_python_bg(sandbox, GARDENER, token, ready=".gardening")
-        race = Race(sandbox, outside, host_pid_of(token))
-        try:
-            yield race
-        finally:
-            with contextlib.suppress(Exception):
-                sh(sandbox, "touch .stop")
+    with background_race(host_tmp, GARDENER, ready=".gardening") as race:
+        yield race
 
 
 def naive_rmtree(path: str) -> None:
