@@ -23,23 +23,73 @@ workspace
     file API (``write_file``, ``read_file``...), which never follows a symlink.
 """
 
-from ._client import SandboxClient
-from ._errors import (
-    ExecutionFailed,
-    NsboxError,
-    ProtocolError,
-    RunFailed,
-    SandboxError,
-    SecurityError,
-    SetupError,
-    SpecError,
-)
-from ._files import FILE_LIMIT, FileInfo
-from ._pool import AsyncSandboxPool, SandboxPool
-from ._result import ExecutionResult, RunResult, Status
-from ._sandbox import NsSandbox
-from ._spec import Limits, Mount, NetworkPolicy, SandboxSpec, Seccomp
-from ._template import execute_ai_code, safe_path_access
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use (PEP 562): `nsbox exec` imports nsbox._cli, which
+# imports this package first, and must not pay for the embedding API it does not use.
+if TYPE_CHECKING:
+    from ._client import SandboxClient
+    from ._errors import (
+        ExecutionFailed,
+        NsboxError,
+        ProtocolError,
+        RunFailed,
+        SandboxError,
+        SecurityError,
+        SetupError,
+        SpecError,
+    )
+    from ._files import FILE_LIMIT, FileInfo
+    from ._pool import AsyncSandboxPool, SandboxPool
+    from ._result import ExecutionResult, RunResult, Status
+    from ._sandbox import NsSandbox
+    from ._spec import Limits, Mount, NetworkPolicy, SandboxSpec, Seccomp
+    from ._template import execute_ai_code, safe_path_access
+
+#: Where each public name lives.
+_MODULE_OF = {
+    "SandboxClient": "_client",
+    **dict.fromkeys(
+        (
+            "ExecutionFailed",
+            "NsboxError",
+            "ProtocolError",
+            "RunFailed",
+            "SandboxError",
+            "SecurityError",
+            "SetupError",
+            "SpecError",
+        ),
+        "_errors",
+    ),
+    "FILE_LIMIT": "_files",
+    "FileInfo": "_files",
+    "AsyncSandboxPool": "_pool",
+    "SandboxPool": "_pool",
+    "ExecutionResult": "_result",
+    "RunResult": "_result",
+    "Status": "_result",
+    "NsSandbox": "_sandbox",
+    **dict.fromkeys(("Limits", "Mount", "NetworkPolicy", "SandboxSpec", "Seccomp"), "_spec"),
+    "execute_ai_code": "_template",
+    "safe_path_access": "_template",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nsbox' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import platform
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -40,7 +38,7 @@ def _read(path: str) -> str | None:
 
 
 def kernel_version() -> tuple[int, int]:
-    release = platform.release()
+    release = os.uname().release
     major, minor = release.split(".")[:2]
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
@@ -57,13 +55,13 @@ def _check_kernel() -> Check:
     return Check(
         "kernel",
         ok,
-        f"Linux {platform.release()} (nsbox needs {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer for mount_setattr)",
+        f"Linux {os.uname().release} (nsbox needs {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer for mount_setattr)",
         "" if ok else "upgrade the kernel (Debian 12 ships 6.1, Ubuntu 22.04 5.15, RHEL 9 5.14)",
     )
 
 
 def _check_arch() -> Check:
-    machine = platform.machine()
+    machine = os.uname().machine
     ok = machine in ("x86_64", "aarch64")
     return Check(
         "architecture", ok, machine, "" if ok else "nsbox knows the syscall numbers of x86_64 and aarch64 only"
@@ -73,6 +71,8 @@ def _check_arch() -> Check:
 def _check_identity() -> Check:
     if os.geteuid() == 0:
         return Check("identity", True, "root: sandbox ids map to an unprivileged host range", required=False)
+    import shutil  # only for `nsbox check`
+
     has_newuidmap = shutil.which("newuidmap") is not None
     return Check(
         "identity",

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
-import platform
 from collections.abc import Iterator
 
 # clone(2)/unshare(2) flags, <linux/sched.h>
@@ -97,7 +95,13 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this interpreter runs on, by its glibc name (ctypes.util.find_library would
+# cost ~10 ms of imports and a subprocess on every start); None is the main program, whose
+# symbols include libc's on any libc (musl names it differently).
+try:
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _libc = ctypes.CDLL(None, use_errno=True)
 # Without argtypes ctypes passes Python ints as C int, which truncates the 64-bit
 # flag words of mount(2) (see ../shared/notes/perf-facts.md).
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -135,7 +139,7 @@ def _b(path: str | None) -> bytes | None:
 
 
 def _syscall_number(name: str) -> int:
-    machine = platform.machine()
+    machine = os.uname().machine
     try:
         return _SYSCALLS[machine][name]
     except KeyError:

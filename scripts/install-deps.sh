@@ -1,11 +1,12 @@
 #!/bin/sh
 # Debian packages nsbox needs: gcc, libc6-dev and libcap-dev to build python-prctl (the
 # tests also compile C probes with gcc), libseccomp2 for pyseccomp, python3-pip for
-# install_packages inside a sandbox (pip runs with the sandbox's python3),
+# install_packages inside a sandbox (pip runs with the sandbox's python3), python3-venv and
+# python3-dev for the .venv on Debian's own python3 (make picks it where it exists),
 # and for `bench` also bubblewrap (the baseline). As root they are installed with apt-get;
 # otherwise a missing one is named with the command that installs it.
 set -eu
-packages="gcc libc6-dev libcap-dev libseccomp2 python3-pip"
+packages="gcc libc6-dev libcap-dev libseccomp2 python3-pip python3-venv python3-dev"
 [ "${1:-}" = "bench" ] && packages="$packages bubblewrap"
 missing=""
 for p in $packages; do

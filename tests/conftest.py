@@ -29,6 +29,20 @@ NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
 STRICT = os.environ.get("NSBOX_TEST_STRICT") == "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_of_this_run() -> Iterator[None]:
+    """nsbox's cache (compiled seccomp filters) in a directory of this test run, removed at
+    the end, instead of the user's ~/.cache (the CLIs the tests start inherit it)."""
+    with tempfile.TemporaryDirectory(prefix="nsbox-test-cache-") as directory:
+        previous = os.environ.get("XDG_CACHE_HOME")
+        os.environ["XDG_CACHE_HOME"] = directory
+        yield
+        if previous is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         reason = "needs root (the sandbox id range is mapped by a privileged supervisor)"

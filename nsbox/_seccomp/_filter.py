@@ -47,12 +47,9 @@ def _low32(arg: int, value: int) -> sc.Arg:
     return sc.Arg(arg, sc.MASKED_EQ, LOW32, value)
 
 
-@functools.lru_cache(maxsize=16)
-def compile_filters(policy: Seccomp) -> tuple[bytes, ...]:
-    """The BPF programs to load, in order; none when unconfined. Raises SpecError for a
-    name that is no syscall of this machine."""
-    if policy.unconfined:
-        return ()
+def compile_now(policy: Seccomp) -> tuple[bytes, ...]:
+    """The BPF programs of a confined policy, in load order (``_cache.compile_filters`` is
+    the entry point). Raises SpecError for a name that is no syscall of this machine."""
     unknown = [n for n in (*policy.allow, *policy.refuse) if _number(n) is None]
     if unknown:
         raise SpecError(option_name("seccomp"), f"not syscalls of this machine: {', '.join(unknown)}")
