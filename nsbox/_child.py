@@ -31,11 +31,12 @@ import prctl
 
 from . import _caps, _init, _linux, _mount, _net, _rlimits, _userns, _uts
 from ._channel import Channel
-from ._fds import close_all_but, stdio_to_devnull
+from ._fds import close_all_but, close_fds, stdio_to_devnull
 from ._mount import RootPlan
 from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
     MAX_FRAME_TO_INIT,
+    Attached,
     Exec,
     Go,
     InitReady,
@@ -134,9 +135,6 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
             prctl.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != plan.supervisor_pid:
                 os._exit(EXIT_SETUP_FAILED)
-        with step("unshare the cgroup namespace"):
-            # After the supervisor placed us in our cgroup, so that it is the namespace's root.
-            _linux.unshare(_linux.CLONE_NEWCGROUP)
         with step("set the hostname"):
             _uts.set_names_in_child(plan.spec.hostname)
         with step("bring up the loopback interface"):
@@ -231,6 +229,11 @@ def init_main(
             os.close(request_fd)
             os.close(reply_fd)
             prctl.set_pdeathsig(signal.SIGKILL)  # robust against any credential change above
+        with step("wait for the supervisor to put us in our cgroup"):
+            close_fds(ctl.recv(Attached)[1])  # the supervisor's setup timeout bounds the wait
+        with step("unshare the cgroup namespace"):
+            # After the supervisor placed us in our cgroup, so that it is the namespace's root.
+            _linux.unshare(_linux.CLONE_NEWCGROUP)
         with step("name init"):
             prctl.set_name("nsbox-init")
             _linux.set_cmdline("nsbox-init")  # the inherited command line may show host paths

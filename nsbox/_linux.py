@@ -138,12 +138,16 @@ def _b(path: str | None) -> bytes | None:
     return None if path is None else os.fsencode(path)
 
 
+#: Read once, here: the payload looks syscall numbers up after its first filter is loaded,
+#: and a policy may refuse uname.
+_MACHINE = os.uname().machine
+
+
 def _syscall_number(name: str) -> int:
-    machine = os.uname().machine
     try:
-        return _SYSCALLS[machine][name]
+        return _SYSCALLS[_MACHINE][name]
     except KeyError:
-        raise SyscallError(38, name, f"no syscall number known for machine {machine!r}") from None
+        raise SyscallError(38, name, f"no syscall number known for machine {_MACHINE!r}") from None
 
 
 def unshare(flags: int) -> None:

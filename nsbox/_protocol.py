@@ -164,6 +164,13 @@ class StepFailed(Message):
 
 
 @dataclass(frozen=True)
+class Attached(Message):
+    """Supervisor -> init: the intermediate and init are in the sandbox's cgroup now."""
+
+    TYPE: ClassVar[str] = "attached"
+
+
+@dataclass(frozen=True)
 class InitReady(Message):
     TYPE: ClassVar[str] = "init_ready"
 
@@ -265,8 +272,8 @@ _REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Open, Run, Execute, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Unshared, Go,
-        InitStarted, StepFailed, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady, CellStarted, CellDone,
-        Spawn, Spawned,
+        InitStarted, StepFailed, Attached, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady,
+        CellStarted, CellDone, Spawn, Spawned,
     )
 }  # fmt: skip
 

@@ -42,6 +42,7 @@ from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
     MAX_FRAME_TO_INIT,
     RUN,
+    Attached,
     Exec,
     Execute,
     Exited,
@@ -139,8 +140,6 @@ class Supervisor:
                     _userns.write_maps_from_parent(proc_dir, mapping.outer_uid_map, mapping.outer_gid_map)
                 finally:
                     os.close(proc_dir)
-            with _setup_stage("put the sandbox in its cgroup", "write"):
-                self.cgroup.attach(pid)  # before the intermediate unshares its cgroup namespace
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -149,11 +148,26 @@ class Supervisor:
                 sync.send(Go(), source_fds)
             finally:
                 close_fds(source_fds)
-            _, fds = self._await_setup(sync, InitStarted)
+            started, fds = self._await_setup(sync, InitStarted)
             if len(fds) != 1:
                 close_fds(fds)
                 raise ProtocolError("init_started must carry exactly one pidfd")
             self._init_fd = fds[0]
+            try:
+                with _setup_stage("put the sandbox in its cgroup", "write"):
+                    # Now, while init builds the root: the first move into a cgroup waits for
+                    # an RCU grace period (cgroup_threadgroup_rwsem; ~10 ms here), which this
+                    # hides. Neither process forks before Attached (a fork would wait for the
+                    # move, and a child forked earlier would stay outside); init makes its
+                    # cgroup namespace after it, so that the sandbox's cgroup is its root.
+                    self.cgroup.attach(pid)
+                    self.cgroup.attach(started.pid)
+                ctl.send(Attached())
+            except (OSError, SetupError) as exc:  # init may have failed meanwhile: its report is the cause
+                reported = self._init_report()
+                if reported is None:
+                    raise
+                raise reported from exc
             ctl.accept_fds = True  # init's /workspace, sent before any payload ran; never again
             _, fds = self._await_setup(ctl, InitReady)
             ctl.accept_fds = False
@@ -226,14 +240,24 @@ class Supervisor:
     def _setup_failure(self, failure: StepFailed | str) -> SetupError:
         """Prefer init's own report: it is sent before init exits, so before the
         intermediate can notice and report the same failure less precisely."""
+        reported = self._init_report()
+        if reported is not None:
+            return reported
+        if isinstance(failure, str):
+            return SetupError("sandbox setup", detail=failure + self._exit_detail())
+        return self._step_error(failure)
+
+    def _init_report(self) -> SetupError | None:
+        """The StepFailed init sent before it exited, if it did."""
         with contextlib.suppress(EOFError, ProtocolError, OSError):
             while self.ctl is not None and readable(self.ctl.fileno()):
                 got = self.ctl.read_packet()
                 if got is not None and got[0].get("type") == StepFailed.TYPE:
-                    failure = parse(got[0], StepFailed)
-                    break
-        if isinstance(failure, str):
-            return SetupError("sandbox setup", detail=failure + self._exit_detail())
+                    return self._step_error(parse(got[0], StepFailed))
+        return None
+
+    @staticmethod
+    def _step_error(failure: StepFailed) -> SetupError:
         return SetupError(
             failure.stage,
             failure.call,
