@@ -63,7 +63,13 @@ class Channel:
 
         Raises EOFError when the peer has closed (in the middle of a frame: ProtocolError).
         """
-        data, ancillary, flags, _ = self.sock.recvmsg(PACKET, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
+        try:
+            data, ancillary, flags, _ = self._recvmsg()
+        except ConnectionResetError:
+            # The peer closed with a message of ours unread: unix(7) sockets say so once,
+            # before what the peer sent earlier (its last words: a StepFailed, an Exited),
+            # which is still queued, then end of file.
+            data, ancillary, flags, _ = self._recvmsg()
         fds = _unpack_fds(ancillary)
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
             close_fds(fds)
@@ -84,6 +90,9 @@ class Channel:
             raise ProtocolError("a packet held more than one frame")
         frame_fds, self._frame_fds = self._frame_fds, []
         return frames[0], frame_fds
+
+    def _recvmsg(self) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
+        return self.sock.recvmsg(PACKET, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
 
     def recv(self, *expected: type[M], timeout: float | None = None) -> tuple[M, list[int]]:
         """Block for the next frame, validated as one of ``expected``.

@@ -29,7 +29,7 @@ from typing import NoReturn
 
 import prctl
 
-from . import _caps, _init, _linux, _mount, _net, _rlimits, _userns, _uts
+from . import _caps, _init, _launcher, _linux, _mount, _net, _rlimits, _userns, _uts
 from ._channel import Channel
 from ._fds import close_all_but, close_fds, stdio_to_devnull
 from ._mount import RootPlan
@@ -70,6 +70,16 @@ class SandboxPlan:
     supervisor_pid: int
     rlimits: tuple[tuple[int, int], ...]
     seccomp_filters: tuple[bytes, ...]  #: compiled BPF, loaded in order; none when unconfined
+
+    @property
+    def launcher(self) -> bool:
+        """Whether runs start from the launcher (``_launcher``), or each is forked by init."""
+        return not _rlimits.binds_payload_only(self.rlimits)
+
+    @property
+    def own_processes(self) -> int:
+        """nsbox's processes in the sandbox's cgroup: the intermediate, init, the launcher."""
+        return 3 if self.launcher else 2
 
 
 class _StepFailed(Exception):
@@ -242,11 +252,64 @@ def init_main(
             workspace = os.open(WORKSPACE, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         ctl.send(InitReady(), [workspace])  # before any payload: this is the real one
         os.close(workspace)
-        _init.serve(ctl, lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe))
+        _init.serve(
+            ctl,
+            lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe),
+            (lambda sock: launcher_main(plan, sock)) if plan.launcher else None,
+        )
         os._exit(0)
     except _StepFailed as failed:
         with contextlib.suppress(OSError):
             ctl.send(failed.message)
+    except BaseException:  # a child must never unwind into the parent's code
+        _debug_trace()
+    os._exit(EXIT_SETUP_FAILED)
+
+
+# --- the launcher --------------------------------------------------------------------------
+def launcher_main(plan: SandboxPlan, sock: socket.socket) -> NoReturn:
+    """Forked by init; the payload's privilege for good, then it starts every run
+    (``_launcher``). The same steps as ``payload_main``, once per sandbox; a failure is
+    reported as StepFailed (init gives it to the runs waiting) and the process exits."""
+    channel = Channel(sock, MAX_FRAME_TO_INIT)
+    try:
+        with step("name the launcher"):
+            prctl.set_name("nsbox-launcher")
+            _linux.set_cmdline("nsbox-launcher")  # what ps shows the payloads (they share its uid)
+        with step("start a new session"):
+            os.setsid()
+        with step("close inherited file descriptors"):
+            close_all_but(0, 1, 2, sock.fileno())  # init's stdio is /dev/null already
+        with step("reset signal dispositions"):
+            signal.set_wakeup_fd(-1)  # init's, inherited through fork
+            _linux.reset_all_signals()  # an ignored one would survive into every payload
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.chdir("/")
+        with step("set resource limits"):
+            _rlimits.apply_in_child(plan.rlimits)  # only those that may bind us too (see _init)
+        with step("make the OOM killer's first choice"):
+            prctl.set_dumpable(True)  # for the write to /proc/self (see payload_main)
+            _userns.write_proc_file(0, "oom_score_adj", "1000")  # inherited by every payload
+        with step("drop capabilities"):
+            _caps.drop_bounding_in_child(plan.last_cap)
+            _userns.become_payload_in_child()
+            _caps.clear_sets_in_child()
+            _caps.assert_none_in_child()
+            prctl.set_dumpable(False)  # not traceable by the payloads, whose uid we share now
+        with step("join a new session keyring"):
+            _linux.join_new_session_keyring()  # the sandbox's, owned by the payload's uid
+        with step("set the parent-death signal"):
+            prctl.set_pdeathsig(signal.SIGKILL)  # after the uid change, which would clear it
+        with step("set no_new_privs"):
+            prctl.set_no_new_privs(1)
+        with step("load the seccomp filter"):
+            for bpf in plan.seccomp_filters:  # last: from here on every payload inherits it
+                _linux.load_seccomp_filter(bpf)
+        _launcher.serve(channel)
+        os._exit(0)
+    except _StepFailed as failed:
+        with contextlib.suppress(OSError):
+            channel.send(failed.message)
     except BaseException:  # a child must never unwind into the parent's code
         _debug_trace()
     os._exit(EXIT_SETUP_FAILED)

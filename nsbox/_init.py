@@ -1,12 +1,20 @@
 """PID 1 of a sandbox: serves runs, reaps every zombie, forwards signals.
 
 At most one process of each kind the supervisor names (``RUN``, a command; ``KERNEL``,
-the session's Python kernel): an ``Exec`` forks it (``payload_main``), answers
-``Started``, and ``Exited`` once it is reaped, with the errno of a failed execve read
-from the payload's close-on-exec error pipe. ``Signal`` goes to that process's group,
-``KillRun`` kills every process of the sandbox but init (kill(-1) from PID 1 reaches
-exactly the processes of its pid namespace). When the supervisor's channel closes,
-init exits and the kernel kills whatever is left in the namespace.
+the session's Python kernel). An ``Exec`` goes to the launcher (``_launcher``: a process
+of ours at the payload's privilege, which posix_spawns the run and reports ``Started`` and
+``Exited``), or, for sandboxes whose rlimits would bind the launcher itself, forks the
+payload here (``payload_main``): then ``Started`` follows the fork, and ``Exited`` the reap,
+with the errno of a failed execve read from the payload's close-on-exec error pipe. Both
+reach the supervisor the same way. ``Signal`` goes to that process's group once it has
+one, ``KillRun`` kills every process of the sandbox but init (kill(-1) from PID 1 reaches
+exactly the processes of its pid namespace; the launcher too, which is forked again).
+When the supervisor's channel closes, init exits and the kernel kills whatever is left.
+
+The launcher's frames are untrusted (it runs as the payload's uid): one that makes no
+sense ends it. Whatever it had started and not reported is reparented to us when it dies,
+and reported when we reap it; a run it had not started yet ends as killed, or with the
+launcher's own set-up failure.
 
 As PID 1 of its namespace, init receives from inside only the signals it has handlers
 for (pid_namespaces(7)). It ignores every catchable signal but SIGCHLD, whose handler
@@ -21,24 +29,30 @@ import json
 import os
 import select
 import signal
+import socket
 from collections.abc import Callable
 
-from ._channel import Channel
+from ._channel import Channel, readable, socketpair
 from ._errors import ProtocolError
 from ._fds import close_fds
-from ._protocol import KERNEL, RUN, Exec, Exited, KillRun, Signal, Started, parse
+from ._launcher import NOT_STARTED
+from ._protocol import KERNEL, MAX_FRAME_FROM_SANDBOX, RUN, Exec, Exited, KillRun, Signal, Started, StepFailed, parse
 
 PayloadMain = Callable[[Exec, list[int], int], None]
+LauncherMain = Callable[[socket.socket], None]
 
 
 class _Run:
-    def __init__(self, process: int, pid: int, errpipe: int) -> None:
+    def __init__(self, process: int, pid: int | None, errpipe: int | None = None) -> None:
         self.process = process
-        self.pid = pid
-        self.errpipe = errpipe
+        self.pid = pid  #: None until the launcher says Started
+        self.errpipe = errpipe  #: forked here: the payload's pre-exec error pipe
+        self.signals: list[int] = []  #: to deliver once there is a pid
 
     def failure(self) -> tuple[int | None, str | None]:
         """The payload's pre-exec failure report, if it wrote one (it is dead: no blocking)."""
+        if self.errpipe is None:
+            return None, None
         try:
             data = os.read(self.errpipe, 4096)
         finally:
@@ -52,6 +66,43 @@ class _Run:
             return 0, "before execve"
 
 
+class _Launcher:
+    """Init's handle on the launcher process (started on demand, again after it died)."""
+
+    def __init__(self, main: LauncherMain) -> None:
+        self._main = main
+        self.pid: int | None = None
+        self.channel: Channel | None = None
+        self.failure: StepFailed | None = None  #: its set-up failure, if it sent one
+
+    def ensure(self, poller: select.poll) -> Channel:
+        if self.channel is None:
+            ours, theirs = socketpair()
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                self._main(theirs)
+                os._exit(127)  # launcher_main never returns
+            theirs.close()
+            self.pid, self.failure = pid, None
+            self.channel = Channel(ours, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
+            poller.register(self.channel.fileno(), select.POLLIN)
+        return self.channel
+
+    def kill(self) -> None:
+        """It is reaped like any child (``_launcher_ended``)."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self, poller: select.poll) -> None:
+        """Stop listening (the next run forks a new launcher)."""
+        if self.channel is not None:
+            poller.unregister(self.channel.fileno())
+            self.channel.close()
+            self.channel = None
+
+
 def ignore_signals() -> None:
     """Every catchable signal ignored (the payload resets them all before execve)."""
     for sig in signal.valid_signals():
@@ -59,21 +110,29 @@ def ignore_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def serve(ctl: Channel, payload_main: PayloadMain) -> None:
+def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain | None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     poller = select.poll()
     poller.register(ctl.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    launcher = None if launcher_main is None else _Launcher(launcher_main)
     runs: dict[int, _Run] = {}  # by process kind
+    if launcher is not None:
+        launcher.ensure(poller)  # now, while the supervisor reports the sandbox ready
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
-                _reap(ctl, runs)
+                _reap(ctl, runs, launcher, poller)
                 continue
+            if launcher is not None and launcher.channel is not None and fd == launcher.channel.fileno():
+                _from_launcher(ctl, runs, launcher, poller)
+                continue
+            if fd != ctl.fileno():
+                continue  # a launcher's channel we stopped listening to in this round
             try:
                 got = ctl.read_packet()
             except EOFError:
@@ -86,9 +145,16 @@ def serve(ctl: Channel, payload_main: PayloadMain) -> None:
                 if message.process in runs or message.process not in (RUN, KERNEL) or len(fds) != 3:
                     close_fds(fds)
                     raise ProtocolError("exec of a process that is running, or without three stdio fds")
-                runs[message.process] = _start(ctl, message, fds, payload_main)
+                if launcher is None:
+                    runs[message.process] = _fork(ctl, message, fds, payload_main)
+                else:
+                    runs[message.process] = _launch(message, fds, launcher, poller)
             elif isinstance(message, Signal) and message.process in runs:
-                _forward(runs[message.process].pid, message.signum)
+                run = runs[message.process]
+                if run.pid is None:
+                    run.signals.append(message.signum)
+                else:
+                    _forward(run.pid, message.signum)
             elif isinstance(message, KillRun):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
@@ -105,7 +171,7 @@ def _forward(pid: int, signum: int) -> None:
         pass
 
 
-def _start(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadMain) -> _Run:
+def _fork(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadMain) -> _Run:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -118,16 +184,91 @@ def _start(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadM
     return _Run(request.process, pid, err_r)
 
 
-def _reap(ctl: Channel, runs: dict[int, _Run]) -> None:
+def _launch(request: Exec, stdio: list[int], launcher: _Launcher, poller: select.poll) -> _Run:
+    """Hand the run to the launcher; one that died meanwhile is replaced once."""
+    try:
+        for attempt in (1, 2):
+            try:
+                launcher.ensure(poller).send(request, stdio)
+                break
+            except OSError:
+                launcher.kill()
+                launcher.close(poller)
+                if attempt == 2:
+                    raise
+    finally:
+        close_fds(stdio)
+    return _Run(request.process, None)
+
+
+def _from_launcher(ctl: Channel, runs: dict[int, _Run], launcher: _Launcher, poller: select.poll) -> None:
+    if launcher.channel is None or not readable(launcher.channel.fileno()):
+        return  # an event of a launcher's channel closed earlier in this poll round
+    try:
+        got = launcher.channel.read_packet()
+        if got is None:
+            return
+        message = parse(got[0], Started, Exited, StepFailed)
+        if isinstance(message, StepFailed):
+            launcher.failure = message
+            return
+        if not isinstance(message, Started | Exited):
+            return  # parse returns one of the three
+        run = runs.get(message.process)
+        if run is None or (isinstance(message, Started) and (run.pid is not None or message.pid <= 1)):
+            raise ProtocolError("a report on no run of the launcher's")
+        if isinstance(message, Started):
+            run.pid = message.pid
+            ctl.send(message)
+            for signum in run.signals:
+                _forward(run.pid, signum)
+            run.signals = []
+        else:
+            del runs[message.process]
+            ctl.send(message)
+    except (EOFError, ProtocolError, OSError):
+        # Gone, or talking nonsense (then nothing more it says counts): what it started and
+        # did not report is reaped by us; what it had not started ends when it is reaped.
+        launcher.kill()
+        launcher.close(poller)
+
+
+def _reap(ctl: Channel, runs: dict[int, _Run], launcher: _Launcher | None, poller: select.poll) -> None:
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        if os.WIFSTOPPED(status):
+            # A stopped launcher (a payload may signal it: same uid) could report nothing
+            # more: it is killed, and what it started becomes ours. Other stops are no end.
+            if launcher is not None and pid == launcher.pid:
+                launcher.kill()  # what it sent before stopping is still read
+            continue
+        if launcher is not None and pid == launcher.pid:
+            _launcher_ended(ctl, runs, launcher, poller)
+            continue
         for run in list(runs.values()):
             if pid == run.pid:
                 err, stage = run.failure()
                 ctl.send(Exited(status, err, stage, run.process))
                 del runs[run.process]
+
+
+def _launcher_ended(ctl: Channel, runs: dict[int, _Run], launcher: _Launcher, poller: select.poll) -> None:
+    """What it said before it died counts; runs it had not started end now, with its set-up
+    failure or as killed (KillRun kills it too). It is forked again for the next run."""
+    while launcher.channel is not None and readable(launcher.channel.fileno()):
+        _from_launcher(ctl, runs, launcher, poller)  # until its end of file
+    launcher.pid = None
+    launcher.close(poller)
+    for run in list(runs.values()):
+        if run.pid is None:
+            failure = launcher.failure
+            if failure is not None:
+                ctl.send(Exited(NOT_STARTED, failure.errno or 0, failure.stage, run.process))
+            else:
+                ctl.send(Exited(signal.SIGKILL, None, None, run.process))
+            del runs[run.process]

@@ -43,11 +43,21 @@ def plan(limits: Limits, privileged: bool) -> tuple[tuple[int, int], ...]:
             # sandbox (its cgroup) and reports it; the kernel's SIGKILL comes a second later.
             value = math.ceil(limits.cpu_time) + 1
         elif source == "pids":
-            value = limits.pids  # init and the intermediate run as another uid
+            value = limits.pids  # init and the intermediate run as another uid (no launcher: see below)
         else:
             value = int(getattr(limits, source))
         values.append((res, value))
     return tuple(values)
+
+
+#: Limits that would bind the launcher itself, not only each payload: its own CPU time adds
+#: up over every run, its address space is a Python process's, and it is one more process
+#: of the payload's uid. With any of them, init forks each payload instead (_launcher).
+_PAYLOAD_ONLY = (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC)
+
+
+def binds_payload_only(values: tuple[tuple[int, int], ...]) -> bool:
+    return any(res in _PAYLOAD_ONLY for res, _ in values)
 
 
 def apply_in_child(values: tuple[tuple[int, int], ...]) -> None:

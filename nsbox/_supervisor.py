@@ -104,7 +104,8 @@ class Supervisor:
             _rlimits.plan(limits, mapping.privileged),
             compile_filters(spec.seccomp),  # early: a bad policy fails before anything exists
         )
-        self.cgroup = cgroup_for_host(CgroupLimits(limits.memory, limits.cpus, limits.pids) if limits.cgroups else None)
+        pids_max = limits.pids + self.plan.own_processes  # the number the user gives means the payload's
+        self.cgroup = cgroup_for_host(CgroupLimits(limits.memory, limits.cpus, pids_max) if limits.cgroups else None)
         self.audit = AuditLog(spec.audit_log)
         self._guard = CgroupGuard(self.cgroup) if guard_cgroup and limits.cgroups else None
         self._intermediate_pid: int | None = None

@@ -8,9 +8,6 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-#: nsbox's own processes in a sandbox's cgroup (the intermediate and init): pids.max is
-#: the user's process limit plus these, so that the number means the payload's processes.
-OWN_PROCESSES = 2
 NSBOX_DIR = "nsbox"
 
 
@@ -35,7 +32,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class CgroupLimits:
-    """What the cgroup enforces, in the kernel's units."""
+    """What the cgroup enforces, in the kernel's units (``pids`` is pids.max: the user's
+    limit plus nsbox's own processes in the cgroup, see ``SandboxPlan.own_processes``)."""
 
     memory: int
     cpus: float

@@ -18,7 +18,6 @@ from cgroupspy.controllers import CpuAcctController, CpuController, MemoryContro
 
 from ._base import (
     CPU_PERIOD_US,
-    OWN_PROCESSES,
     Cgroup,
     CgroupLimits,
     Usage,
@@ -68,7 +67,7 @@ class CgroupV1(Cgroup):
             if os.path.exists(os.path.join(self.dirs["memory"], "memory.memsw.limit_in_bytes")):
                 memory.memsw_limit_in_bytes = self.limits.memory  # memory + swap: no swap
         if "pids" in self.dirs:
-            write_text(os.path.join(self.dirs["pids"], "pids.max"), str(self.limits.pids + OWN_PROCESSES))
+            write_text(os.path.join(self.dirs["pids"], "pids.max"), str(self.limits.pids))
         if "cpu" in self.dirs:
             cpu = CpuController(_Node(self.dirs["cpu"]))
             cpu.cfs_period_us = CPU_PERIOD_US

@@ -19,7 +19,6 @@ import os
 from ._base import (
     CPU_PERIOD_US,
     NSBOX_DIR,
-    OWN_PROCESSES,
     Cgroup,
     CgroupLimits,
     Usage,
@@ -70,7 +69,7 @@ class CgroupV2(Cgroup):
             if os.path.exists(self._file("memory.swap.max")):
                 write_text(self._file("memory.swap.max"), "0")
         if "pids" in self.controllers:
-            write_text(self._file("pids.max"), str(self.limits.pids + OWN_PROCESSES))
+            write_text(self._file("pids.max"), str(self.limits.pids))
         if "cpu" in self.controllers:
             quota = cpu_quota_us(self.limits.cpus)
             write_text(self._file("cpu.max"), f"{quota} {CPU_PERIOD_US}")

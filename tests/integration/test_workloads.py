@@ -1259,7 +1259,7 @@ wait "$bg" || echo "sleep ended by signal $(( $? - 128 ))"
     )
     assert sections(ok(out)) == {
         "": "",
-        "ps": "root nsbox-init\nsandbox ps\nsandbox sh\nsandbox sleep",
+        "ps": "root nsbox-init\nsandbox nsbox-launcher\nsandbox ps\nsandbox sh\nsandbox sleep",
         "pid1": "nsbox-init",
         "pgrep": "pgrep-finds-it",
         "rss": "rss-ok",
