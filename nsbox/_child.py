@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ _NAMESPACES = (
 )
 EXIT_SETUP_FAILED = 125
 _DEBUG = bool(os.environ.get("NSBOX_DEBUG"))
+#: NSBOX_DEBUG=steps: also each step's start (CLOCK_MONOTONIC) and duration on stderr, for profiling.
+_TRACE = os.environ.get("NSBOX_DEBUG") == "steps"
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,13 @@ class _StepFailed(Exception):
 
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
+    started = time.monotonic() if _TRACE else 0.0
     try:
         yield
+        if _TRACE:
+            took_ms = (time.monotonic() - started) * 1e3
+            with contextlib.suppress(OSError):
+                os.write(2, f"nsbox-step {os.getpid()} {started:.6f} {took_ms:.3f} {name}\n".encode())
     except _StepFailed:
         raise
     except BaseException as exc:

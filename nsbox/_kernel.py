@@ -24,7 +24,6 @@ import os
 import select
 import signal
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._channel import Channel, readable, socketpair
@@ -40,7 +39,8 @@ if TYPE_CHECKING:
     from ._supervisor import Events, Supervisor
 
 #: The guest kernel's text, read once (the spawner imports this module before forking).
-KERNEL_SOURCE = (Path(__file__).parent / "_guest" / "kernel.py").read_text()
+with open(os.path.join(os.path.dirname(__file__), "_guest", "kernel.py"), encoding="utf-8") as _source:
+    KERNEL_SOURCE = _source.read()
 KERNEL_ARGV = ("python3", "-c", KERNEL_SOURCE)
 #: How long python3 may take to start and say it is ready.
 KERNEL_START_TIMEOUT = 30.0
