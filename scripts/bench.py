@@ -244,7 +244,7 @@ def main() -> int:
         print(f"{label:48} {len(samples):5d} {median:10.2f} {p90:8.2f} {median / baseline:8.2f}")
         results.append({"what": label, "runs": len(samples), "median_ms": median, "p90_ms": p90,
                         "ratio_to_bwrap": median / baseline})  # fmt: skip
-    print(f"\nan idle sandbox: {processes} processes (supervisor, intermediate, init),", end=" ")
+    print(f"\nan idle sandbox: {processes} processes (supervisor, intermediate, init, launcher),", end=" ")
     print(f"RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
     print(
         "new sandbox + /bin/true + close, per second: " + ", ".join(f"{v:.0f} with {n}" for n, v in per_second.items())
