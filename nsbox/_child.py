@@ -24,7 +24,7 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -186,12 +186,8 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
         os.close(proc_dir)
         _, status = os.waitpid(init_pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    except _StepFailed as failed:
-        with contextlib.suppress(OSError):
-            sync.send(failed.message)
-    except BaseException:  # a child must never unwind into the parent's code
-        _debug_trace()
-    os._exit(EXIT_SETUP_FAILED)
+    except BaseException as exc:  # a child must never unwind into the parent's code
+        _report_and_exit(sync, exc)
 
 
 # --- init (PID 1) -----------------------------------------------------------------------
@@ -266,12 +262,8 @@ def init_main(
             (lambda sock: launcher_main(plan, sock)) if plan.launcher else None,
         )
         os._exit(0)
-    except _StepFailed as failed:
-        with contextlib.suppress(OSError):
-            ctl.send(failed.message)
-    except BaseException:  # a child must never unwind into the parent's code
-        _debug_trace()
-    os._exit(EXIT_SETUP_FAILED)
+    except BaseException as exc:  # a child must never unwind into the parent's code
+        _report_and_exit(ctl, exc)
 
 
 # --- the launcher --------------------------------------------------------------------------
@@ -293,34 +285,13 @@ def launcher_main(plan: SandboxPlan, sock: socket.socket) -> NoReturn:
             _linux.reset_all_signals()  # an ignored one would survive into every payload
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             os.chdir("/")
-        with step("set resource limits"):
-            _rlimits.apply_in_child(plan.rlimits)  # only those that may bind us too (see _init)
-        with step("make the OOM killer's first choice"):
-            prctl.set_dumpable(True)  # for the write to /proc/self (see payload_main)
-            _userns.write_proc_file(0, "oom_score_adj", "1000")  # inherited by every payload
-        with step("drop capabilities"):
-            _caps.drop_bounding_in_child(plan.last_cap)
-            _userns.become_payload_in_child()
-            _caps.clear_sets_in_child()
-            _caps.assert_none_in_child()
-            prctl.set_dumpable(False)  # not traceable by the payloads, whose uid we share now
-        with step("join a new session keyring"):
-            _linux.join_new_session_keyring()  # the sandbox's, owned by the payload's uid
-        with step("set the parent-death signal"):
-            prctl.set_pdeathsig(signal.SIGKILL)  # after the uid change, which would clear it
-        with step("set no_new_privs"):
-            prctl.set_no_new_privs(1)
-        with step("load the seccomp filter"):
-            for bpf in plan.seccomp_filters:  # last: from here on every payload inherits it
-                _linux.load_seccomp_filter(bpf)
+        for name, take in _payload_privilege(plan):  # the rlimits here may bind us too (see _init)
+            with step(name):
+                take()  # the seccomp filter last: from here on every payload inherits it
         _launcher.serve(channel)
         os._exit(0)
-    except _StepFailed as failed:
-        with contextlib.suppress(OSError):
-            channel.send(failed.message)
-    except BaseException:  # a child must never unwind into the parent's code
-        _debug_trace()
-    os._exit(EXIT_SETUP_FAILED)
+    except BaseException as exc:  # a child must never unwind into the parent's code
+        _report_and_exit(channel, exc)
 
 
 # --- the payload ---------------------------------------------------------------------------
@@ -338,30 +309,8 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         stage = "chdir"
         os.chdir(request.cwd)
-        stage = "set resource limits"
-        _rlimits.apply_in_child(plan.rlimits)
-        # The OOM killer's first choice, in the sandbox's cgroup and on the host, so that
-        # it takes the payload and not init (which would end the sandbox). Raising one's
-        # own score needs no privilege; lowering init's would need CAP_SYS_RESOURCE.
-        # /proc/self of a non-dumpable process belongs to host root: dumpable for the write
-        # (still uid 0 here, so no payload process can trace us; the uid change below
-        # makes us non-dumpable again until execve).
-        prctl.set_dumpable(True)
-        _userns.write_proc_file(0, "oom_score_adj", "1000")
-        stage = "drop capabilities"
-        _caps.drop_bounding_in_child(plan.last_cap)
-        _userns.become_payload_in_child()
-        _caps.clear_sets_in_child()
-        _caps.assert_none_in_child()
-        stage = "join a new session keyring"
-        _linux.join_new_session_keyring()  # owned by the payload's uid; nothing of earlier runs
-        stage = "set the parent-death signal"
-        prctl.set_pdeathsig(signal.SIGKILL)  # after the uid change, which would clear it
-        stage = "set no_new_privs"
-        prctl.set_no_new_privs(1)  # also what lets an unprivileged process load a seccomp filter
-        stage = "load the seccomp filter"
-        for bpf in plan.seccomp_filters:  # last: from here on, only execve and error reporting
-            _linux.load_seccomp_filter(bpf)
+        for stage, take in _payload_privilege(plan):  # noqa: B007  # the except clauses report `stage`
+            take()  # the seccomp filter last: from here on, only execve and error reporting
         stage = "execve"
         os.execvpe(request.argv[0], request.argv, request.env)  # nosec B606  # running the payload is the point
     except OSError as exc:
@@ -370,6 +319,50 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         _debug_trace()
         _report_payload_failure(stage, 0)
     os._exit(127)
+
+
+def _payload_privilege(plan: SandboxPlan) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The steps, in order, that leave a process with exactly a payload's privilege, each
+    with the stage name a failure reports: a payload forked by init takes them before its
+    execve, the launcher once (every payload it starts inherits the result)."""
+
+    def first_for_the_oom_killer() -> None:
+        # In the sandbox's cgroup and on the host, so that it takes the payload and not
+        # init (which would end the sandbox). Raising one's own score needs no privilege;
+        # lowering init's would need CAP_SYS_RESOURCE. /proc/self of a non-dumpable process
+        # belongs to host root: dumpable for the write (still uid 0 here, so no payload
+        # process can trace us; the uid change next makes us non-dumpable again).
+        prctl.set_dumpable(True)
+        _userns.write_proc_file(0, "oom_score_adj", "1000")
+
+    def drop_capabilities() -> None:
+        _caps.drop_bounding_in_child(plan.last_cap)
+        _userns.become_payload_in_child()
+        _caps.clear_sets_in_child()
+        _caps.assert_none_in_child()
+        prctl.set_dumpable(False)  # whatever fs.suid_dumpable says: payloads share our uid now
+
+    def load_seccomp() -> None:
+        for bpf in plan.seccomp_filters:
+            _linux.load_seccomp_filter(bpf)
+
+    yield "set resource limits", lambda: _rlimits.apply_in_child(plan.rlimits)
+    yield "make the OOM killer's first choice", first_for_the_oom_killer
+    yield "drop capabilities", drop_capabilities
+    yield "join a new session keyring", _linux.join_new_session_keyring  # owned by the payload's uid
+    yield "set the parent-death signal", lambda: prctl.set_pdeathsig(signal.SIGKILL)  # the uid change cleared it
+    yield "set no_new_privs", lambda: prctl.set_no_new_privs(1)  # also what lets us load a filter unprivileged
+    yield "load the seccomp filter", load_seccomp  # last
+
+
+def _report_and_exit(channel: Channel, exc: BaseException) -> NoReturn:
+    """A set-up step's failure goes to the channel's reader; anything else is a bug of ours."""
+    if isinstance(exc, _StepFailed):
+        with contextlib.suppress(OSError):
+            channel.send(exc.message)
+    else:
+        _debug_trace()
+    os._exit(EXIT_SETUP_FAILED)
 
 
 def _debug_trace() -> None:

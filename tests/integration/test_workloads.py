@@ -1073,10 +1073,10 @@ def test_signals_timers_and_timeouts(api_run: SandboxRun) -> None:
             probe_argv(r"""
 import select, signal, subprocess, sys, time
 CHILD = '''
-import signal, sys
-def bye(signum, frame):
-    print("got", signal.Signals(signum).name, flush=True)
-    sys.exit(3)
+import os, signal
+def bye(signum, frame):  # may run inside print("ready"): no second print, no exit's flush
+    os.write(1, f"got {signal.Signals(signum).name}\\n".encode())
+    os._exit(3)
 signal.signal(signal.SIGTERM, bye)
 print("ready", flush=True)
 while True:

@@ -70,7 +70,10 @@ def test_a_payload_that_kills_the_launcher_still_gets_its_own_result() -> None:
     new launcher."""
     require_root()
     with nsbox.NsSandbox() as sandbox:
-        first = sandbox.run(["sh", "-c", "echo $PPID; kill -9 $PPID; sleep 0.2; exit 7"], capture_output=True)
+        # (after a moment: the launcher has reported the run's start by then, see below)
+        first = sandbox.run(
+            ["sh", "-c", "echo $PPID; sleep 0.1; kill -9 $PPID; sleep 0.2; exit 7"], capture_output=True
+        )
         assert first.status is nsbox.Status.EXIT and first.exit_code == 7
         second = sandbox.run(["sh", "-c", "echo $PPID; cat /proc/$PPID/comm"], capture_output=True)
         assert second.ok
@@ -87,10 +90,23 @@ def test_a_stopped_launcher_is_replaced(signal_name: str) -> None:
     starts another (else the run would last until its timeout)."""
     require_root()
     with nsbox.NsSandbox(timeout=20) as sandbox:
-        stopping = sandbox.run(["sh", "-c", f"kill -{signal_name} $PPID; exit 3"])
+        stopping = sandbox.run(["sh", "-c", f"sleep 0.1; kill -{signal_name} $PPID; exit 3"])
         assert stopping.status is nsbox.Status.EXIT and stopping.exit_code == 3 and stopping.wall_s < 5
         assert sandbox.run(["true"]).ok
         assert sandbox.execute_code("1 + 1").value == "2"
+
+
+@pytest.mark.parametrize("signal_name", ["KILL", "STOP"])
+def test_a_launcher_stopped_or_killed_at_once_costs_only_that_runs_verdict(signal_name: str) -> None:
+    """Before the launcher has reported the start, init knows no pid for the run: such a run
+    ends at once as killed (its payload goes on in the background), and nothing else is hurt."""
+    require_root()
+    with nsbox.NsSandbox(timeout=20) as sandbox:
+        for _ in range(5):
+            result = sandbox.run(["sh", "-c", f"kill -{signal_name} $PPID; exit 3"])
+            assert result.wall_s < 5, "no wait for a timeout"
+            assert (result.status, result.exit_code) in ((nsbox.Status.EXIT, 3), (nsbox.Status.SIGNAL, 137))
+            assert sandbox.run(["true"]).ok
 
 
 def test_a_run_that_cannot_start_says_why() -> None:
