@@ -148,7 +148,7 @@ def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain |
                 if launcher is None:
                     runs[message.process] = _fork(ctl, message, fds, payload_main)
                 else:
-                    runs[message.process] = _launch(message, fds, launcher, poller)
+                    runs[message.process] = _launch(ctl, runs, message, fds, launcher, poller)
             elif isinstance(message, Signal) and message.process in runs:
                 run = runs[message.process]
                 if run.pid is None:
@@ -184,11 +184,19 @@ def _fork(ctl: Channel, request: Exec, stdio: list[int], payload_main: PayloadMa
     return _Run(request.process, pid, err_r)
 
 
-def _launch(request: Exec, stdio: list[int], launcher: _Launcher, poller: select.poll) -> _Run:
+def _launch(
+    ctl: Channel, runs: dict[int, _Run], request: Exec, stdio: list[int], launcher: _Launcher, poller: select.poll
+) -> _Run:
     """Hand the run to the launcher; one that died meanwhile is replaced once."""
     try:
         for attempt in (1, 2):
             try:
+                if launcher.channel is None and launcher.pid is not None:
+                    # At most one launcher at a time: one we stopped listening to (and
+                    # killed) is waited for, and its runs ended, before the next is forked.
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(launcher.pid, 0)
+                    _launcher_ended(ctl, runs, launcher, poller)
                 launcher.ensure(poller).send(request, stdio)
                 break
             except OSError:
