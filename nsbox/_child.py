@@ -280,10 +280,10 @@ def launcher_main(plan: SandboxPlan, sock: socket.socket) -> NoReturn:
             os.setsid()
         with step("close inherited file descriptors"):
             close_all_but(0, 1, 2, sock.fileno())  # init's stdio is /dev/null already
-        with step("reset signal dispositions"):
-            signal.set_wakeup_fd(-1)  # init's, inherited through fork
-            _linux.reset_all_signals()  # an ignored one would survive into every payload
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        with step("leave init's signal wake-up and directory"):
+            # Init's ignored signals stay ignored here (a payload's SIGTERM or SIGTSTP to us
+            # does nothing); every payload gets all of them at their default (_linux.spawn).
+            signal.set_wakeup_fd(-1)
             os.chdir("/")
         for name, take in _payload_privilege(plan):  # the rlimits here may bind us too (see _init)
             with step(name):
