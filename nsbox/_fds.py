@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Sequence
 
 
@@ -29,3 +30,18 @@ def stdio_to_devnull(keep_stderr: bool = False) -> None:
     for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+
+
+def child_wakeup() -> tuple[int, int]:
+    """A pipe that a SIGCHLD makes readable (through Python's wake-up fd), for a poll loop
+    that reaps its children: (read end, write end), both non-blocking and close-on-exec."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    return wake_r, wake_w
+
+
+def drain(fd: int) -> None:
+    """Empty a non-blocking wake-up pipe."""
+    with contextlib.suppress(BlockingIOError):
+        os.read(fd, 4096)

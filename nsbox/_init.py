@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from ._channel import Channel, readable, socketpair
 from ._errors import ProtocolError
-from ._fds import close_fds
+from ._fds import child_wakeup, close_fds, drain
 from ._launcher import NOT_STARTED
 from ._protocol import KERNEL, MAX_FRAME_FROM_SANDBOX, RUN, Exec, Exited, KillRun, Signal, Started, StepFailed, parse
 
@@ -111,9 +111,7 @@ def ignore_signals() -> None:
 
 
 def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain | None) -> None:
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
+    wake_r, _ = child_wakeup()
     poller = select.poll()
     poller.register(ctl.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
@@ -124,8 +122,7 @@ def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain |
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
+                drain(wake_r)
                 _reap(ctl, runs, launcher, poller)
                 continue
             if launcher is not None and launcher.channel is not None and fd == launcher.channel.fileno():

@@ -25,14 +25,12 @@ address space and process count) are forked by init as before (``_child.payload_
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 
 from . import _linux
 from ._channel import Channel
-from ._fds import close_fds
+from ._fds import child_wakeup, close_fds, drain
 from ._protocol import Exec, Exited, Started, parse
 
 #: The wait status of a run that never reached execve (as a failed payload_main exits).
@@ -42,9 +40,7 @@ NOT_STARTED = 127 << 8
 def serve(channel: Channel) -> None:
     """Until init's end of the channel closes (then the kernel ends our payloads with the
     sandbox, or they live on as init's children)."""
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
+    wake_r, _ = child_wakeup()
     poller = select.poll()
     poller.register(channel.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
@@ -52,8 +48,7 @@ def serve(channel: Channel) -> None:
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
+                drain(wake_r)
                 _report_ended(channel, kinds)
                 continue
             try:

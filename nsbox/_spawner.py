@@ -14,7 +14,6 @@ signals to find out.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import select
 import signal
@@ -27,7 +26,7 @@ import time
 from . import _session
 from ._cgroup import sweep_all
 from ._channel import Channel, socketpair
-from ._fds import close_fds
+from ._fds import child_wakeup, close_fds, drain
 from ._protocol import Spawn, Spawned, parse
 from ._seccomp import compile_filters
 from ._spec import Seccomp
@@ -45,9 +44,7 @@ def main(fd: int) -> None:
     sweep the cgroups of any that was killed before it could remove its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is the caller's business
     compile_filters(Seccomp())  # once, here: every supervisor forked from us finds it compiled
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
+    wake_r, wake_w = child_wakeup()
     channel = Channel(socket.socket(fileno=fd), _MAX_FRAME)
     poller = select.poll()
     poller.register(channel.fileno(), select.POLLIN)
@@ -57,8 +54,7 @@ def main(fd: int) -> None:
         wait = None if sweep_until is None else SWEEP_INTERVAL * 1000
         for ready, _ in poller.poll(wait):
             if ready == wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
+                drain(wake_r)
                 if _reap_killed():
                     sweep_until = time.monotonic() + SWEEP_PATIENCE
             else:
