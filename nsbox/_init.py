@@ -269,9 +269,9 @@ def _launcher_ended(ctl: Channel, runs: dict[int, _Run], launcher: _Launcher, po
         _from_launcher(ctl, runs, launcher, poller)  # until its end of file
     launcher.pid = None
     launcher.close(poller)
+    failure = launcher.failure
     for run in list(runs.values()):
         if run.pid is None:
-            failure = launcher.failure
             if failure is not None:
                 ctl.send(Exited(NOT_STARTED, failure.errno or 0, failure.stage, run.process))
             else:

@@ -3,9 +3,10 @@
 Init forks it once (``_child.launcher_main`` takes it to the payload's privilege for good:
 uid 1000, no capabilities, no_new_privs, the rlimits, its own session keyring, the seccomp
 filter loaded), then hands it each run's ``Exec`` and stdio. It starts the run with
-posix_spawn(3) (``_linux.spawn``), which glibc does with a vfork-like clone: no copy of this process's page
-tables and nothing of Python runs in the child, so a run costs an execve, not a fork of a
-Python process plus the privilege steps (~5 ms before; see scripts/bench.py).
+posix_spawn(3) (``_linux.spawn``), which glibc does with a vfork-like clone: no copy of
+this process's page tables and nothing of Python runs in the child, so a run costs an
+execve, not a fork of a Python process plus the privilege steps (~5 ms before; see
+scripts/bench.py).
 
 Everything a payload inherits from here is already what a payload may have: the child
 only gets a session of its own (``setsid``, no controlling terminal), its cwd, its stdio
