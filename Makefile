@@ -8,19 +8,31 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint vm-test bench deps clean
+.PHONY: demo test lint rootless-test vm-test bench deps clean
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# The host's suite, then the limit tests again in a VM whose kernel has only cgroup v2
-# (this host's memory, pids and cpu controllers are on v1): both code paths, for real.
+# The host's suite as root; the integration and security suites again as an ordinary
+# user with a delegated cgroup subtree (and test_rootless.py without one); then the limit
+# tests in a VM whose kernel has only cgroup v2 (this host's memory, pids and cpu
+# controllers are on v1), as root and as an ordinary user: every code path, for real.
 test: $(STAMP) lint
 	NSBOX_TEST_STRICT=1 $(PY) -m pytest -q tests
+	$(MAKE) rootless-test
 	$(MAKE) vm-test
+
+rootless-test: $(STAMP)
+	NSBOX_TEST_STRICT=1 scripts/rootless-test.sh
+
+# The rootless pass in the VM: its limits (v2, a delegated subtree) and test_rootless.py.
+VM_ROOTLESS_TESTS := tests/integration/test_rootless.py tests/integration/test_limits.py \
+	-k 'test_rootless or memory or fork_bomb or cpus or swap or accounting or no_cgroup_left'
 
 vm-test: $(STAMP)
 	NSBOX_TEST_STRICT=1 VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh
+	NSBOX_TEST_STRICT=1 VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh -- \
+		scripts/rootless-test.sh -- -q $(VM_ROOTLESS_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nsbox tests scripts

@@ -148,7 +148,7 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
                 raise OSError(22, "the number of bind sources does not match the plan")
             sources = dict(zip((path for path, _ in plan.root.sources), source_fds, strict=True))
         with step("become root of the sandbox's user namespace"):
-            _userns.become_root_in_child()
+            _userns.become_root_in_child(plan.mapping)
             # A change of euid clears the parent-death signal (prctl(2)): set it again.
             prctl.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != plan.supervisor_pid:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._cgroup import CONTROLLERS, cgroup_layout
+from ._cgroup import CONTROLLERS, DELEGATION_REMEDY, cgroup_layout, writable_cgroups
 
 MIN_KERNEL = (5, 12)  # mount_setattr(2); open_tree/move_mount (5.2) and pidfd (5.3) come with it
 
@@ -44,7 +44,8 @@ def kernel_version() -> tuple[int, int]:
 
 
 def probe() -> list[Check]:
-    checks = [_check_kernel(), _check_arch(), _check_identity(), *_check_userns(), _check_seccomp()]
+    checks = [_check_kernel(), _check_arch(), _check_identity(), *_check_userns(), _check_userns_works()]
+    checks += [_check_seccomp()]
     checks += _check_cgroups()
     return checks
 
@@ -73,15 +74,62 @@ def _check_identity() -> Check:
         return Check("identity", True, "root: sandbox ids map to an unprivileged host range", required=False)
     import shutil  # only for `nsbox check`
 
-    has_newuidmap = shutil.which("newuidmap") is not None
+    from ._spec import PAYLOAD_UID
+    from ._userns import subordinate_ranges
+
+    ranges = subordinate_ranges()
+    if ranges is not None:
+        (first, count), _ = ranges
+        return Check(
+            "identity",
+            True,
+            f"uid {os.geteuid()} (rootless): payloads run as uid {first + PAYLOAD_UID - 1} of your subordinate "
+            f"range {first}-{first + count - 1} (/etc/subuid, newuidmap), not as you",
+            required=False,
+        )
+    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        why, fix = "newuidmap/newgidmap not found", "apt-get install uidmap (root), then a range as below"
+    else:
+        why = f"no range of at least {PAYLOAD_UID} ids for you in /etc/subuid and /etc/subgid"
+        fix = "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER (as root)"
     return Check(
         "identity",
-        True,
-        f"uid {os.geteuid()} (rootless): the sandbox's ids map to your own uid"
-        + ("" if has_newuidmap else "; newuidmap not found"),
-        "" if has_newuidmap else "apt-get install uidmap (for subordinate id ranges)",
+        False,
+        f"uid {os.geteuid()} (rootless): payloads run as your own uid, the one init has ({why})",
+        fix + ": payloads then get a uid of their own",
         required=False,
     )
+
+
+def _check_userns_works() -> Check:
+    """Try it: a child unshares a user and a mount namespace, maps itself and makes a
+    mount private, which needs the capabilities the namespace should give (an AppArmor
+    restriction or a container's seccomp profile takes them, or the unshare itself)."""
+    from . import _linux
+
+    steps = ("unshare(CLONE_NEWUSER|CLONE_NEWNS)", "write its id maps", "mount (capabilities in the namespace)")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the probe child
+        step = 0
+        try:
+            uid, gid = os.geteuid(), os.getegid()
+            _linux.unshare(_linux.CLONE_NEWUSER | _linux.CLONE_NEWNS)
+            step = 1
+            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+                with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
+                    f.write(text)
+            step = 2
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            os._exit(0)
+        except BaseException:
+            os._exit(10 + step)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return Check("user namespace trial", True, "a user and mount namespace was made and used")
+    failed = steps[code - 10] if 10 <= code < 10 + len(steps) else f"the probe (exit {code})"
+    remedy = "see the sysctl lines above" if os.geteuid() != 0 else "run nsbox on the host, not in a confined container"
+    return Check("user namespace trial", False, f"{failed} failed", remedy)
 
 
 def _sysctl_check(name: str, sysctl: str, good: Callable[[str], bool], fix: str) -> Check | None:
@@ -115,8 +163,8 @@ def _check_userns() -> list[Check]:
                 "AppArmor user namespace restriction",
                 "kernel.apparmor_restrict_unprivileged_userns",
                 lambda v: v == "0",
-                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 "
-                "(or an AppArmor profile that allows user namespaces for nsbox's python)",
+                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile "
+                "granting `userns,` to nsbox's python, see apparmor.d(5))",
             ),
         ]
     return [c for c in checks if c is not None]
@@ -140,16 +188,17 @@ def _check_cgroups() -> list[Check]:
     checks = []
     for controller in CONTROLLERS:
         where = layout.get(controller)
-        writable = where is not None and os.access(where.own_dir, os.W_OK)
+        writable = where is not None and where.own_dir in writable_cgroups(layout)
         if where is None:
             detail = "not available from here (neither a v1 hierarchy nor enabled in our v2 cgroup)"
-            remedy = f"enable it (v2: echo +{controller} > <parent>/cgroup.subtree_control; systemd: Delegate=yes)"
+            remedy = (
+                f"enable it (v2: echo +{controller} > <parent>/cgroup.subtree_control; systemd: Delegate=yes), "
+                "or run with --no-cgroups"
+            )
         else:
-            detail = f"{where.version} at {where.own_dir}" + ("" if writable else " (not writable by us)")
-            remedy = "delegate this cgroup to the user running nsbox (systemd: Delegate=yes)"
-        checks.append(
-            Check(f"cgroup {controller}", writable, detail, "" if writable else remedy + ", or run with --no-cgroups")
-        )
+            detail = f"{where.version} at {where.own_dir}" + ("" if writable else " (not delegated to us)")
+            remedy = DELEGATION_REMEDY
+        checks.append(Check(f"cgroup {controller}", writable, detail, "" if writable else remedy))
     return checks
 
 

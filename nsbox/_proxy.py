@@ -63,9 +63,10 @@ def own_addresses() -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def start(policy: NetworkPolicy, init_pidfd: int, audit: AuditLog) -> tuple[int, int]:
-    """Fork the proxy; returns its pid and a pidfd once it listens in the sandbox, or raises
-    OSError (with the step in ``call``) if it could not."""
+def start(policy: NetworkPolicy, netns_fd: int, userns_fd: int | None, audit: AuditLog) -> tuple[int, int]:
+    """Fork the proxy; returns its pid and a pidfd once it listens in the sandbox's network
+    namespace (``netns_fd``; entered through the sandbox's user namespace ``userns_fd`` when
+    rootless), or raises OSError (with the step in ``call``) if it could not."""
     own = own_addresses()
     uplink = os.open(policy.uplink, os.O_RDONLY | os.O_CLOEXEC) if policy.uplink else None
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -75,7 +76,7 @@ def start(policy: NetworkPolicy, init_pidfd: int, audit: AuditLog) -> tuple[int,
             code = 1
             try:
                 os.close(ready_r)
-                _main(policy, init_pidfd, uplink, ready_w, own, audit)
+                _main(policy, (netns_fd, userns_fd), uplink, ready_w, own, audit)
                 code = 0
             finally:
                 os._exit(code)
@@ -96,16 +97,24 @@ def start(policy: NetworkPolicy, init_pidfd: int, audit: AuditLog) -> tuple[int,
 
 
 def _main(
-    policy: NetworkPolicy, init_pidfd: int, uplink: int | None, ready: int, own: tuple[IPAddress, ...], audit: AuditLog
+    policy: NetworkPolicy,
+    ns_fds: tuple[int, int | None],
+    uplink: int | None,
+    ready: int,
+    own: tuple[IPAddress, ...],
+    audit: AuditLog,
 ) -> None:
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
         prctl.set_name("nsbox-egress")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the CLI's to handle
         stdio_to_devnull()
-        close_all_but(0, 1, 2, init_pidfd, ready, *audit.fds(), *(() if uplink is None else (uplink,)))
-        listener = _listen_in_sandbox(init_pidfd)
-        os.close(init_pidfd)
+        keep = [fd for fd in (*ns_fds, uplink) if fd is not None]
+        close_all_but(0, 1, 2, ready, *keep, *audit.fds())
+        listener = _listen_in_sandbox(*ns_fds)
+        for fd in ns_fds:
+            if fd is not None:
+                os.close(fd)
         if uplink is not None:
             _linux.setns(uplink, _CLONE_NEWNET)  # every connection out is made from there
             os.close(uplink)
@@ -117,7 +126,7 @@ def _main(
     Proxy(listener, policy, own, audit).serve()
 
 
-def _listen_in_sandbox(init_pidfd: int) -> socket.socket:
+def _listen_in_sandbox(netns_fd: int, userns_fd: int | None) -> socket.socket:
     """The listening socket, made in the sandbox's network namespace by a short-lived child
     (so that this process never has to come back from there: rootless, it could not)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -126,7 +135,9 @@ def _listen_in_sandbox(init_pidfd: int) -> socket.socket:
         code = 1
         try:
             ours.close()
-            _linux.setns(init_pidfd, _CLONE_NEWNET)  # a pidfd names init's namespaces race-free
+            if userns_fd is not None:
+                _linux.setns(userns_fd, _linux.CLONE_NEWUSER)
+            _linux.setns(netns_fd, _CLONE_NEWNET)
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             listener.bind(PROXY_ADDRESS)
             listener.listen(128)

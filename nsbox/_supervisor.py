@@ -128,19 +128,35 @@ class Supervisor:
             self.plan = dataclasses.replace(self.plan, mapping=_userns.mapping_for_host(host_base))
         with _setup_stage("create the sandbox's cgroup", "mkdir"):
             self.cgroup.create()
+        ns_fds: dict[str, int] = {}
         try:
             if self._guard is not None:
                 with _setup_stage("start the cgroup guard", "fork"):
                     self._guard.start()
             pid, sync, ctl = self._fork_intermediate()
             close_fds(self._await_setup(sync, Unshared)[1])
-            with _setup_stage("write the sandbox's id maps", "write"):
-                proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    mapping = self.plan.mapping
-                    _userns.write_maps_from_parent(proc_dir, mapping.outer_uid_map, mapping.outer_gid_map)
-                finally:
-                    os.close(proc_dir)
+            # Opened now, while the intermediate is a dumpable copy of us: once init runs,
+            # /proc/<pid>/ns and setns through its pidfd need ptrace access to a
+            # non-dumpable process, which only root has. The egress proxy enters the net
+            # namespace (rootless through A: setns(2) wants CAP_SYS_ADMIN in the caller's
+            # own user namespace too); join_from_parent enters A.
+            mapping = self.plan.mapping
+            allow = self.spec.network.mode == "allow"
+            with _setup_stage("open the sandbox's namespaces", "open"):
+                if allow:
+                    ns_fds["net"] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                if mapping.mode == "subordinate" or (allow and not mapping.privileged):
+                    ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            if mapping.mode == "subordinate":
+                with _setup_stage("write the sandbox's id maps", "newuidmap"):
+                    _userns.write_maps_with_helpers(pid, mapping)
+            else:
+                with _setup_stage("write the sandbox's id maps", "write"):
+                    proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        _userns.write_maps_from_parent(proc_dir, mapping.outer_uid_map, mapping.outer_gid_map)
+                    finally:
+                        os.close(proc_dir)
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -175,16 +191,23 @@ class Supervisor:
             if len(fds) != 1:
                 close_fds(fds)
                 raise ProtocolError("init_ready must carry exactly one directory fd")
-            self.workspace = Workspace(fds[0], self.plan.mapping.payload_host_ids)
+            self.workspace = Workspace(fds[0], mapping.file_api_ids)
             if self.spec.network.mode == "allow":
                 from . import _proxy  # only for sandboxes with a way out
 
                 with _setup_stage("start the egress proxy", "fork"):
-                    self._proxy_pid, self._proxy_fd = _proxy.start(self.spec.network, self._init_fd, self.audit)
+                    self._proxy_pid, self._proxy_fd = _proxy.start(
+                        self.spec.network, ns_fds["net"], ns_fds.get("user"), self.audit
+                    )
+            if mapping.mode == "subordinate":
+                with _setup_stage("join the sandbox's user namespace", "setns"):
+                    _userns.join_from_parent(ns_fds["user"])
         except BaseException as exc:
             self.audit.failed(exc if isinstance(exc, Exception) else SandboxError(type(exc).__name__))
             self.close()
             raise
+        finally:
+            close_fds(list(ns_fds.values()))
         self.alive = True
         self.audit.created(self.spec, self.cgroup.kind)
 
@@ -506,4 +529,5 @@ def _setup_stage(stage: str, call: str) -> Iterator[None]:
         yield
     except OSError as exc:
         call = getattr(exc, "call", call)
-        raise SetupError(stage, call, str(exc.filename or ""), exc.errno, remedy_for(stage, call, exc.errno)) from exc
+        args = getattr(exc, "call_args", None) or str(exc.filename or "")
+        raise SetupError(stage, call, args, exc.errno, remedy_for(stage, call, exc.errno)) from exc

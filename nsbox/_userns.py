@@ -7,8 +7,13 @@ Two nested user namespaces (the kernel facts behind this are in user_namespaces(
   unprivileged host range of the sandbox's own, one of ``RANGE_SLOTS`` ranges above
   ``HOST_ID_BASE`` (host uid 0 is never mapped): two sandboxes never share a host uid,
   so they share no per-user kernel quota and cannot touch each other's files.
-  Rootless, the user's own uid is the only id (subordinate ranges come later).
-  Init builds the mount tree while it holds capabilities here.
+  Rootless with a subordinate range of the user's (/etc/subuid, /etc/subgid), A's 0 is the
+  user and 1.. are that range, written by the setuid helpers newuidmap/newgidmap (the only
+  way an ordinary user may map ids other than their own): the payload then runs as a uid
+  of the range, not as the user, so it owns none of the user's files and cannot signal
+  init. All sandboxes of one user share that range. Without one, the user's own id is the
+  only id ("own" mode): the payload shares init's uid, and the report of ``nsbox check``
+  says so. Init builds the mount tree while it holds capabilities here.
 * **nested** (B): entered by init once the tree is built. Mounts copied into a mount
   namespace owned by a less privileged user namespace are locked (MNT_LOCKED and the
   locked ro/nosuid/nodev flags, mount_namespaces(7)), so not even root of B can remount
@@ -23,8 +28,11 @@ the process being mapped.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import socket
+import subprocess  # nosec B404  # runs newuidmap/newgidmap: fixed argv, no shell
 from dataclasses import dataclass
 
 import prctl
@@ -42,25 +50,37 @@ RANGE_SLOTS = 4096
 
 @dataclass(frozen=True)
 class IdMapping:
-    """Both levels of maps, and who init and the payload are at each level."""
+    """Both levels of maps, and who init and the payload are at each level. ``mode``:
+    "root" (a range of the sandbox's own), "subordinate" (the user and their /etc/subuid
+    range, through newuidmap) or "own" (the user's own id only)."""
 
+    mode: str
     outer_uid_map: str
     outer_gid_map: str
     nested_uid_map: str
     nested_gid_map: str
-    init_nested_uid: int | None  # None: init keeps the id it has (rootless)
+    init_nested_uid: int | None  # None: init keeps the id it has ("own" mode)
     payload_outer_uid: int  # owner of /workspace, which is mounted in A
     payload_outer_gid: int
 
     @property
     def privileged(self) -> bool:
         """Root mode: the supervisor maps a range and opens the bind sources itself."""
-        return self.init_nested_uid is not None
+        return self.mode == "root"
 
     @property
-    def host_uid_range(self) -> range:
-        _, host, count = (int(x) for x in self.outer_uid_map.split()[:3])
-        return range(host, host + count)
+    def separate_payload(self) -> bool:
+        """The payload's host uid is not init's (root and subordinate modes)."""
+        return self.mode != "own"
+
+    @property
+    def file_api_ids(self) -> tuple[int, int]:
+        """The ids the workspace file API acts as (setfsuid), in the user namespace the
+        supervisor is in by then: the payload's host ids, or in subordinate mode, where the
+        supervisor joins A (``join_from_parent``), the payload's ids in A."""
+        if self.mode == "subordinate":
+            return self.payload_outer_uid, self.payload_outer_gid
+        return self.payload_host_ids
 
     @property
     def payload_host_ids(self) -> tuple[int, int]:
@@ -95,21 +115,85 @@ def allocate_host_range() -> tuple[int, socket.socket]:
 
 
 def mapping_for_host(host_base: int = HOST_ID_BASE) -> IdMapping:
-    """The factory: an unprivileged host range as root, the user's own id otherwise."""
+    """The factory: an unprivileged host range as root; rootless, the user and their
+    subordinate range where the host has one (and newuidmap), else the user's own id."""
+    identity = f"0 0 {ID_RANGE}\n"
     if os.geteuid() == 0:
         outer_uid = f"0 {host_base} {ID_RANGE}\n"
-        identity = f"0 0 {ID_RANGE}\n"
-        return IdMapping(outer_uid, outer_uid, identity, identity, 0, PAYLOAD_UID, PAYLOAD_GID)
-    # Rootless: A knows one id (0 = the user); in B that id becomes the payload's.
-    return IdMapping(
-        f"0 {os.geteuid()} 1\n",
-        f"0 {os.getegid()} 1\n",
-        f"{PAYLOAD_UID} 0 1\n",
-        f"{PAYLOAD_GID} 0 1\n",
-        None,
-        0,
-        0,
-    )
+        return IdMapping("root", outer_uid, outer_uid, identity, identity, 0, PAYLOAD_UID, PAYLOAD_GID)
+    uid, gid = os.geteuid(), os.getegid()
+    ranges = subordinate_ranges()
+    if ranges is not None:
+        (first_uid, uids), (first_gid, gids) = ranges
+        return IdMapping(
+            "subordinate",
+            f"0 {uid} 1\n1 {first_uid} {uids}\n",
+            f"0 {gid} 1\n1 {first_gid} {gids}\n",
+            # B is the identity on A, in A's two extents: a range of B must lie within
+            # one extent of A (map_id_range_down in kernel/user_namespace.c), else EPERM.
+            f"0 0 1\n1 1 {uids}\n",
+            f"0 0 1\n1 1 {gids}\n",
+            0,
+            PAYLOAD_UID,
+            PAYLOAD_GID,
+        )
+    # Own: A knows one id (0 = the user); in B that id becomes the payload's.
+    return IdMapping("own", f"0 {uid} 1\n", f"0 {gid} 1\n", f"{PAYLOAD_UID} 0 1\n", f"{PAYLOAD_GID} 0 1\n", None, 0, 0)
+
+
+def _user_names() -> tuple[str, ...]:
+    """How /etc/subuid may name us: by login name or by uid (subuid(5))."""
+    import pwd  # rootless only
+
+    try:
+        return (pwd.getpwuid(os.geteuid()).pw_name, str(os.geteuid()))
+    except KeyError:  # a uid without a passwd entry
+        return (str(os.geteuid()),)
+
+
+def _first_range(path: str, names: tuple[str, ...]) -> tuple[int, int] | None:
+    """The first range of ``path`` owned by one of ``names`` that holds the payload's id,
+    as (first id, count), the count capped at ID_RANGE - 1 (A's 1..65535)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] not in names or not (parts[1].isdigit() and parts[2].isdigit()):
+            continue
+        first, count = int(parts[1]), int(parts[2])
+        if count >= max(PAYLOAD_UID, PAYLOAD_GID):  # A's 1..count must hold the payload's 1000
+            return first, min(count, ID_RANGE - 1)
+    return None
+
+
+def subordinate_ranges() -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(uid range, gid range) of ours in /etc/subuid and /etc/subgid, if both exist, hold
+    the payload's ids, and newuidmap and newgidmap are installed; else None."""
+    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return None
+    names = _user_names()
+    uids, gids = _first_range("/etc/subuid", names), _first_range("/etc/subgid", names)
+    return (uids, gids) if uids is not None and gids is not None else None
+
+
+def write_maps_with_helpers(pid: int, mapping: IdMapping) -> None:
+    """Subordinate mode: newgidmap and newuidmap write A's maps of process ``pid`` (our
+    child, not yet reaped: the pid cannot be reused). setgroups stays "allow" in A, as
+    newgidmap requires for a subordinate range; B, where every payload runs, is "deny"
+    (CVE-2014-8989), written by the intermediate, and A's processes are init and the
+    intermediate only."""
+    for tool, id_map in (("newgidmap", mapping.outer_gid_map), ("newuidmap", mapping.outer_uid_map)):
+        path = shutil.which(tool)
+        if path is None:
+            raise OSError(errno.ENOENT, f"{tool} is not installed (apt-get install uidmap)")
+        argv = [path, str(pid), *id_map.split()]
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)  # nosec B603  # argv built here
+        if done.returncode != 0:
+            message = done.stderr.decode(errors="replace").strip()[:500]
+            raise OSError(errno.EPERM, f"{' '.join(argv)} failed: {message or f'exit code {done.returncode}'}")
 
 
 def prepare_in_child() -> None:
@@ -127,12 +211,15 @@ def write_maps_from_parent(proc_dir_fd: int, uid_map: str, gid_map: str) -> None
     """
     for name, text in (("setgroups", "deny"), ("uid_map", uid_map), ("gid_map", gid_map)):
         data = text.encode()
-        fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_dir_fd)
         try:
-            if os.write(fd, data) != len(data):
-                raise OSError(5, f"short write to {name}")
-        finally:
-            os.close(fd)
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_dir_fd)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(5, f"short write to {name}")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, name) from exc
 
 
 def write_proc_file(pid: int, name: str, text: str) -> None:
@@ -145,10 +232,16 @@ def write_proc_file(pid: int, name: str, text: str) -> None:
         os.close(fd)
 
 
-def become_root_in_child() -> None:
-    """In A after the maps: become A's root (host HOST_ID_BASE, or the user)."""
+def become_root_in_child(mapping: IdMapping) -> None:
+    """In A after the maps: become A's root (host HOST_ID_BASE, or the user). In
+    subordinate mode also drop the user's supplementary groups, which A shows as its gid 0
+    (the payload would carry the user's group into the sandbox as group "root"): A's
+    setgroups is "allow" there, as newgidmap wants for a subordinate range. In own mode
+    setgroups is "deny" and the groups stay, unmapped (nogroup)."""
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    if mapping.mode == "subordinate":
+        os.setgroups([])
 
 
 def limit_nesting_in_child(proc: str = "/proc") -> None:
@@ -184,6 +277,19 @@ def serve_nested_maps_from_parent(mapping: IdMapping, proc_dir_fd: int, request_
         raise OSError(71, "init ended before asking for its nested id maps")
     write_maps_from_parent(proc_dir_fd, mapping.nested_uid_map, mapping.nested_gid_map)
     os.write(reply_fd, b"k")
+
+
+def join_from_parent(userns_fd: int) -> None:
+    """Subordinate mode, in the supervisor once set-up is done: join A for good. The payload's
+    files belong to a uid of the user's subordinate range, which an ordinary user can
+    neither setfsuid to nor override on the host; in A, whose owner the user is, the
+    kernel gives full capabilities (user_namespaces(7)), and the file API then acts as
+    the payload, as it does as root. Capabilities in A count only for what A maps:
+    nothing of the host's is gained. The fd is opened right after the maps are written,
+    while the intermediate is still dumpable (later, /proc/<pid>/ns and setns through a
+    pidfd are refused: ptrace access to a non-dumpable process). This comes after
+    anything that needs the host's user namespace (newuidmap, the egress proxy)."""
+    _linux.setns(userns_fd, _linux.CLONE_NEWUSER)
 
 
 def become_payload_in_child() -> None:

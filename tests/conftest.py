@@ -1,9 +1,10 @@
 """Shared fixtures: one test body runs against both front-ends (the API and the CLI).
 
 ``sandbox_run(argv, **options)`` returns an Outcome, whichever way it ran. Options use
-the API's names; the CLI runner turns them into flags. Tests that need root or user
-namespaces call ``require_root()``; under NSBOX_TEST_STRICT=1 (make test, CI) a missing
-requirement fails instead of skipping.
+the API's names; the CLI runner turns them into flags. Tests that make sandboxes call
+``require_sandbox()``; those that need root for a reason of their own call
+``require_root(reason)``. Under NSBOX_TEST_STRICT=1 (make test, CI) a missing requirement
+fails instead of skipping, except ``require_root`` in the rootless run, which says why.
 """
 
 from __future__ import annotations
@@ -43,12 +44,30 @@ def _cache_of_this_run() -> Iterator[None]:
             os.environ["XDG_CACHE_HOME"] = previous
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        reason = "needs root (the sandbox id range is mapped by a privileged supervisor)"
+ROOTLESS_RUN = os.environ.get("NSBOX_TEST_ROOTLESS") == "1"
+
+
+def require_sandbox() -> None:
+    """Sandboxes can be made here: as root, or in the rootless run of scripts/rootless-test.sh
+    (an ordinary user with a delegated cgroup subtree)."""
+    if os.geteuid() != 0 and not ROOTLESS_RUN:
+        reason = "needs root, or the rootless run (scripts/rootless-test.sh: a user with delegated cgroups)"
         if STRICT:
             pytest.fail(f"strict mode: {reason}")
         pytest.skip(reason)
+
+
+def require_root(reason: str) -> None:
+    """A test that needs root for a reason of its own (``reason``, e.g. it builds network
+    hosts with veth pairs). The rootless run skips it, saying why; elsewhere, strict mode
+    fails without root."""
+    if os.geteuid() == 0:
+        return
+    if ROOTLESS_RUN:
+        pytest.skip(f"needs root: {reason}")
+    if STRICT:
+        pytest.fail(f"strict mode: needs root: {reason}")
+    pytest.skip(f"needs root: {reason}")
 
 
 @dataclass
@@ -129,13 +148,13 @@ SandboxRun = Callable[..., Outcome]
 
 @pytest.fixture(params=["api", "cli"])
 def sandbox_run(request: pytest.FixtureRequest) -> SandboxRun:
-    require_root()
+    require_sandbox()
     return _api_run if request.param == "api" else _cli_run
 
 
 @pytest.fixture
 def api_run() -> SandboxRun:
-    require_root()
+    require_sandbox()
     return _api_run
 
 
@@ -158,19 +177,37 @@ def probe_argv(code: str) -> list[str]:
 
 
 def sandbox_processes() -> list[int]:
-    """Host pids of processes whose uid lies in the sandbox id range."""
-    pids = []
+    """Host pids of sandbox processes: as root, those whose uid lies in the sandbox id
+    range; rootless (where sandboxes run as us or our subordinate range), those in a pid
+    namespace below ours, and the intermediate above each such init."""
+    rootless = os.geteuid() != 0
+    own_depth = _pid_depth(_status("self") or "")
+    pids, parents = [], set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:  # not the owner of /proc/PID: that is root for non-dumpable processes
-            status = Path(f"/proc/{entry}/status").read_text()
-        except (FileNotFoundError, ProcessLookupError):
+        status = _status(entry)
+        if status is None:
             continue
         uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
         if any(HOST_ID_BASE <= int(uid) < HOST_ID_BASE + RANGE_SLOTS * ID_RANGE for uid in uids):
             pids.append(int(entry))
-    return pids
+        elif rootless and _pid_depth(status) > own_depth:
+            pids.append(int(entry))
+            if "\nName:\tnsbox-init\n" in "\n" + status:
+                parents.add(int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))))
+    return sorted(set(pids) | parents)
+
+
+def _status(pid: str) -> str | None:
+    try:  # not the owner of /proc/PID: that is root for non-dumpable processes
+        return Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _pid_depth(status: str) -> int:
+    return next((len(line.split()) - 1 for line in status.splitlines() if line.startswith("NSpid:")), 1)
 
 
 def guard_processes() -> list[int]:

@@ -12,6 +12,15 @@ from ._v2 import CgroupV2
 
 _serial = 0
 
+#: What to do where our cgroup is not ours to write (``nsbox check`` says it too).
+DELEGATION_REMEDY = (
+    "start nsbox in a cgroup delegated to you: systemd-run --user --scope -p Delegate=yes nsbox ... "
+    "(for a service: Delegate=yes in its unit; without a systemd user session: loginctl enable-linger $USER, "
+    "or ask root to chown a cgroup to you); or run with --no-cgroups (limits by rlimits only)"
+    if os.geteuid() != 0
+    else "run nsbox in a cgroup of its own (systemd: Delegate=yes), or with --no-cgroups (rlimits only)"
+)
+
 
 def cgroup_for_host(limits: CgroupLimits | None) -> Cgroup:
     """``None`` means the operator disabled cgroups: NullCgroup. Otherwise every controller
@@ -32,12 +41,13 @@ def cgroup_for_host(limits: CgroupLimits | None) -> Cgroup:
             remedy="enable the controller(s) (cgroup v2: echo '+memory +pids +cpu' > <parent>/cgroup.subtree_control; "
             "systemd: Delegate=yes), or run with --no-cgroups to rely on rlimits only",
         )
-    unwritable = sorted({p.own_dir for c, p in layout.items() if c in (*CONTROLLERS, "cpuacct")} - _writable(layout))
+    ours = {p.own_dir for c, p in layout.items() if c in (*CONTROLLERS, "cpuacct")}
+    unwritable = sorted(ours - writable_cgroups(layout))
     if unwritable:
         raise SetupError(
             "find cgroup controllers",
-            detail=f"our cgroup(s) {', '.join(unwritable)} are not writable by us",
-            remedy="delegate the cgroup to the user running nsbox (systemd: Delegate=yes), or use --no-cgroups",
+            detail=f"our cgroup(s) {', '.join(unwritable)} are not writable by us (not delegated)",
+            remedy=DELEGATION_REMEDY,
         )
     v1 = {c: layout[c] for c in (*CONTROLLERS, "cpuacct") if c in layout and layout[c].version == "v1"}
     if "cpu" not in v1:
@@ -61,5 +71,11 @@ def sweep_all() -> bool:
     return clean
 
 
-def _writable(layout: dict[str, Placement]) -> set[str]:
-    return {p.own_dir for p in layout.values() if os.access(p.own_dir, os.W_OK)}
+def writable_cgroups(layout: dict[str, Placement]) -> set[str]:
+    """Our cgroups we may create in and move processes within (the folder and its
+    cgroup.procs: what a delegation hands over)."""
+    return {
+        p.own_dir
+        for p in layout.values()
+        if os.access(p.own_dir, os.W_OK) and os.access(os.path.join(p.own_dir, "cgroup.procs"), os.W_OK)
+    }

@@ -6,6 +6,11 @@ import os
 from dataclasses import dataclass
 
 CONTROLLERS = ("memory", "pids", "cpu")
+#: cgroup v2: where nsbox moves the processes of a delegated cgroup it uses, so that the
+#: controllers can be enabled there ("no internal processes", cgroup-v2.rst; systemd's
+#: CGROUP_DELEGATION.md asks the same of a delegatee). A process in this leaf counts the
+#: cgroup above it as its own: that is where it started.
+CALLER_LEAF = "nsbox-caller"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,10 @@ def cgroup_layout() -> dict[str, Placement]:
         elif fstype == "cgroup2" and "" in own and v2_mount is None:
             v2_mount = mountpoint
     if v2_mount is not None:
-        placement = Placement("v2", v2_mount, own[""])
+        path = own[""]
+        if os.path.basename(path) == CALLER_LEAF:
+            path = os.path.dirname(path)
+        placement = Placement("v2", v2_mount, path)
         enabled = _read(os.path.join(placement.own_dir, "cgroup.controllers")).split()
         for name in CONTROLLERS:
             if name in enabled and name not in layout:

@@ -2,9 +2,13 @@
 
 memory.max, memory.swap.max = 0, pids.max, cpu.max; usage from cpu.stat (usage_usec),
 memory.peak, memory.events (oom_kill), pids.events (max); cgroup.kill to end it all.
-The controllers are enabled in cgroup.subtree_control of our own cgroup and of nsbox/
-(the "no internal processes" rule: our own cgroup must then hold no process but ours
-at its root, which is the case for the root cgroup and for a delegated, empty one).
+The controllers are enabled in cgroup.subtree_control of our own cgroup and of nsbox/.
+The "no internal processes" rule forbids that in a (non-root) cgroup holding processes,
+which a delegated cgroup does: the one nsbox was started in (systemd-run --user --scope
+-p Delegate=yes, a service with Delegate=yes). There, and only if it is delegated to us
+(ours, or marked with systemd's trusted.delegate/user.delegate), its processes are moved
+one level down into ``nsbox-caller`` (within the subtree they started in), as systemd's
+delegation rules ask of a delegatee; elsewhere the refusal names the remedy.
 
 memory.peak is reset per run by writing to it (Linux 6.12+, where the reset is seen
 through the same open file); on older kernels the peak is the sandbox's since it began,
@@ -14,6 +18,7 @@ which for a one-shot run is the run's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from ._base import (
@@ -31,7 +36,7 @@ from ._base import (
     sweep_stale,
     write_text,
 )
-from ._layout import Placement
+from ._layout import CALLER_LEAF, Placement
 
 
 class CgroupV2(Cgroup):
@@ -50,7 +55,7 @@ class CgroupV2(Cgroup):
         sweep_stale(own)
         enable = " ".join(f"+{c}" for c in self.controllers)
         try:
-            write_text(os.path.join(own, "cgroup.subtree_control"), enable)
+            _enable_in_own(own, enable)
             self.path = make_sandbox_dir(own, self.name)
             write_text(os.path.join(own, NSBOX_DIR, "cgroup.subtree_control"), enable)
             self._set_limits()
@@ -130,3 +135,41 @@ class CgroupV2(Cgroup):
             with contextlib.suppress(OSError):
                 remove_dir(self.path)
             self.path = None
+
+
+def _enable_in_own(own: str, enable: str) -> None:
+    control = os.path.join(own, "cgroup.subtree_control")
+    try:
+        write_text(control, enable)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EBUSY or not _delegated_to_us(own):
+            raise OSError(exc.errno, exc.strerror, control) from exc
+    _move_processes_down(own)
+    write_text(control, enable)
+
+
+def _delegated_to_us(path: str) -> bool:
+    """Ours to split: owned by our (non-root) uid, or marked delegated by systemd."""
+    if os.stat(path).st_uid == os.geteuid() != 0:
+        return True
+    for name in ("trusted.delegate", "user.delegate"):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name) == b"1":
+                return True
+    return False
+
+
+def _move_processes_down(own: str) -> None:
+    """Every process of ``own`` into own/nsbox-caller; again while new ones appear."""
+    leaf = os.path.join(own, CALLER_LEAF)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(leaf, 0o755)
+    for _ in range(100):
+        pids = read_text(os.path.join(own, "cgroup.procs")).split()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                write_text(os.path.join(leaf, "cgroup.procs"), pid)
+    raise OSError(errno.EBUSY, "processes keep appearing in our cgroup", own)

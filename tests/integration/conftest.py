@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_root
+from tests.conftest import require_sandbox
 from tests.integration._session_api import KINDS, SyncClient, open_session
 
 
 @pytest.fixture(params=KINDS)
 def session_kind(request: pytest.FixtureRequest) -> str:
-    require_root()
+    require_sandbox()
     kind: str = request.param
     return kind
 

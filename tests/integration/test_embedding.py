@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 import nsbox
-from tests.conftest import require_root
+from tests.conftest import require_sandbox
 
 
 @pytest.fixture
 def sandbox() -> nsbox.NsSandbox:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sb:
         yield sb
 
@@ -44,7 +44,7 @@ def test_large_input_and_output_do_not_block(sandbox: nsbox.NsSandbox) -> None:
 
 
 def test_output_beyond_the_limit_is_counted_and_dropped() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(output_limit="64K") as sb:
         result = sb.run(["sh", "-c", "head -c 1000000 /dev/zero; echo done >&2"], capture_output=True)
     assert result.status is nsbox.Status.OUTPUT_LIMIT and result.exit_code == 0, "it ran to its end"
@@ -89,14 +89,14 @@ def test_bad_run_arguments_name_the_option(args: object, kwargs: dict[str, objec
 
 
 def test_setup_errors_are_raised_with_the_stage(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     with pytest.raises(nsbox.SetupError) as info:
         nsbox.NsSandbox(mounts=(nsbox.Mount(str(tmp_path), "/bin/x"),)).start()
     assert "bind" in info.value.stage and "symlink" in str(info.value)
 
 
 def test_closed_sandboxes_refuse_runs_and_close_twice_is_fine() -> None:
-    require_root()
+    require_sandbox()
     sb = nsbox.NsSandbox().start()
     sb.close()
     sb.close()
@@ -106,7 +106,7 @@ def test_closed_sandboxes_refuse_runs_and_close_twice_is_fine() -> None:
 
 
 def test_sandboxes_in_threads_are_independent() -> None:
-    require_root()
+    require_sandbox()
     results: dict[int, bytes] = {}
 
     def work(n: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import nsbox
-from tests.conftest import NSBOX_CLI, SandboxRun, require_root, sandbox_processes, wait_until
+from tests.conftest import NSBOX_CLI, SandboxRun, require_root, require_sandbox, sandbox_processes, wait_until
 
 
 def test_exit_code_is_the_payloads(sandbox_run: SandboxRun) -> None:
@@ -32,7 +32,7 @@ def test_timeout_kills_at_the_deadline(sandbox_run: SandboxRun) -> None:
 
 
 def test_timeout_returns_to_the_caller_within_0_7_s() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         sandbox.run(["true"])  # the sandbox is up: what is measured is the run
         started = time.monotonic()
@@ -62,7 +62,7 @@ def test_bad_cwd_is_an_error(api_run: SandboxRun) -> None:
 
 @pytest.mark.usefixtures("no_leftovers")
 def test_200_sequential_sandboxes_leave_nothing_behind() -> None:
-    require_root()
+    require_sandbox()
     nsbox.NsSandbox().start().close()  # the spawner (one socket) is started once per process
     fds_before = len(os.listdir("/proc/self/fd"))
     for i in range(200):
@@ -76,7 +76,7 @@ def test_200_sequential_sandboxes_leave_nothing_behind() -> None:
 
 @pytest.mark.usefixtures("no_leftovers")
 def test_sigkill_of_the_cli_supervisor_takes_the_sandbox() -> None:
-    require_root()
+    require_sandbox()
     proc = subprocess.Popen(
         [NSBOX_CLI, "exec", "--", "sh", "-c", "sleep 1000 & echo ready; sleep 1000"],
         stdout=subprocess.PIPE,
@@ -92,7 +92,7 @@ def test_sigkill_of_the_cli_supervisor_takes_the_sandbox() -> None:
 
 @pytest.mark.usefixtures("no_leftovers")
 def test_sigkill_of_an_embedded_supervisor_takes_the_sandbox() -> None:
-    require_root()
+    require_sandbox()
     sandbox = nsbox.NsSandbox().start()
     try:
         sandbox.run(["sh", "-c", "sleep 1000 & exit 0"])
@@ -108,7 +108,7 @@ def test_sigkill_of_an_embedded_supervisor_takes_the_sandbox() -> None:
 
 @pytest.mark.usefixtures("no_leftovers")
 def test_failed_setup_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     (tmp_path / "x").mkdir()
     proc = subprocess.run(
         [NSBOX_CLI, "exec", "--bind", f"{tmp_path / 'x'}:/bin/x", "--", "true"],  # /bin is a symlink inside
@@ -143,7 +143,7 @@ def test_bad_input_exits_2_naming_the_option_and_creates_nothing(args: list[str]
 
 
 def test_report_is_json_with_the_verdict(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     import json
 
     report = tmp_path / "report.json"
@@ -155,7 +155,7 @@ def test_report_is_json_with_the_verdict(tmp_path: Path) -> None:
 
 
 def test_stdio_is_the_callers_for_exec() -> None:
-    require_root()
+    require_sandbox()
     proc = subprocess.run(
         [NSBOX_CLI, "exec", "--", "sh", "-c", "cat; echo to-err >&2"], input=b"piped in\n", capture_output=True
     )
@@ -164,7 +164,7 @@ def test_stdio_is_the_callers_for_exec() -> None:
 
 
 def test_sigterm_to_the_cli_is_forwarded_to_the_payload() -> None:
-    require_root()
+    require_sandbox()
     proc = subprocess.Popen(
         [
             NSBOX_CLI,
@@ -197,7 +197,7 @@ def test_check_reports_this_host() -> None:
 
 
 def test_large_argv_reaches_the_payload_and_oversized_is_refused() -> None:
-    require_root()
+    require_sandbox()
     args = ["x" * 50_000] * 20  # 1 MB in all, below the kernel's 2 MiB for argv + env
     with nsbox.NsSandbox() as sandbox:
         result = sandbox.run(["sh", "-c", 'echo "$@" | wc -c', "sh", *args], capture_output=True)
@@ -209,7 +209,7 @@ def test_large_argv_reaches_the_payload_and_oversized_is_refused() -> None:
 
 @pytest.mark.usefixtures("no_leftovers")
 def test_close_from_another_thread_ends_a_running_run() -> None:
-    require_root()
+    require_sandbox()
     import threading
 
     sandbox = nsbox.NsSandbox().start()
@@ -231,7 +231,7 @@ def test_close_from_another_thread_ends_a_running_run() -> None:
 
 
 def test_concurrent_sandboxes_have_distinct_host_ids() -> None:
-    require_root()
+    require_root("a range of host ids per sandbox is root's; a user's sandboxes share the user's subordinate range")
     with nsbox.NsSandbox() as a, nsbox.NsSandbox() as b:
         uids = set()
         for sandbox in (a, b):
@@ -249,7 +249,7 @@ def test_concurrent_sandboxes_have_distinct_host_ids() -> None:
 
 
 def test_nsbox_python_runs_code_and_files_with_the_exit_code(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     proc = subprocess.run(
         [NSBOX_CLI, "python", "--memory", "128M", "-c", "import os, sys; print(os.getcwd(), sys.argv[1:])", "a"],
         capture_output=True,

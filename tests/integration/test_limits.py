@@ -19,7 +19,7 @@ from tests.conftest import (
     SandboxRun,
     guard_processes,
     probe_argv,
-    require_root,
+    require_sandbox,
     sandbox_processes,
     wait_until,
 )
@@ -40,7 +40,7 @@ def nsbox_cgroups() -> list[str]:
 
 @pytest.fixture
 def no_cgroup_left() -> None:
-    require_root()
+    require_sandbox()
     assert nsbox_cgroups() == [], "precondition: no sandbox cgroup exists"
     yield
     assert wait_until(lambda: not sandbox_processes())
@@ -83,7 +83,7 @@ def test_a_fork_bomb_is_contained_at_the_process_limit(sandbox_run: SandboxRun) 
 
 
 def test_a_shell_fork_bomb_is_contained_and_the_host_stays_responsive() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(pids=32, timeout=3) as bomb, nsbox.NsSandbox() as bystander:
         result = bomb.run(["sh", "-c", "b() { b | b & }; b; sleep 10"])
         assert result.status in (nsbox.Status.PIDS, nsbox.Status.TIMEOUT), result
@@ -132,7 +132,7 @@ def test_verdict_fields_are_in_the_report(sandbox_run: SandboxRun) -> None:
 
 
 def test_swap_is_off_for_the_sandbox() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(memory="128M") as sandbox:
         sandbox.run(["true"])
         dirs = nsbox_cgroups()
@@ -154,7 +154,7 @@ def test_no_cgroups_is_explicit_and_the_report_says_rlimit_only(sandbox_run: San
 
 
 def test_per_run_accounting_in_a_session() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         big = sandbox.run(python("b = bytearray(150 << 20); import time; time.sleep(0.2)"))
         small = sandbox.run(["true"])
@@ -193,7 +193,7 @@ def test_bad_limits_name_the_option_and_the_range(args: list[str], option: str, 
 
 
 def test_the_operator_can_raise_a_cap() -> None:
-    require_root()
+    require_sandbox()
     env = {**os.environ, "NSBOX_MAX_CPUS": "16"}
     proc = subprocess.run([NSBOX_CLI, "exec", "--cpus", "9", "--", "true"], env=env, capture_output=True)
     assert proc.returncode == 0, proc.stderr
@@ -241,7 +241,7 @@ def test_no_cgroup_left_after_the_supervisor_is_sigkilled() -> None:
 
 
 def test_report_of_the_cli_has_the_verdict_fields(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     report = tmp_path / "r.json"
     subprocess.run(
         [NSBOX_CLI, "exec", "--report", str(report), "--memory", "64M", "--", *python("b = bytearray(1 << 28)")]

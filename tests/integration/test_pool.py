@@ -11,7 +11,7 @@ import time
 import pytest
 
 import nsbox
-from tests.conftest import require_root, sandbox_processes, wait_until
+from tests.conftest import require_sandbox, sandbox_processes, wait_until
 
 
 def _supervisor_pid(sandbox: nsbox.NsSandbox) -> int:
@@ -22,7 +22,7 @@ def _supervisor_pid(sandbox: nsbox.NsSandbox) -> int:
 
 @pytest.fixture
 def pool() -> nsbox.SandboxPool:
-    require_root()
+    require_sandbox()
     with nsbox.SandboxPool(2, memory="256M", timeout=10) as pool:
         yield pool
 
@@ -70,7 +70,7 @@ def test_a_sandbox_that_died_while_waiting_is_not_handed_out(pool: nsbox.Sandbox
 
 
 def test_close_leaves_nothing_and_refuses_more() -> None:
-    require_root()
+    require_sandbox()
     before = set(sandbox_processes())
     pool = nsbox.SandboxPool(3)
     assert wait_until(lambda: pool.ready == 3, timeout=10)
@@ -92,7 +92,7 @@ def test_bad_sizes_and_options_are_refused() -> None:
 
 
 def test_the_async_pool_and_a_pooled_client() -> None:
-    require_root()
+    require_sandbox()
 
     async def use() -> list[str | None]:
         async with nsbox.AsyncSandboxPool(2) as pool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import nsbox
-from tests.conftest import require_root
+from tests.conftest import require_sandbox
 
 # -- seed 000 (security) -----------------------------------------------------------------
 
@@ -38,7 +38,7 @@ def test_seed_000_network_example_constructs_a_client() -> None:
 
 
 def test_seed_000_network_client_gets_the_egress_proxy() -> None:
-    require_root()
+    require_sandbox()
     from nsbox import SandboxClient
 
     client = SandboxClient(allow_network=True, allowed_hosts=["api.example.com"], network_timeout=30)
@@ -59,7 +59,7 @@ def test_seed_000_network_client_gets_the_egress_proxy() -> None:
 
 
 def test_seed_000_resource_limits_example(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     from nsbox import SandboxClient
 
     # Example: Setting resource limits
@@ -125,7 +125,7 @@ def _seed_000_secure_execution() -> object:
 
 
 def test_seed_000_secure_execution_returns_the_output(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     execute_untrusted_code = _seed_000_secure_execution()
     output = asyncio.run(execute_untrusted_code("print(sum(range(10)))"))  # type: ignore[operator]
     assert output == "45\n"
@@ -133,14 +133,14 @@ def test_seed_000_secure_execution_returns_the_output(capsys: pytest.CaptureFixt
 
 
 def test_seed_000_secure_execution_reports_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     execute_untrusted_code = _seed_000_secure_execution()
     assert asyncio.run(execute_untrusted_code("x = 1 / 0")) is None  # type: ignore[operator]
     assert capsys.readouterr().out == "Execution failed: ZeroDivisionError: division by zero\n"
 
 
 def test_seed_000_secure_execution_refuses_long_code(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     execute_untrusted_code = _seed_000_secure_execution()
     assert asyncio.run(execute_untrusted_code("#" * 10001)) is None  # type: ignore[operator]
     assert capsys.readouterr().out == "Error: Code too long\n"
@@ -150,7 +150,7 @@ def test_seed_000_secure_execution_refuses_long_code(capsys: pytest.CaptureFixtu
 
 
 def test_seed_001_lifecycle_example(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     import asyncio
 
     from nsbox import SandboxClient
@@ -173,7 +173,7 @@ def test_seed_001_lifecycle_example(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_seed_001_resource_limits_example(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     from nsbox import SandboxClient
 
     # Configure sandbox resources
@@ -197,7 +197,7 @@ def test_seed_001_resource_limits_example(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_seed_001_file_system_example(capsys: pytest.CaptureFixture[str]) -> None:
-    require_root()
+    require_sandbox()
     from nsbox import SandboxClient
 
     # Wrapper (not in the seed): the fragment awaits at top level and uses a client from
@@ -233,7 +233,7 @@ with open('example.txt', 'r') as f:
 def test_seed_002_usage_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    require_root()
+    require_sandbox()
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "training.json").write_text('{"rows": [1, 2, 3]}')
     monkeypatch.chdir(tmp_path)

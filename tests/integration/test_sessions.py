@@ -18,7 +18,7 @@ import pytest
 
 import nsbox
 from nsbox import Status
-from tests.conftest import require_root, wait_until
+from tests.conftest import require_sandbox, wait_until
 from tests.integration._session_api import (
     assert_session_left_nothing,
     mountinfo,
@@ -306,7 +306,7 @@ def test_close_is_idempotent_and_calls_after_close_raise(make_session: Callable[
 
 
 def test_sandbox_client_does_not_block_the_event_loop() -> None:
-    require_root()
+    require_sandbox()
     gaps: list[float] = []
 
     async def ticker(stop: asyncio.Event) -> None:
@@ -355,7 +355,7 @@ def test_sandbox_client_does_not_block_the_event_loop() -> None:
 
 
 def test_sandbox_client_refuses_timeout_and_its_alias_together() -> None:
-    require_root()
+    require_sandbox()
 
     async def attempt() -> None:
         client = nsbox.SandboxClient(timeout=5, execution_timeout=6)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import nsbox
-from tests.conftest import NSBOX_CLI, SandboxRun, require_root
+from tests.conftest import NSBOX_CLI, SandboxRun, require_sandbox
 
 
 def events(path: Path) -> list[dict[str, object]]:
@@ -33,7 +33,7 @@ def test_creation_runs_and_close_are_logged(sandbox_run: SandboxRun, tmp_path: P
 
 
 def test_a_refused_request_is_logged(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     log = tmp_path / "audit.jsonl"
     with nsbox.NsSandbox(audit_log=str(log)) as sandbox:
         with pytest.raises(nsbox.SpecError, match="exceed"):
@@ -45,7 +45,7 @@ def test_a_refused_request_is_logged(tmp_path: Path) -> None:
 
 
 def test_the_log_is_never_opened_through_a_symlink(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     target = tmp_path / "elsewhere"
     target.write_text("")
     link = tmp_path / "audit.jsonl"
@@ -65,7 +65,7 @@ def test_the_payload_cannot_reach_the_log(sandbox_run: SandboxRun, tmp_path: Pat
 
 
 def test_executions_and_refused_file_requests_are_logged(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     log = tmp_path / "audit.jsonl"
     with nsbox.NsSandbox(audit_log=str(log)) as sandbox:
         assert sandbox.execute_code("secret = 'do not log me'; 1/0").status is nsbox.Status.EXCEPTION

@@ -10,13 +10,13 @@ import pytest
 import nsbox
 from nsbox import _linux
 from nsbox._mount import open_sources, plan_root
-from tests.conftest import SandboxRun, require_root
+from tests.conftest import SandboxRun, require_sandbox
 
 
 def test_a_source_swapped_for_a_symlink_is_refused(tmp_path: Path) -> None:
     """An earlier sandbox with a writable bind could plant `out -> /etc`; a later bind of
     `out` must not become the host's /etc."""
-    require_root()
+    require_sandbox()
     share = tmp_path / "share"
     (share / "out").mkdir(parents=True)
     spec = nsbox.SandboxSpec(mounts=(nsbox.Mount(str(share / "out"), "/mnt/results"),))

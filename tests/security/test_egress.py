@@ -24,7 +24,7 @@ from tests.security._uplink import Uplink, uplink
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uplink]:
-    require_root()
+    require_root("builds its network hosts with network namespaces and veth pairs on the host")
     with uplink(tmp_path_factory.mktemp("uplink")) as up:
         yield up
 

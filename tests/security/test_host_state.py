@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import nsbox
-from tests.conftest import NSBOX_CLI, probe_argv, require_root, sandbox_processes, wait_until
+from tests.conftest import NSBOX_CLI, probe_argv, require_root, require_sandbox, sandbox_processes, wait_until
 
 KEYRING_SCRIPT = """
 import ctypes, json, os, subprocess, sys
@@ -49,7 +49,7 @@ print(json.dumps(result))
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the probe uses x86_64 syscall numbers")
 def test_the_callers_session_keyring_is_not_readable_inside(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     repo = str(Path(__file__).resolve().parents[2])
     policy = tmp_path / "allow-keyctl.toml"
     policy.write_text('allow = ["keyctl"]\n')
@@ -67,7 +67,7 @@ def test_the_callers_session_keyring_is_not_readable_inside(tmp_path: Path) -> N
 
 
 def test_directory_and_o_path_fds_cannot_be_stdio() -> None:
-    require_root()
+    require_sandbox()
     dir_fd = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
     path_fd = os.open("/etc/hostname", os.O_PATH)
     try:
@@ -83,7 +83,7 @@ def test_directory_and_o_path_fds_cannot_be_stdio() -> None:
 
 
 def test_init_does_not_hold_the_callers_stdio(tmp_path: Path) -> None:
-    require_root()
+    require_root("reads /proc/<init>/fd, which only root may for a non-dumpable process")
     log = tmp_path / "caller-stdout.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([NSBOX_CLI, "exec", "--", "sleep", "1000"], stdout=out, stderr=out)
@@ -111,7 +111,7 @@ def _comm(pid: int) -> str:
 
 
 def test_signals_the_caller_ignores_are_default_again_inside() -> None:
-    require_root()
+    require_sandbox()
     proc = subprocess.run(  # grep, not python3: Python itself ignores SIGPIPE and SIGXFSZ
         [NSBOX_CLI, "exec", "--", "grep", "SigIgn", "/proc/self/status"],
         capture_output=True,
@@ -125,7 +125,7 @@ def test_signals_the_caller_ignores_are_default_again_inside() -> None:
 
 def test_payload_cannot_kill_or_stop_init_even_by_its_own_signals() -> None:
     """kill -INT/-TERM/-HUP 1 from inside: init ignores them (it is PID 1 and has no handler)."""
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         result = sandbox.run(["sh", "-c", "for s in INT TERM HUP QUIT USR1; do kill -$s 1; done; echo sent"])
         assert result.status in (nsbox.Status.OK, nsbox.Status.EXIT)
@@ -134,7 +134,7 @@ def test_payload_cannot_kill_or_stop_init_even_by_its_own_signals() -> None:
 
 
 def test_command_line_of_init_shows_no_host_path_even_for_huge_cli_arguments() -> None:
-    require_root()
+    require_sandbox()
     big = "x" * 20000
     code = textwrap.dedent(f"""
         out["cmdline"] = open("/proc/1/cmdline", "rb").read().strip(b"\\0").decode()

@@ -28,7 +28,15 @@ from typing import Any
 import pytest
 
 import nsbox
-from tests.conftest import NSBOX_CLI, SandboxRun, probe_argv, require_root, sandbox_processes, wait_until
+from tests.conftest import (
+    NSBOX_CLI,
+    SandboxRun,
+    probe_argv,
+    require_root,
+    require_sandbox,
+    sandbox_processes,
+    wait_until,
+)
 from tests.security._attack import compile_probe, reported, syscall_probe
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 syscall numbers")
@@ -101,7 +109,7 @@ def ids_binaries() -> Iterator[dict[str, Path]]:
     """The ids probe three times: plain; setuid and setgid root; with file capabilities.
     In a directory of its own that any uid may pass through (the premise runs them as
     nobody on the host), removed afterwards."""
-    require_root()
+    require_root("makes a setuid-root binary and one with file capabilities")
     with tempfile.TemporaryDirectory(prefix="tmp-nsbox-ids-") as name:
         out_dir = Path(name)
         out_dir.chmod(0o711)
@@ -134,7 +142,7 @@ def test_a_privileged_binary_gains_nothing(api_run: SandboxRun, ids_binaries: di
 
 def test_premise_the_privileged_binaries_are_privileged_on_the_host(ids_binaries: dict[str, Path]) -> None:
     """Run on the host by an unprivileged uid, both do elevate: the test above discriminates."""
-    require_root()
+    require_sandbox()
     runs = {}
     for kind in ("setuid", "filecaps"):
         proc = subprocess.run(
@@ -197,7 +205,7 @@ def test_tiocsti_cannot_type_into_the_callers_terminal(front_end: str) -> None:
     """The caller hands over its terminal as stdin. Even after making it its controlling
     terminal (possible here: it is no other session's), the payload cannot push "id\\n"
     into it for the caller's shell to run."""
-    require_root()
+    require_sandbox()
     with terminal() as (_, slave):
         out = attack_terminal(front_end, slave)
         injected = pending_input(slave)
@@ -208,7 +216,7 @@ def test_tiocsti_cannot_type_into_the_callers_terminal(front_end: str) -> None:
 
 def test_premise_unconfined_tiocsti_types_into_the_terminal() -> None:
     """Without the filter the same attack works: the characters wait in the terminal's input."""
-    require_root()
+    require_sandbox()
     with terminal() as (_, slave):
         out = attack_terminal("cli", slave, seccomp="unconfined")
         injected = pending_input(slave)
@@ -240,10 +248,11 @@ out["me"] = os.getpid()
 @contextlib.contextmanager
 def host_sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Two host processes: one as root (leading a process group of its own), one as an
-    unprivileged uid."""
+    unprivileged uid. Rootless, both are ours: the uid the payload shares in own mode."""
+    other: dict[str, Any] = dict(user=65534, group=65534, extra_groups=[]) if os.geteuid() == 0 else {}
     sleepers = [
         subprocess.Popen(["sleep", "60"], process_group=0),
-        subprocess.Popen(["sleep", "60"], user=65534, group=65534, extra_groups=[]),
+        subprocess.Popen(["sleep", "60"], **other),
     ]
     try:
         yield sleepers
@@ -302,7 +311,7 @@ out["killpg(caller's group)"] = attempt(lambda: os.killpg(int(os.environ["HOST_P
 def test_kill_zero_reaches_no_process_of_the_callers_group() -> None:
     """kill(0, ...) signals the caller's process group; the payload has its own session
     and group, so a host process in the CLI's group is not hit, nor is the CLI."""
-    require_root()
+    require_sandbox()
     with host_sleepers() as sleepers:
         group = sleepers[0].pid  # the CLI joins the root sleeper's group
         proc = subprocess.run(
@@ -335,7 +344,7 @@ out["parent"] = open(f"/proc/{os.getppid()}/comm").read().strip()
 def test_the_callers_and_supervisors_pids_do_not_exist_inside() -> None:
     """Told the host pids of the CLI (the supervisor of ``nsbox exec``), of its caller and of
     an embedding process's supervisor, the payload can neither signal nor open them."""
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         sandbox.run(["true"])  # started: its supervisor exists
         supervisor = getattr(sandbox._backend, "supervisor_pid", None)

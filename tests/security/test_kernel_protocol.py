@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import nsbox
-from tests.conftest import require_root
+from tests.conftest import require_sandbox
 
 #: Finds the kernel's wire (the one unix socket among the kernel's fds) from inside a cell.
 FIND_WIRE = """
@@ -22,7 +22,7 @@ wire = next(fd for fd in range(3, 64)
 
 @pytest.fixture
 def sandbox() -> nsbox.NsSandbox:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(timeout=10) as sb:
         yield sb
 

@@ -11,7 +11,7 @@ import platform
 import pytest
 
 import nsbox
-from tests.conftest import require_root
+from tests.conftest import require_sandbox
 from tests.security._attack import syscall_probe
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 syscall numbers")
@@ -43,7 +43,7 @@ out["uid"] = status_field("Uid", f"/proc/{launcher}/status").split()[0]
 
 
 def test_the_payload_cannot_read_trace_or_take_over_the_launcher() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         result = sandbox.run(REACH_THE_LAUNCHER, capture_output=True)
     assert result.ok, result.stderr
@@ -68,7 +68,7 @@ def test_the_payload_cannot_read_trace_or_take_over_the_launcher() -> None:
 def test_a_payload_that_kills_the_launcher_still_gets_its_own_result() -> None:
     """Its runs are reparented to init, which reaps and reports them; the next run gets a
     new launcher."""
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         # (after a moment: the launcher has reported the run's start by then, see below)
         first = sandbox.run(
@@ -88,7 +88,7 @@ def test_a_payload_that_kills_the_launcher_still_gets_its_own_result() -> None:
 def test_a_stopped_launcher_is_replaced(signal_name: str) -> None:
     """Stopped, it could report nothing more: init kills it, reports its runs itself and
     starts another (else the run would last until its timeout)."""
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(timeout=20) as sandbox:
         stopping = sandbox.run(["sh", "-c", f"sleep 0.1; kill -{signal_name} $PPID; exit 3"])
         assert stopping.status is nsbox.Status.EXIT and stopping.exit_code == 3 and stopping.wall_s < 5
@@ -100,7 +100,7 @@ def test_a_stopped_launcher_is_replaced(signal_name: str) -> None:
 def test_a_launcher_stopped_or_killed_at_once_costs_only_that_runs_verdict(signal_name: str) -> None:
     """Before the launcher has reported the start, init knows no pid for the run: such a run
     ends at once as killed (its payload goes on in the background), and nothing else is hurt."""
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(timeout=20) as sandbox:
         for _ in range(5):
             result = sandbox.run(["sh", "-c", f"kill -{signal_name} $PPID; exit 3"])
@@ -110,7 +110,7 @@ def test_a_launcher_stopped_or_killed_at_once_costs_only_that_runs_verdict(signa
 
 
 def test_a_run_that_cannot_start_says_why() -> None:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox() as sandbox:
         missing = sandbox.run(["no-such-program"])
         assert missing.status is nsbox.Status.ERROR and missing.exit_code == 127

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 from nsbox import _linux
-from tests.conftest import SandboxRun, probe_argv, require_root
+from tests.conftest import SandboxRun, probe_argv, require_sandbox
 
 MS_REMOUNT_BIND = _linux.MS_REMOUNT | _linux.MS_BIND
 
@@ -62,12 +62,12 @@ def _enter_userns(outer_uid: int, outer_gid: int) -> None:
 
 
 def test_premise_caps_in_the_same_userns_can_remount_rw() -> None:
-    require_root()
+    require_sandbox()
     assert _in_fresh_userns("bind-ro") == "rw"
 
 
 def test_premise_a_nested_userns_locks_the_mounts() -> None:
-    require_root()
+    require_sandbox()
     assert _in_fresh_userns("bind-ro nest") == os.strerror(1)  # EPERM
 
 

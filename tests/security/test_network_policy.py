@@ -31,7 +31,7 @@ import pytest
 
 import nsbox
 from nsbox import NetworkPolicy
-from tests.conftest import NSBOX_CLI, require_root, wait_until
+from tests.conftest import NSBOX_CLI, require_root, require_sandbox, wait_until
 from tests.integration._session_api import KINDS, SyncClient, below_helpers, open_session
 from tests.security._networld import BIG_BYTES, SLOW_SECONDS, World, network_world
 
@@ -210,7 +210,7 @@ def settle() -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    require_root()
+    require_root("builds its network hosts with network namespaces and veth pairs on the host")
     with network_world(tmp_path_factory.mktemp("networld")) as made:
         yield made
 
@@ -707,7 +707,7 @@ def fetch(url):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_session_api_with_the_seeds_names(world: World, kind: str) -> None:
-    require_root()
+    require_sandbox()
     if kind == "SandboxClient":
         options: dict[str, Any] = {
             "allow_network": True,
@@ -744,7 +744,7 @@ import os, socket
 
 
 def test_a_client_without_allow_network_has_no_network(world: World) -> None:
-    require_root()
+    require_sandbox()
     session = open_session("SandboxClient")
     try:
         result = session.execute_code(PROBE_NONE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import NSBOX_CLI, SandboxRun, probe_argv, require_root
+from tests.conftest import NSBOX_CLI, SandboxRun, probe_argv, require_sandbox
 
 PTRACE_TRACEME = probe_argv("""
 libc.syscall.restype = ctypes.c_long
@@ -46,14 +46,14 @@ def test_unconfined_has_no_filter_and_says_so(sandbox_run: SandboxRun) -> None:
 
 
 def test_the_cli_warns_when_unconfined() -> None:
-    require_root()
+    require_sandbox()
     proc = subprocess.run([NSBOX_CLI, "exec", "--seccomp", "unconfined", "--", "true"], capture_output=True)
     assert proc.returncode == 0
     assert b"NO syscall filter" in proc.stderr
 
 
 def test_a_name_that_is_no_syscall_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    require_root()
+    require_sandbox()
     policy = tmp_path / "policy.toml"
     policy.write_text('allow = ["nosuchcall"]\n')
     proc = subprocess.run([NSBOX_CLI, "exec", "--seccomp", str(policy), "--", "true"], capture_output=True)

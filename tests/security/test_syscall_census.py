@@ -21,7 +21,7 @@ import pyseccomp as sc
 import pytest
 
 from nsbox._seccomp import NOT_IMPLEMENTED, REFUSED, allowed_names
-from tests.conftest import SandboxRun, require_root
+from tests.conftest import SandboxRun, require_sandbox
 
 HERE = Path(__file__).parent
 LAST = 600
@@ -38,7 +38,7 @@ def number(name: str) -> int:
 
 @pytest.fixture(scope="module")
 def census(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_root()
+    require_sandbox()
     gcc = shutil.which("gcc")
     assert gcc, "gcc is installed by scripts/install-deps.sh"
     out = tmp_path_factory.mktemp("census") / "census"

@@ -48,7 +48,7 @@ import pytest
 
 import nsbox
 from nsbox import SecurityError, SpecError
-from tests.conftest import require_root
+from tests.conftest import require_sandbox
 
 MiB = 1 << 20
 FILE_LIMIT = 64 * MiB
@@ -80,7 +80,7 @@ def host_tmp() -> Iterator[Callable[..., Path]]:
 
 @contextlib.contextmanager
 def session(**options: Any) -> Iterator[nsbox.NsSandbox]:
-    require_root()
+    require_sandbox()
     with nsbox.NsSandbox(**options) as sandbox:
         yield sandbox
 

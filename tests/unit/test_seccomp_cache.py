@@ -72,7 +72,7 @@ def test_premise_a_planted_file_that_is_ours_is_what_gets_loaded(cache: Path) ->
 
 
 def test_a_file_of_another_owner_is_not_loaded(cache: Path) -> None:
-    require_root()  # to give the file away
+    require_root("gives the file to another owner (chown)")
     path = _planted(Seccomp())
     os.chown(path, 12345, 12345)
     assert _cache.compile_filters(Seccomp()) == compile_now(Seccomp())
