@@ -22,12 +22,16 @@ test: $(STAMP) lint
 	$(MAKE) rootless-test
 	$(MAKE) vm-test
 
+# As a user with a subordinate id range (the whole integration and security suites), then
+# as one without ("own" mode: the suites where the difference shows).
 rootless-test: $(STAMP)
 	NSBOX_TEST_STRICT=1 scripts/rootless-test.sh
+	NSBOX_TEST_STRICT=1 NSBOX_ROOTLESS_IDS=own scripts/rootless-test.sh -- -q tests/security \
+		tests/integration/test_isolation.py tests/integration/test_workloads.py tests/integration/test_rootless.py
 
 # The rootless pass in the VM: its limits (v2, a delegated subtree) and test_rootless.py.
 VM_ROOTLESS_TESTS := tests/integration/test_rootless.py tests/integration/test_limits.py \
-	-k 'test_rootless or memory or fork_bomb or cpus or swap or accounting or no_cgroup_left'
+	-k 'test_rootless or memory_limit or process_limit or swap or accounting or cli_is_sigkilled'
 
 vm-test: $(STAMP)
 	NSBOX_TEST_STRICT=1 VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh

@@ -204,6 +204,14 @@ def _check_cgroups() -> list[Check]:
 
 def remedy_for(stage: str, call: str, err: int | None) -> str:
     """The operator's next step for a failed setup step, or ''."""
+    if err in (_errno.EPERM, _errno.EACCES) and os.geteuid() != 0 and _apparmor_restricts():
+        # Ubuntu 23.10+: the unshare succeeds, but the namespace has no capabilities, so a
+        # later step (the maps, a mount) is refused instead.
+        return (
+            "AppArmor restricts unprivileged user namespaces here (kernel.apparmor_restrict_unprivileged_userns = 1): "
+            "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile granting `userns,` "
+            "to nsbox's python (see `nsbox check`)"
+        )
     if err == _errno.ENOSYS:
         return f"this kernel lacks {call or 'a needed system call'}; nsbox needs Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]}+"
     if call == "unshare" and err == _errno.ENOSPC:
@@ -220,3 +228,7 @@ def remedy_for(stage: str, call: str, err: int | None) -> str:
     if err == _errno.EROFS:
         return "a mount destination lies in a read-only part of the sandbox; choose one under /workspace or /mnt"
     return ""
+
+
+def _apparmor_restricts() -> bool:
+    return _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1"

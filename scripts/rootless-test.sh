@@ -12,7 +12,8 @@
 # - The user: `nsbox-rootless` (useradd, which also gives it a subordinate id range from
 #   /etc/login.defs), home in a temporary folder; removed at the end with its /etc/subuid lines.
 #   Where /etc is read-only (the cgroup v2 VM of scripts/vm-test.sh) a bare uid without a
-#   passwd entry is used instead (nsbox then maps the user's own id only).
+#   passwd entry is used instead (nsbox then maps the user's own id only). NSBOX_ROOTLESS_IDS=own
+#   makes the user without a subordinate range too: nsbox's "own" mode, on a writable host.
 # - Delegation: in each cgroup hierarchy nsbox uses (v1 memory, pids, cpu, cpuacct; the v2
 #   cgroup where the controllers are enabled) a folder `nsbox/<pid>-<start>-rootless` below this
 #   script's own cgroup (hence below the machine's; its name marks it alive for nsbox's stale
@@ -43,7 +44,7 @@ if [ $# -gt 0 ]; then
     [ "$1" = "--" ] || die "usage: $0 [-- PYTEST ARGS...]"
     shift
 fi
-[ $# -gt 0 ] || set -- tests/integration tests/security
+[ $# -gt 0 ] || set -- -q tests/integration tests/security
 
 user=nsbox-rootless
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/nsbox-rootless.XXXXXX")
@@ -85,7 +86,11 @@ if touch /etc/.nsbox-rootless-probe 2>/dev/null; then
     groups=--init-groups
     uid=$(id -u "$user")
     gid=$(id -g "$user")
-    if command -v newuidmap >/dev/null && ! grep -q "^$user:" /etc/subuid 2>/dev/null; then
+    if [ "${NSBOX_ROOTLESS_IDS:-}" = own ]; then # no subordinate range: payloads get the user's uid
+        for f in /etc/subuid /etc/subgid; do
+            [ -f "$f" ] && sed -i "/^$user:/d" "$f"
+        done
+    elif command -v newuidmap >/dev/null && ! grep -q "^$user:" /etc/subuid 2>/dev/null; then
         usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "$user"
     fi
 else # /etc is read-only (the VM): a uid that no process uses, without a passwd entry

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import nsbox
-from nsbox._userns import HOST_ID_BASE, ID_RANGE, RANGE_SLOTS
+from nsbox._userns import HOST_ID_BASE, ID_RANGE, RANGE_SLOTS, mapping_for_host
 
 NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
 STRICT = os.environ.get("NSBOX_TEST_STRICT") == "1"
@@ -45,6 +45,9 @@ def _cache_of_this_run() -> Iterator[None]:
 
 
 ROOTLESS_RUN = os.environ.get("NSBOX_TEST_ROOTLESS") == "1"
+#: Rootless without a subordinate id range ("own" mode, README): payloads share init's
+#: uid, the user's. The tests that see the difference expect what the README documents.
+OWN_IDS = os.geteuid() != 0 and mapping_for_host().mode == "own"
 
 
 def require_sandbox() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Outcome, SandboxRun, probe_argv
+from tests.conftest import OWN_IDS, Outcome, SandboxRun, probe_argv
 
 #: The payload's PATH (see README, "The payload's environment"): what it can find of the host's /usr.
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -1230,6 +1230,9 @@ out["nice"] = os.nice(0)
     }
 
 
+INIT_USER = "sandbox" if OWN_IDS else "root"  # own mode: init has the payload's uid
+
+
 def test_procps_tools_see_only_the_sandbox(api_run: SandboxRun) -> None:
     need("ps", "pgrep", "free", "top", "uptime", "sleep", "awk")
     out = api_run(
@@ -1259,7 +1262,7 @@ wait "$bg" || echo "sleep ended by signal $(( $? - 128 ))"
     )
     assert sections(ok(out)) == {
         "": "",
-        "ps": "root nsbox-init\nsandbox nsbox-launcher\nsandbox ps\nsandbox sh\nsandbox sleep",
+        "ps": f"{INIT_USER} nsbox-init\nsandbox nsbox-launcher\nsandbox ps\nsandbox sh\nsandbox sleep",
         "pid1": "nsbox-init",
         "pgrep": "pgrep-finds-it",
         "rss": "rss-ok",

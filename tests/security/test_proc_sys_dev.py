@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import SandboxRun, probe_argv
+from tests.conftest import OWN_IDS, SandboxRun, probe_argv
 from tests.security._attack import reported, syscall_probe
 
 HOST_KNOBS = ["kernel/core_pattern", "kernel/modprobe", "kernel/sysrq", "vm/drop_caches", "kernel/ns_last_pid",
@@ -94,7 +94,7 @@ def test_pid1_is_not_dumpable(api_run: SandboxRun) -> None:
     uid). Init's euid is 0 inside: were it dumpable, its files would show 0."""
     out = reported(api_run(PID1_OWNER))
     assert out["own"] == [out["me"]], "the payload is dumpable: its own files are its uid's"
-    assert out["init uid"] == 0
+    assert out["init uid"] == (out["me"] if OWN_IDS else 0)  # own mode: the payload's uid
     assert out["owners"] == [out["overflowuid"]] != [0], out
 
 
