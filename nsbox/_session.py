@@ -29,8 +29,9 @@ from ._protocol import (
     Signal,
     parse,
 )
+from ._setup import SETUP_TIMEOUT
 from ._spec import SandboxSpec
-from ._supervisor import SETUP_TIMEOUT, SessionClosed, Supervisor
+from ._supervisor import SessionClosed, Supervisor
 
 
 class _SessionEvents:

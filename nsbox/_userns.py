@@ -179,21 +179,33 @@ def subordinate_ranges() -> tuple[tuple[int, int], tuple[int, int]] | None:
     return (uids, gids) if uids is not None and gids is not None else None
 
 
+def write_outer_maps_from_parent(pid: int, mapping: IdMapping) -> None:
+    """A's maps, of our child ``pid`` (not yet reaped: the pid cannot be reused)."""
+    if mapping.mode == "subordinate":
+        write_maps_with_helpers(pid, mapping)
+        return
+    proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_maps_from_parent(proc_dir, mapping.outer_uid_map, mapping.outer_gid_map)
+    finally:
+        os.close(proc_dir)
+
+
 def write_maps_with_helpers(pid: int, mapping: IdMapping) -> None:
-    """Subordinate mode: newgidmap and newuidmap write A's maps of process ``pid`` (our
-    child, not yet reaped: the pid cannot be reused). setgroups stays "allow" in A, as
+    """Subordinate mode: newgidmap and newuidmap write A's maps of process ``pid``.
+    setgroups stays "allow" in A, as
     newgidmap requires for a subordinate range; B, where every payload runs, is "deny"
     (CVE-2014-8989), written by the intermediate, and A's processes are init and the
     intermediate only."""
     for tool, id_map in (("newgidmap", mapping.outer_gid_map), ("newuidmap", mapping.outer_uid_map)):
         path = shutil.which(tool)
         if path is None:
-            raise OSError(errno.ENOENT, f"{tool} is not installed (apt-get install uidmap)")
+            raise _linux.SyscallError(errno.ENOENT, tool, "not installed (apt-get install uidmap)")
         argv = [path, str(pid), *id_map.split()]
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)  # nosec B603  # argv built here
         if done.returncode != 0:
-            message = done.stderr.decode(errors="replace").strip()[:500]
-            raise OSError(errno.EPERM, f"{' '.join(argv)} failed: {message or f'exit code {done.returncode}'}")
+            message = done.stderr.decode(errors="replace").strip()[:500] or f"exit code {done.returncode}"
+            raise _linux.SyscallError(errno.EPERM, tool, f"{' '.join(argv[1:])}: {message}")
 
 
 def prepare_in_child() -> None:
