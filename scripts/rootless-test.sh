@@ -106,8 +106,9 @@ can_read() { setpriv --reuid "$uid" --regid "$gid" --clear-groups -- test -r "$1
 if ! can_read "$repo"; then
     say "$repo is not readable by an ordinary user: copying it to $tmp/repo"
     cp -a "$repo" "$tmp/repo"
-    # The venv's scripts and the editable install name the old path.
-    grep -rlF "$repo" "$tmp/repo/.venv/bin" "$tmp/repo/.venv/lib" 2>/dev/null |
+    # The venv's scripts, pyvenv.cfg and the editable install name the old path (text files
+    # only: compiled .pyc files hold it too, as their source's name, and stay valid).
+    grep -rlIF --exclude-dir=__pycache__ "$repo" "$tmp/repo/.venv" 2>/dev/null |
         while IFS= read -r f; do sed -i "s#$repo#$tmp/repo#g" "$f"; done
     repo="$tmp/repo"
     can_read "$repo" || die "the copy in $repo is not readable by uid $uid either"
