@@ -69,11 +69,6 @@ class IdMapping:
         return self.mode == "root"
 
     @property
-    def separate_payload(self) -> bool:
-        """The payload's host uid is not init's (root and subordinate modes)."""
-        return self.mode != "own"
-
-    @property
     def file_api_ids(self) -> tuple[int, int]:
         """The ids the workspace file API acts as (setfsuid), in the user namespace the
         supervisor is in by then: the payload's host ids, or in subordinate mode, where the
