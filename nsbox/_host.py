@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._cgroup import CONTROLLERS, DELEGATION_REMEDY, cgroup_layout, writable_cgroups
+from ._cgroup import CONTROLLERS, DELEGATION_REMEDY, MISSING_CONTROLLER_REMEDY, cgroup_layout, writable_cgroups
 
 MIN_KERNEL = (5, 12)  # mount_setattr(2); open_tree/move_mount (5.2) and pidfd (5.3) come with it
 
@@ -191,10 +191,7 @@ def _check_cgroups() -> list[Check]:
         writable = where is not None and where.own_dir in writable_cgroups(layout)
         if where is None:
             detail = "not available from here (neither a v1 hierarchy nor enabled in our v2 cgroup)"
-            remedy = (
-                f"enable it (v2: echo +{controller} > <parent>/cgroup.subtree_control; systemd: Delegate=yes), "
-                "or run with --no-cgroups"
-            )
+            remedy = MISSING_CONTROLLER_REMEDY
         else:
             detail = f"{where.version} at {where.own_dir}" + ("" if writable else " (not delegated to us)")
             remedy = DELEGATION_REMEDY

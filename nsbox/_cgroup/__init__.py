@@ -17,13 +17,14 @@ time. A sandbox's directories are removed when it is closed. If its supervisor i
 from __future__ import annotations
 
 from ._base import Cgroup, CgroupLimits, CgroupSet, NullCgroup, Usage
-from ._factory import DELEGATION_REMEDY, cgroup_for_host, sweep_all, writable_cgroups
+from ._factory import DELEGATION_REMEDY, MISSING_CONTROLLER_REMEDY, cgroup_for_host, sweep_all, writable_cgroups
 from ._guard import CgroupGuard
 from ._layout import CONTROLLERS, cgroup_layout
 
 __all__ = [
     "CONTROLLERS",
     "DELEGATION_REMEDY",
+    "MISSING_CONTROLLER_REMEDY",
     "Cgroup",
     "CgroupGuard",
     "CgroupLimits",

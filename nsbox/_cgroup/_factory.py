@@ -12,6 +12,14 @@ from ._v2 import CgroupV2
 
 _serial = 0
 
+#: What to do where a controller is not enabled for our cgroup (systemd's user@.service
+#: delegates only some by default: cpu is often the missing one).
+MISSING_CONTROLLER_REMEDY = (
+    "enable the controller(s) for nsbox's cgroup (cgroup v2: echo '+memory +pids +cpu' > "
+    "<parent>/cgroup.subtree_control; systemd: Delegate=yes, and for users `systemctl edit user@.service` "
+    "with [Service] Delegate=memory pids cpu), or run with --no-cgroups to rely on rlimits only"
+)
+
 #: What to do where our cgroup is not ours to write (``nsbox check`` says it too).
 DELEGATION_REMEDY = (
     "start nsbox in a cgroup delegated to you: systemd-run --user --scope -p Delegate=yes nsbox ... "
@@ -38,8 +46,7 @@ def cgroup_for_host(limits: CgroupLimits | None) -> Cgroup:
         raise SetupError(
             "find cgroup controllers",
             detail=f"no usable {', '.join(missing)} controller from our cgroup",
-            remedy="enable the controller(s) (cgroup v2: echo '+memory +pids +cpu' > <parent>/cgroup.subtree_control; "
-            "systemd: Delegate=yes), or run with --no-cgroups to rely on rlimits only",
+            remedy=MISSING_CONTROLLER_REMEDY,
         )
     ours = {p.own_dir for c, p in layout.items() if c in (*CONTROLLERS, "cpuacct")}
     unwritable = sorted(ours - writable_cgroups(layout))
