@@ -44,10 +44,15 @@ def kernel_version() -> tuple[int, int]:
 
 
 def probe() -> list[Check]:
-    checks = [_check_kernel(), _check_arch(), _check_identity(), *_check_userns(), _check_userns_works()]
-    checks += [_check_seccomp()]
-    checks += _check_cgroups()
-    return checks
+    return [
+        _check_kernel(),
+        _check_arch(),
+        _check_identity(),
+        *_check_userns(),
+        _check_userns_works(),
+        _check_seccomp(),
+        *_check_cgroups(),
+    ]
 
 
 def _check_kernel() -> Check:
@@ -105,7 +110,7 @@ def _check_userns_works() -> Check:
     """Try it: a child unshares a user and a mount namespace, maps itself and makes a
     mount private, which needs the capabilities the namespace should give (an AppArmor
     restriction or a container's seccomp profile takes them, or the unshare itself)."""
-    from . import _linux
+    from . import _linux, _userns
 
     steps = ("unshare(CLONE_NEWUSER|CLONE_NEWNS)", "write its id maps", "mount (capabilities in the namespace)")
     pid = os.fork()
@@ -115,9 +120,8 @@ def _check_userns_works() -> Check:
             uid, gid = os.geteuid(), os.getegid()
             _linux.unshare(_linux.CLONE_NEWUSER | _linux.CLONE_NEWNS)
             step = 1
-            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-                with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
-                    f.write(text)
+            proc_self = os.open("/proc/self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            _userns.write_maps_from_parent(proc_self, f"0 {uid} 1\n", f"0 {gid} 1\n")
             step = 2
             _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
             os._exit(0)

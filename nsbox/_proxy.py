@@ -34,7 +34,7 @@ import prctl
 
 from . import _linux
 from ._audit import AuditLog
-from ._fds import close_all_but, stdio_to_devnull
+from ._fds import close_all_but, close_fds, stdio_to_devnull
 from ._netpolicy import Entry, IPAddress, Verdict, check_addresses, check_host, parse_allowlist
 from ._spec import PROXY_ADDRESS, NetworkPolicy
 
@@ -112,9 +112,7 @@ def _main(
         keep = [fd for fd in (*ns_fds, uplink) if fd is not None]
         close_all_but(0, 1, 2, ready, *keep, *audit.fds())
         listener = _listen_in_sandbox(*ns_fds)
-        for fd in ns_fds:
-            if fd is not None:
-                os.close(fd)
+        close_fds([fd for fd in ns_fds if fd is not None])
         if uplink is not None:
             _linux.setns(uplink, _CLONE_NEWNET)  # every connection out is made from there
             os.close(uplink)

@@ -22,6 +22,7 @@ import nsbox
 from nsbox._cgroup import cgroup_layout
 from nsbox._userns import mapping_for_host, subordinate_ranges
 from tests.conftest import NSBOX_CLI, OWN_IDS, ROOTLESS_RUN, probe_argv, wait_until
+from tests.integration._session_api import _uids, processes_with_argv
 
 CGROUP = os.environ.get("NSBOX_TEST_CGROUP", "")
 pytestmark = pytest.mark.skipif(
@@ -75,7 +76,7 @@ def test_payloads_get_a_uid_of_the_subordinate_range_where_the_host_has_one(mapp
     """On the host (useradd gave the test user a range): the payload is neither us nor
     init, so it can signal neither. In the VM (no /etc/subuid entry): own mode, said so."""
     with nsbox.NsSandbox(cgroups=CGROUP == "delegated") as sandbox:
-        sandbox.run(["sh", "-c", "sleep 31.25 >/dev/null 2>&1 &"])
+        sandbox.run(["sh", "-c", f"{' '.join(SLEEP)} >/dev/null 2>&1 &"])
         assert wait_until(lambda: _host_uids_of(SLEEP) != [], 10), "the sleep should be visible from the host"
         host_uids = _host_uids_of(SLEEP)
         kill = sandbox.run(probe_argv('out["kill_init"] = attempt(lambda: os.kill(1, 15))'), capture_output=True)
@@ -88,19 +89,12 @@ def test_payloads_get_a_uid_of_the_subordinate_range_where_the_host_has_one(mapp
         assert host_uids == [os.getuid()]
 
 
-SLEEP = b"sleep\x0031.25\x00"
+SLEEP = ("sleep", "31.25")
 
 
-def _host_uids_of(cmdline: bytes) -> list[int]:
-    uids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes() == cmdline:
-                status = Path(f"/proc/{pid}/status").read_text()
-                uids.append(int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return uids
+def _host_uids_of(argv: tuple[str, ...]) -> list[int]:
+    """The real uids, as the host sees them, of the processes running exactly ``argv``."""
+    return [uids[0] for uids in map(_uids, processes_with_argv(*argv)) if uids]
 
 
 def test_the_file_api_acts_as_the_payload(mapping: object) -> None:
