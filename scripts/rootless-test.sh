@@ -106,6 +106,7 @@ can_read() { setpriv --reuid "$uid" --regid "$gid" --clear-groups -- test -r "$1
 if ! can_read "$repo"; then
     say "$repo is not readable by an ordinary user: copying it to $tmp/repo"
     cp -a "$repo" "$tmp/repo"
+    chmod -R go+rX "$tmp/repo" # the clone's own folder may be the 0700 one (mktemp -d)
     # The venv's scripts, pyvenv.cfg and the editable install name the old path (text files
     # only: compiled .pyc files hold it too, as their source's name, and stay valid).
     grep -rlIF --exclude-dir=__pycache__ "$repo" "$tmp/repo/.venv" 2>/dev/null |
