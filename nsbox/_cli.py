@@ -55,13 +55,50 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    _rootfs_commands(commands)
     return parser
+
+
+def _rootfs_commands(commands: Any) -> None:
+    rootfs = commands.add_parser(
+        "rootfs",
+        help="build, import, list and remove root filesystems for --rootfs NAME",
+        description="Root filesystems in nsbox's data directory ($NSBOX_DATA_DIR, else /var/lib/nsbox for root, "
+        "~/.local/share/nsbox otherwise), for --rootfs NAME.",
+    )
+    actions = rootfs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build",
+        help="build a Debian root from a recipe (debootstrap; as root)",
+        description="Build a root from RECIPE (a name in rootfs/, e.g. minimal or python, or a .toml file) with "
+        "debootstrap and apt. An unchanged recipe is a no-op.",
+    )
+    build.add_argument("recipe", metavar="RECIPE")
+    build.add_argument("--name", help="the root's name (default: the recipe's)")
+    build.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    image = actions.add_parser(
+        "import",
+        help="unpack a local OCI or `docker save` archive into a root",
+        description="Unpack IMAGE.tar (an OCI image layout archive or `docker save` output) into the root NAME, "
+        "verifying every digest. The same image again is a no-op.",
+    )
+    image.add_argument("image", metavar="IMAGE.tar")
+    image.add_argument("name", metavar="NAME")
+    image.add_argument("--force", action="store_true", help="unpack again even when the image is unchanged")
+    listing = actions.add_parser("list", help="the roots there are")
+    listing.add_argument("--json", action="store_true", help="their manifests, as JSON")
+    remove = actions.add_parser("remove", help="remove a root")
+    remove.add_argument("name", metavar="NAME")
 
 
 def _sandbox_options(run: argparse.ArgumentParser) -> None:
     """The options of every command that makes a sandbox: filesystem, environment, limits, security."""
     fs = run.add_argument_group("filesystem")
-    fs.add_argument("--rootfs", metavar="DIR", help="use a prepared root tree (bound read-only) instead of the host's")
+    fs.add_argument(
+        "--rootfs",
+        metavar="NAME|DIR",
+        help="the sandbox's root instead of the host's: a root of `nsbox rootfs list`, or a folder (./DIR); read-only",
+    )
     fs.add_argument(
         "--ro-bind", metavar="SRC[:DST]", action="append", default=[], help="make a host path visible, read-only"
     )
@@ -139,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.subcommand == "check":
         return _check(args.json)
+    if args.subcommand == "rootfs":
+        return _rootfs(args)
     return _exec(args)
 
 
@@ -247,6 +286,45 @@ def _report(path: str | None, data: dict[str, Any]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def _rootfs(args: argparse.Namespace) -> int:
+    from . import _rootfs
+
+    def say(line: str) -> None:
+        print(f"nsbox: {line}", file=sys.stderr, flush=True)
+
+    try:
+        if args.action == "build":
+            _rootfs.build_rootfs(args.recipe, name=args.name, force=args.force, progress=say)
+        elif args.action == "import":
+            _rootfs.import_rootfs(args.image, args.name, force=args.force, progress=say)
+        elif args.action == "remove":
+            _rootfs.remove_rootfs(args.name)
+        else:
+            _print_roots(_rootfs.list_rootfs(), args.json)
+    except SpecError as exc:
+        print(f"nsbox: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NsboxError as exc:
+        print(f"nsbox: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_roots(roots: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in roots], indent=2))
+        return
+    if not roots:
+        print("no roots yet: `nsbox rootfs build minimal` or `nsbox rootfs import IMAGE.tar NAME`")
+    for r in roots:
+        m = r.manifest
+        source = m.get("recipe", {}).get("source") or m.get("image", {}).get("source", "?")
+        python = m.get("packages", {}).get("python3", "-")
+        size = f"{m.get('size_bytes', 0) / 1e6:.0f} MB"
+        print(f"{r.name:16} {m.get('kind', '?'):6} {size:>8}  python3 {python:14} {m.get('created', '?')}  {source}")
+        print(f"{'':16} {r.path}")
 
 
 def _check(as_json: bool) -> int:

@@ -10,6 +10,8 @@
     │   └── ProtocolError           malformed (everything from inside is untrusted); exit 125
     ├── SecurityError               a host-side request that would leave its boundary (a
     │                               workspace path through '..' or a symlink, safe_path_access)
+    ├── RootfsError                 building, importing or removing a root filesystem failed
+    │   └── ImageError              an image is malformed or a digest does not match
     ├── RunFailed                   check=True and the run did not succeed; also a
     │   (subprocess.CalledProcessError)  subprocess.CalledProcessError, as users expect
     └── ExecutionFailed             execute_ai_code's code raised, or left no JSON ``result``
@@ -112,6 +114,19 @@ class ProtocolError(SandboxError):
 
 class SecurityError(NsboxError):
     """A host-side request would leave the boundary it is confined to."""
+
+
+class RootfsError(NsboxError):
+    """``nsbox rootfs build/import/remove`` failed; ``remedy`` says what to do about it."""
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        self.message = message
+        self.remedy = remedy
+        super().__init__(message + (f"\nremedy: {remedy}" if remedy else ""))
+
+
+class ImageError(RootfsError):
+    """An image to import is malformed, or a blob does not match its digest."""
 
 
 class RunFailed(NsboxError, subprocess.CalledProcessError):

@@ -295,7 +295,7 @@ class NetworkPolicy:
 class SandboxSpec:
     """Everything that defines a sandbox. Build it, or let ``NsSandbox(**options)`` do it."""
 
-    rootfs: str | None = None
+    rootfs: str | None = None  #: a root's NAME (``nsbox rootfs list``) or a DIR; bound read-only
     mounts: tuple[Mount, ...] = ()
     workspace_size: int = 256 * MiB
     hostname: str = "nsbox"
@@ -308,7 +308,9 @@ class SandboxSpec:
 
     def __post_init__(self) -> None:
         if self.rootfs is not None:
-            rootfs = os.path.abspath(str(self.rootfs))
+            from ._rootfs._store import is_name, resolve  # a NAME: built or imported (nsbox rootfs)
+
+            rootfs = resolve(str(self.rootfs)) if is_name(str(self.rootfs)) else os.path.abspath(str(self.rootfs))
             if not os.path.isdir(rootfs):
                 raise SpecError(option_name("rootfs"), f"{rootfs!r} is not a directory")
             object.__setattr__(self, "rootfs", rootfs)

@@ -1,0 +1,260 @@
+"""Applying an image layer (a tar stream) to a root, as the OCI image spec says, safely.
+
+Every entry is written relative to an fd of the root, one path component at a time with
+O_NOFOLLOW, so nothing an image holds can make a write land outside the root:
+
+- a name that is absolute or has a ``..`` component is refused (not "cleaned": an image
+  that asks for it is broken or hostile);
+- a parent that is a symlink is refused, whatever it points to (``evil -> /etc`` in one
+  layer, ``evil/passwd`` in the next: the classic);
+- a hard link must name a file already in the root, by the same rules;
+- a symlink whose target climbs above the root with ``..`` is refused: no image needs one
+  (at ``/``, ``..`` is ``/``), and on the host it points out. An absolute target is kept:
+  inside the sandbox it is resolved against the sandbox's root, which is what the image
+  means by it, and the extractor itself never follows one;
+- device nodes and FIFOs are not created; setuid and setgid bits are not set; extended
+  attributes (file capabilities among them) are not applied.
+
+Whiteouts: ``.wh.NAME`` removes NAME of the layers below; ``.wh..wh..opq`` removes every
+entry of its folder that the layers below put there. Entries of the same layer are kept
+(the spec: a whiteout applies to the lower layers only), which is why the paths this layer
+wrote are remembered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from .._errors import ImageError
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
+#: Beyond these a refusal is still counted but no longer listed (the manifest stays small).
+_LISTED = 100
+
+
+class Refused(Exception):
+    """An entry that is not applied; its message says why."""
+
+
+@dataclass
+class LayerReport:
+    refused: list[str] = field(default_factory=list)
+    refused_count: int = 0
+    skipped: list[str] = field(default_factory=list)  #: device nodes and FIFOs, not created
+    stripped: list[str] = field(default_factory=list)  #: setuid/setgid bits not set
+
+    def note(self, where: list[str], text: str) -> None:
+        if len(where) < _LISTED:
+            where.append(text)
+
+
+def open_parent(root_fd: int, parts: Sequence[str], create: bool = True) -> int:
+    """An fd of the folder ``parts`` below the root, each component opened with O_NOFOLLOW
+    (created 0755 when missing); Refused if one is a symlink or not a folder."""
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    kind = "a symlink" if exc.errno == errno.ELOOP else "not a folder"
+                    raise Refused(f"its parent {'/'.join(parts[: i + 1])} is {kind}") from None
+                raise
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def relative_parts(name: str) -> list[str]:
+    """A tar name as path components inside the root; Refused if it would leave it."""
+    if name.startswith("/"):
+        raise Refused("an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Refused("a '..' component")
+    return parts
+
+
+def _climbs_out(link_parts: list[str], target: str) -> bool:
+    """Whether a relative symlink at ``link_parts`` reaches above the root through '..'."""
+    depth = len(link_parts) - 1
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+class LayerWriter:
+    """Applies layers, bottom first, to the root folder ``tree``."""
+
+    def __init__(self, tree: str) -> None:
+        self.root_fd = os.open(tree, _DIR_FLAGS)
+        self.report = LayerReport()
+        self._as_root = os.geteuid() == 0
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    def apply(self, layer: IO[bytes], label: str) -> None:
+        written: set[tuple[str, ...]] = set()
+        try:
+            with tarfile.open(fileobj=layer, mode="r|") as tar:
+                for member in tar:
+                    try:
+                        self._entry(tar, member, written)
+                    except Refused as exc:
+                        self.report.refused_count += 1
+                        self.report.note(self.report.refused, f"{label}: {member.name!r}: {exc}")
+        except tarfile.TarError as exc:
+            raise ImageError(f"{label} is not a valid tar stream: {exc}") from None
+
+    def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo, written: set[tuple[str, ...]]) -> None:
+        parts = relative_parts(member.name)
+        if not parts:
+            return  # the root itself: its mode is ours
+        *folder, base = parts
+        parent = open_parent(self.root_fd, folder)
+        try:
+            if base == OPAQUE:
+                self._remove_below(parent, tuple(folder), written)
+            elif base.startswith(WHITEOUT):
+                hidden = base[len(WHITEOUT) :]
+                if hidden and hidden not in (".", "..") and (*folder, hidden) not in written:
+                    _remove(parent, hidden)
+            else:
+                self._create(tar, member, parent, parts)
+                written.add(tuple(parts))
+        finally:
+            os.close(parent)
+
+    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: int, parts: list[str]) -> None:
+        base = parts[-1]
+        path = "/".join(parts)
+        if member.isdev():  # character, block or FIFO
+            self.report.note(self.report.skipped, f"{path}: {'a FIFO' if member.isfifo() else 'a device node'}")
+            return
+        mode = member.mode & 0o7777
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            self.report.note(self.report.stripped, path)
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        if member.isdir():
+            _make_dir(parent, base)
+            fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+            try:
+                # An ordinary user keeps write access to its folders: later entries must go in.
+                os.fchmod(fd, mode if self._as_root else mode | 0o700)
+                self._own(fd, member)
+            finally:
+                os.close(fd)
+            return
+        if member.issym():
+            target = member.linkname
+            if not target.startswith("/") and _climbs_out(parts, target):
+                raise Refused(f"a symlink to {target!r}, above the root")
+            _remove(parent, base)
+            os.symlink(target, base, dir_fd=parent)
+            if self._as_root:
+                os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+            return
+        if member.islnk():
+            source = relative_parts(member.linkname)
+            if not source:
+                raise Refused("a hard link to the root")
+            source_parent = open_parent(self.root_fd, source[:-1], create=False)
+            try:
+                info = os.stat(source[-1], dir_fd=source_parent, follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    raise Refused("a hard link to a folder")
+                if tuple(source) != tuple(parts):
+                    _remove(parent, base)
+                    os.link(source[-1], base, src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise Refused(f"a hard link to {member.linkname!r}, which is not in the root") from None
+            finally:
+                os.close(source_parent)
+            return
+        if not member.isreg():
+            raise Refused(f"an entry of tar type {member.type!r}")
+        _remove(parent, base)
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            data = tar.extractfile(member)
+            if data is not None:
+                while chunk := data.read(_COPY_CHUNK):
+                    _write_all(fd, chunk)
+            self._own(fd, member)
+            os.fchmod(fd, mode)  # after fchown, which clears setuid bits: there are none left anyway
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+
+    def _own(self, fd: int, member: tarfile.TarInfo) -> None:
+        if self._as_root:
+            os.fchown(fd, member.uid, member.gid)
+
+    def _remove_below(self, folder_fd: int, folder: tuple[str, ...], written: set[tuple[str, ...]]) -> None:
+        """Everything below ``folder`` that this layer did not write (an opaque whiteout)."""
+        for name in os.listdir(folder_fd):
+            path = (*folder, name)
+            if path not in written:
+                _remove(folder_fd, name)
+                continue
+            with contextlib.suppress(OSError):  # written as a folder: recurse; else kept as is
+                sub = os.open(name, _DIR_FLAGS, dir_fd=folder_fd)
+                try:
+                    self._remove_below(sub, path, written)
+                finally:
+                    os.close(sub)
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _make_dir(parent: int, name: str) -> None:
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        os.mkdir(name, 0o700, dir_fd=parent)
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=parent)
+        os.mkdir(name, 0o700, dir_fd=parent)
+
+
+def _remove(parent: int, name: str) -> None:
+    """Removes ``name`` in ``parent`` if it is there (a folder with all it holds), no link followed."""
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(name, dir_fd=parent)
+    else:
+        os.unlink(name, dir_fd=parent)

@@ -1,0 +1,215 @@
+"""Where built and imported roots live, and how one is put there atomically.
+
+The data directory is ``$NSBOX_DATA_DIR``, else ``/var/lib/nsbox`` for root and
+``$XDG_DATA_HOME/nsbox`` (``~/.local/share/nsbox``) for an ordinary user, who also sees the
+roots root built in ``/var/lib/nsbox``. A root named NAME is ``rootfs/NAME/``, holding
+``root/`` (the tree a sandbox binds read-only) and ``manifest.json``.
+
+A build or an import writes into ``rootfs/.staging-NAME-*`` on the same filesystem and is
+renamed into place only once it is complete, so a root is either the old one or the new one,
+never half of either; a failed or interrupted one leaves only its staging folder, which the
+next build of that name removes (under ``rootfs/.NAME.lock``, held while a name is written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import RootfsError, SpecError
+from .._values import option_name
+
+SYSTEM_DATA_DIR = "/var/lib/nsbox"
+MANIFEST = "manifest.json"
+TREE = "root"
+MANIFEST_FORMAT = 1
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_STAGING = ".staging-"
+
+
+@dataclass(frozen=True)
+class StoredRoot:
+    """A root of the data directory: its name, the tree to bind, and what its manifest says."""
+
+    name: str
+    path: str  #: the tree (``.../rootfs/NAME/root``), what ``--rootfs NAME`` binds
+    manifest: dict[str, Any]
+    up_to_date: bool = False  #: a build or import that found it already there and did nothing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, **self.manifest}
+
+
+def data_dir() -> str:
+    explicit = os.environ.get("NSBOX_DATA_DIR")
+    if explicit:
+        return os.path.abspath(explicit)
+    if os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "nsbox")
+
+
+def roots_dir() -> str:
+    return os.path.join(data_dir(), "rootfs")
+
+
+def _search_dirs() -> list[str]:
+    """Ours first; an ordinary user also sees the system's (unless NSBOX_DATA_DIR is set)."""
+    dirs = [roots_dir()]
+    system = os.path.join(SYSTEM_DATA_DIR, "rootfs")
+    if not os.environ.get("NSBOX_DATA_DIR") and system not in dirs:
+        dirs.append(system)
+    return dirs
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise SpecError(
+            "NAME", f"{name!r} is not a root name: lower-case letters, digits, '.', '_', '-'; at most 63; no '/'"
+        )
+    return name
+
+
+def is_name(value: str) -> bool:
+    """``--rootfs`` takes a NAME or a DIR: a value without '/' is a name (``./x`` is a folder)."""
+    return "/" not in value and value not in (".", "..")
+
+
+def resolve(name: str) -> str:
+    """The tree of the root called ``name``, for ``--rootfs NAME``."""
+    for directory in _search_dirs():
+        root = _load(directory, name)
+        if root is not None:
+            return root.path
+    known = sorted({r.name for r in list_roots()})
+    hint = f" (this host has: {', '.join(known)})" if known else ""
+    folder = f"; for the folder {name!r} here, write ./{name}" if os.path.isdir(name) else ""
+    raise SpecError(
+        option_name("rootfs"),
+        f"no root named {name!r} in {' or '.join(_search_dirs())}{hint}: build one with "
+        f"`nsbox rootfs build RECIPE` or `nsbox rootfs import IMAGE.tar {name}`{folder}",
+    )
+
+
+def find(name: str) -> StoredRoot | None:
+    """The root ``name`` of our own data directory (the one builds write), if there is one."""
+    return _load(roots_dir(), check_name(name))
+
+
+def list_roots() -> list[StoredRoot]:
+    roots: dict[str, StoredRoot] = {}
+    for directory in _search_dirs():
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(directory)):
+                if name not in roots and _NAME.fullmatch(name) and (root := _load(directory, name)):
+                    roots[name] = root
+    return [roots[n] for n in sorted(roots)]
+
+
+def remove(name: str) -> None:
+    directory = roots_dir()
+    if _load(directory, check_name(name)) is None:
+        raise RootfsError(f"no root named {name!r} in {directory}", "`nsbox rootfs list` shows the roots there are")
+    with _locked(directory, name):
+        _discard(os.path.join(directory, name))
+
+
+def _load(directory: str, name: str) -> StoredRoot | None:
+    folder = os.path.join(directory, name)
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    tree = os.path.join(folder, TREE)
+    if not isinstance(manifest, dict) or not os.path.isdir(tree):
+        return None
+    return StoredRoot(name, tree, manifest)
+
+
+class Staging:
+    """A root being written: ``tree`` to fill, then ``commit(manifest)``; dropped otherwise."""
+
+    def __init__(self, directory: str, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.folder = tempfile.mkdtemp(prefix=f"{_STAGING}{name}-", dir=directory)
+        # nosec B103: folders of a root tree, read by the sandbox's ids; nothing in them is secret
+        os.chmod(self.folder, 0o755)  # nosec B103
+        self.tree = os.path.join(self.folder, TREE)
+        os.mkdir(self.tree, 0o755)
+        os.chmod(self.tree, 0o755)  # nosec B103  # not the umask's: so that they can enter it
+
+    def commit(self, manifest: dict[str, Any]) -> StoredRoot:
+        manifest = {"format": MANIFEST_FORMAT, "name": self.name, **manifest}
+        with open(os.path.join(self.folder, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        final = os.path.join(self.directory, self.name)
+        old = None
+        if os.path.lexists(final):
+            old = tempfile.mkdtemp(prefix=f"{_STAGING}{self.name}-old-", dir=self.directory)
+            os.rename(final, os.path.join(old, "was"))
+        os.rename(self.folder, final)
+        self.folder = ""
+        if old is not None:
+            _discard(old)
+        return StoredRoot(self.name, os.path.join(final, TREE), manifest)
+
+    def discard(self) -> None:
+        if self.folder:
+            _discard(self.folder)
+            self.folder = ""
+
+
+@contextlib.contextmanager
+def staging(name: str) -> Iterator[Staging]:
+    """A staging folder for ``name`` under its lock, removed unless committed."""
+    directory = roots_dir()
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise RootfsError(
+            f"cannot create the data directory {directory}: {exc.strerror}",
+            "set NSBOX_DATA_DIR to a folder you can write",
+        ) from exc
+    with _locked(directory, name):
+        for entry in os.listdir(directory):  # what an interrupted build of this name left
+            if entry.startswith(f"{_STAGING}{name}-"):
+                _discard(os.path.join(directory, entry))
+        stage = Staging(directory, name)
+        try:
+            yield stage
+        finally:
+            stage.discard()
+
+
+@contextlib.contextmanager
+def _locked(directory: str, name: str) -> Iterator[None]:
+    fd = os.open(os.path.join(directory, f".{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RootfsError(
+                f"the root {name!r} is being built or imported by another process", "wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _discard(path: str) -> None:
+    """rmtree without following symlinks (shutil's fd-based walk); the trees hold no mounts
+    (builds mount only in a private mount namespace that is gone when they end)."""
+    if os.path.lexists(path):
+        shutil.rmtree(path)
