@@ -18,6 +18,9 @@ payload
 kernel
     The session's Python process behind ``execute_code`` (inside, under the same policy);
     its variables persist between calls until it dies (``state_lost``).
+root
+    A root filesystem for ``--rootfs NAME``, built from a recipe (``build_rootfs``) or
+    imported from an image (``import_rootfs``); bound read-only into each sandbox.
 workspace
     ``/workspace``: the sandbox's writable tmpfs, reachable from outside only through the
     file API (``write_file``, ``read_file``...), which never follows a symlink.
@@ -31,8 +34,10 @@ if TYPE_CHECKING:
     from ._client import SandboxClient
     from ._errors import (
         ExecutionFailed,
+        ImageError,
         NsboxError,
         ProtocolError,
+        RootfsError,
         RunFailed,
         SandboxError,
         SecurityError,
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
     from ._files import FILE_LIMIT, FileInfo
     from ._pool import AsyncSandboxPool, SandboxPool
     from ._result import ExecutionResult, RunResult, Status
+    from ._rootfs import StoredRoot, build_rootfs, import_rootfs, list_rootfs, remove_rootfs
     from ._sandbox import NsSandbox
     from ._spec import Limits, Mount, NetworkPolicy, SandboxSpec, Seccomp
     from ._template import execute_ai_code, safe_path_access
@@ -52,8 +58,10 @@ _MODULE_OF = {
     **dict.fromkeys(
         (
             "ExecutionFailed",
+            "ImageError",
             "NsboxError",
             "ProtocolError",
+            "RootfsError",
             "RunFailed",
             "SandboxError",
             "SecurityError",
@@ -69,6 +77,7 @@ _MODULE_OF = {
     "ExecutionResult": "_result",
     "RunResult": "_result",
     "Status": "_result",
+    **dict.fromkeys(("StoredRoot", "build_rootfs", "import_rootfs", "list_rootfs", "remove_rootfs"), "_rootfs"),
     "NsSandbox": "_sandbox",
     **dict.fromkeys(("Limits", "Mount", "NetworkPolicy", "SandboxSpec", "Seccomp"), "_spec"),
     "execute_ai_code": "_template",
@@ -99,12 +108,14 @@ __all__ = [
     "ExecutionFailed",
     "ExecutionResult",
     "FileInfo",
+    "ImageError",
     "Limits",
     "Mount",
     "NetworkPolicy",
     "NsSandbox",
     "NsboxError",
     "ProtocolError",
+    "RootfsError",
     "RunFailed",
     "RunResult",
     "SandboxClient",
@@ -116,7 +127,12 @@ __all__ = [
     "SetupError",
     "SpecError",
     "Status",
+    "StoredRoot",
     "__version__",
+    "build_rootfs",
     "execute_ai_code",
+    "import_rootfs",
+    "list_rootfs",
+    "remove_rootfs",
     "safe_path_access",
 ]

@@ -309,6 +309,9 @@ def _rootfs(args: argparse.Namespace) -> int:
     except NsboxError as exc:
         print(f"nsbox: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("nsbox: interrupted; nothing of it was kept", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -4,10 +4,11 @@
 # install_packages inside a sandbox (pip runs with the sandbox's python3), python3-venv and
 # python3-dev for the .venv on Debian's own python3 (make picks it where it exists),
 # uidmap (newuidmap/newgidmap) for rootless sandboxes with a subordinate id range of their own,
+# debootstrap and debian-archive-keyring for `nsbox rootfs build` (the keyring verifies the archive),
 # and for `bench` also bubblewrap (the baseline). As root they are installed with apt-get;
 # otherwise a missing one is named with the command that installs it.
 set -eu
-packages="gcc libc6-dev libcap-dev libseccomp2 python3-pip python3-venv python3-dev uidmap"
+packages="gcc libc6-dev libcap-dev libseccomp2 python3-pip python3-venv python3-dev uidmap debootstrap debian-archive-keyring"
 [ "${1:-}" = "bench" ] && packages="$packages bubblewrap"
 missing=""
 for p in $packages; do

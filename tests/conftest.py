@@ -44,6 +44,20 @@ def _cache_of_this_run() -> Iterator[None]:
             os.environ["XDG_CACHE_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_of_this_run() -> Iterator[None]:
+    """nsbox's data directory (built and imported roots) in a directory of this test run,
+    removed at the end: no test reads or writes /var/lib/nsbox or ~/.local/share/nsbox."""
+    with tempfile.TemporaryDirectory(prefix="nsbox-test-data-") as directory:
+        previous = os.environ.get("NSBOX_DATA_DIR")
+        os.environ["NSBOX_DATA_DIR"] = directory
+        yield
+        if previous is None:
+            os.environ.pop("NSBOX_DATA_DIR", None)
+        else:
+            os.environ["NSBOX_DATA_DIR"] = previous
+
+
 ROOTLESS_RUN = os.environ.get("NSBOX_TEST_ROOTLESS") == "1"
 #: Rootless without a subordinate id range ("own" mode, README): payloads share init's
 #: uid, the user's. The tests that see the difference expect what the README documents.

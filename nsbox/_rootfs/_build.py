@@ -11,10 +11,12 @@ The steps, in order:
 4. The tree made safe (no setuid/setgid bit, file capability or device node: _tree.py) and
    described (size, package versions) in the manifest; then renamed into place.
 
-Every command runs under ``unshare --mount --propagation private`` (util-linux): the
-mounts that debootstrap and step 2 make (proc, sys, dev) are in a mount namespace of their
-own, gone when the command ends however it ends: none can outlive a failed build, and
-removing a failed build's folder never descends into a mounted /proc or /sys.
+Every command runs under ``unshare --mount --propagation private --pid --fork --kill-child``
+(util-linux): the mounts that debootstrap and step 2 make (proc, sys, dev) are in a mount
+namespace of their own, gone when the command ends however it ends: none can outlive a
+failed build, and removing a failed build's folder never descends into a mounted /proc or
+/sys. The pid namespace dies with unshare, so an interrupted build leaves no dpkg still
+writing into the folder being removed.
 
 The packages' maintainer scripts run as root in that chroot, as with any debootstrap: a
 recipe names Debian packages from a signed archive, not untrusted code.
@@ -34,7 +36,7 @@ from pathlib import Path
 from .._errors import RootfsError
 from . import _store
 from ._recipe import Recipe, find_recipe, load_recipe
-from ._tree import package_versions, sanitize
+from ._tree import DIR_FLAGS, open_parent, package_versions, sanitize
 
 Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -156,7 +158,8 @@ def _tools() -> tuple[str, list[str]]:
         raise RootfsError(f"{' and '.join(missing)} not found on PATH", _INSTALL_TOOLS)
     if not os.path.isfile(KEYRING):
         raise RootfsError(f"no Debian archive keyring at {KEYRING}: the archive cannot be verified", _INSTALL_TOOLS)
-    return str(found["debootstrap"]), [str(found["unshare"]), "--mount", "--propagation", "private", "--"]
+    private = [str(found["unshare"]), "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--"]
+    return str(found["debootstrap"]), private
 
 
 def _check_space(directory: str, recipe: Recipe) -> None:
@@ -182,14 +185,19 @@ def _run(argv: list[str], what: str, directory: str, recipe: Recipe, say: Progre
         text=True,
         errors="replace",
     ) as process:
-        for line in _lines(process.stdout or ()):
-            tail.append(line)
-            now = time.monotonic()
-            # A line per package at most every 2 s: progress, not hundreds of lines.
-            if line.startswith(_SHOWN) and (not line.startswith(_PER_PACKAGE) or now - last_shown > 2):
-                say(f"  {now - started:5.0f}s  {line}")
-                last_shown = now
-        code = process.wait()
+        try:
+            for line in _lines(process.stdout or ()):
+                tail.append(line)
+                now = time.monotonic()
+                # A line per package at most every 2 s: progress, not hundreds of lines.
+                if line.startswith(_SHOWN) and (not line.startswith(_PER_PACKAGE) or now - last_shown > 2):
+                    say(f"  {now - started:5.0f}s  {line}")
+                    last_shown = now
+            code = process.wait()
+        except BaseException:  # Ctrl-C, or our caller's exception: nothing may go on writing
+            process.kill()  # unshare: --kill-child takes its pid namespace, every process of the step
+            process.wait()
+            raise
     if code == 0:
         return
     output = "\n".join(f"    {line}" for line in tail)
@@ -215,9 +223,7 @@ def _lines(stream: Iterable[str]) -> Iterable[str]:
 
 def _write_files(tree: str, files: tuple[tuple[str, str], ...]) -> None:
     """The recipe's files, written without following a symlink of the new root."""
-    from ._layers import open_parent
-
-    root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    root_fd = os.open(tree, DIR_FLAGS)
     try:
         for path, content in files:
             parts = path.split("/")

@@ -24,27 +24,21 @@ wrote are remembered.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 from .._errors import ImageError
+from ._tree import DIR_FLAGS, Refused, open_parent
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 #: Beyond these a refusal is still counted but no longer listed (the manifest stays small).
 _LISTED = 100
-
-
-class Refused(Exception):
-    """An entry that is not applied; its message says why."""
 
 
 @dataclass
@@ -59,32 +53,6 @@ class LayerReport:
             where.append(text)
 
 
-def open_parent(root_fd: int, parts: Sequence[str], create: bool = True) -> int:
-    """An fd of the folder ``parts`` below the root, each component opened with O_NOFOLLOW
-    (created 0755 when missing); Refused if one is a symlink or not a folder."""
-    fd = os.dup(root_fd)
-    try:
-        for i, part in enumerate(parts):
-            try:
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o755, dir_fd=fd)
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    kind = "a symlink" if exc.errno == errno.ELOOP else "not a folder"
-                    raise Refused(f"its parent {'/'.join(parts[: i + 1])} is {kind}") from None
-                raise
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def relative_parts(name: str) -> list[str]:
     """A tar name as path components inside the root; Refused if it would leave it."""
     if name.startswith("/"):
@@ -95,24 +63,30 @@ def relative_parts(name: str) -> list[str]:
     return parts
 
 
-def _climbs_out(link_parts: list[str], target: str) -> bool:
-    """Whether a relative symlink at ``link_parts`` reaches above the root through '..'."""
-    depth = len(link_parts) - 1
-    for part in target.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
+def _leaves_root(link_parts: list[str], target: str) -> str:
+    """Why a relative symlink at ``link_parts`` could point out of the root, or ''.
+
+    Its '..' components must all come first, and be no more than the folders above it
+    (real folders: an entry under a symlink is refused). A '..' after a name would climb
+    from wherever that name leads, and a name may be a symlink itself (``here -> .`` makes
+    ``here/here/../..`` reach above the root): no lexical count can tell, so it is refused.
+    Every symlink kept obeys this, so no chain of relative ones gets out either."""
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        return f"a symlink to {target!r}: '..' after a name"
+    if ups > len(link_parts) - 1:
+        return f"a symlink to {target!r}, above the root"
+    return ""
 
 
 class LayerWriter:
     """Applies layers, bottom first, to the root folder ``tree``."""
 
     def __init__(self, tree: str) -> None:
-        self.root_fd = os.open(tree, _DIR_FLAGS)
+        self.root_fd = os.open(tree, DIR_FLAGS)
         self.report = LayerReport()
         self._as_root = os.geteuid() == 0
 
@@ -147,7 +121,8 @@ class LayerWriter:
                     _remove(parent, hidden)
             else:
                 self._create(tar, member, parent, parts)
-                written.add(tuple(parts))
+                # With its folders, which open_parent may have made without an entry of their own.
+                written.update(tuple(parts[:i]) for i in range(1, len(parts) + 1))
         finally:
             os.close(parent)
 
@@ -163,7 +138,7 @@ class LayerWriter:
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         if member.isdir():
             _make_dir(parent, base)
-            fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(base, DIR_FLAGS, dir_fd=parent)
             try:
                 # An ordinary user keeps write access to its folders: later entries must go in.
                 os.fchmod(fd, mode if self._as_root else mode | 0o700)
@@ -173,8 +148,8 @@ class LayerWriter:
             return
         if member.issym():
             target = member.linkname
-            if not target.startswith("/") and _climbs_out(parts, target):
-                raise Refused(f"a symlink to {target!r}, above the root")
+            if not target.startswith("/") and (why := _leaves_root(parts, target)):
+                raise Refused(why)
             _remove(parent, base)
             os.symlink(target, base, dir_fd=parent)
             if self._as_root:
@@ -224,7 +199,7 @@ class LayerWriter:
                 _remove(folder_fd, name)
                 continue
             with contextlib.suppress(OSError):  # written as a folder: recurse; else kept as is
-                sub = os.open(name, _DIR_FLAGS, dir_fd=folder_fd)
+                sub = os.open(name, DIR_FLAGS, dir_fd=folder_fd)
                 try:
                     self._remove_below(sub, path, written)
                 finally:

@@ -6,7 +6,9 @@ work anyway (payloads run with no_new_privs; the root is bound nosuid,nodev), so
 defence in depth for the tree on the host, where anyone who can reach it could use them.
 
 The walk is fd-based and never follows a symlink (os.fwalk; every file is opened with
-O_NOFOLLOW and checked with fstat before it is changed).
+O_NOFOLLOW and checked with fstat before it is changed). ``open_parent`` is the one way into a
+folder of a root for every writer here (layers, a recipe's files) and reader (dpkg's status):
+a component at a time, O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -15,10 +17,43 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAPABILITY_XATTR = "security.capability"
 _DPKG_STATUS = "var/lib/dpkg/status"
+
+
+class Refused(Exception):
+    """An entry that is not applied; its message says why."""
+
+
+def open_parent(root_fd: int, parts: Sequence[str], create: bool = True) -> int:
+    """An fd of the folder ``parts`` below the root, each component opened with O_NOFOLLOW
+    (created 0755 when missing); Refused if one is a symlink or not a folder."""
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                next_fd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY|O_NOFOLLOW: ENOTDIR for both
+                    link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                    kind = "a symlink" if link else "not a folder"
+                    raise Refused(f"its parent {'/'.join(parts[: i + 1])} is {kind}") from None
+                raise
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass
@@ -91,10 +126,23 @@ def _strip(name: str, dir_fd: int, mode: int) -> bool:
 
 def package_versions(tree: str) -> dict[str, str]:
     """Installed Debian packages and their versions, read from dpkg's status file (nothing
-    of the tree is executed)."""
+    of the tree is executed, and no symlink of it followed: an image's own could point at a
+    file of the host)."""
     versions: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        with open(os.path.join(tree, _DPKG_STATUS), encoding="utf-8", errors="replace") as f:
+    *folder, name = _DPKG_STATUS.split("/")
+    with contextlib.suppress(OSError, Refused):  # no dpkg here, or not a file inside the root
+        root_fd = os.open(tree, DIR_FLAGS)
+        try:
+            parent = open_parent(root_fd, folder, create=False)
+        finally:
+            os.close(root_fd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+        finally:
+            os.close(parent)
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return versions
             text = f.read(64 << 20)
         for paragraph in text.split("\n\n"):
             fields = dict(
