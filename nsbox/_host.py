@@ -52,7 +52,24 @@ def probe() -> list[Check]:
         _check_userns_works(),
         _check_seccomp(),
         *_check_cgroups(),
+        _check_rootfs_build(),
     ]
+
+
+def _check_rootfs_build() -> Check:
+    """Not required: only `nsbox rootfs build` needs it (import and --rootfs do not)."""
+    from ._rootfs._build import INSTALL_TOOLS, missing_tools
+
+    missing = missing_tools()
+    root = os.geteuid() == 0
+    ok = not missing and root
+    detail = (
+        "nsbox rootfs build can run (debootstrap, the Debian archive keyring)"
+        if ok
+        else f"nsbox rootfs build cannot run here: {', '.join(missing) + ' missing' if missing else 'not root'}"
+    )
+    remedy = INSTALL_TOOLS if missing else "" if root else "build as root; import (`nsbox rootfs import`) works as you"
+    return Check("rootfs build", ok, detail, remedy, required=False)
 
 
 def _check_kernel() -> Check:

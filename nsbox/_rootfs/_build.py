@@ -40,7 +40,8 @@ from ._tree import DIR_FLAGS, open_parent, package_versions, sanitize
 
 Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-_INSTALL_TOOLS = "apt-get install debootstrap debian-archive-keyring"
+TOOLS = ("debootstrap", "unshare", "chroot")
+INSTALL_TOOLS = "apt-get install debootstrap debian-archive-keyring"
 #: Step 2 in the private mount namespace: $1 is the root, the rest are apt-get's arguments.
 _CHROOT_APT = r"""
 set -eu
@@ -152,14 +153,19 @@ def _tools() -> tuple[str, list[str]]:
             "run `sudo nsbox rootfs build ...`: roots built by root in /var/lib/nsbox are usable by everyone; "
             "or `nsbox rootfs import IMAGE.tar NAME`, which an ordinary user can do",
         )
-    found = {tool: shutil.which(tool) for tool in ("debootstrap", "unshare", "chroot")}
-    missing = sorted(tool for tool, path in found.items() if path is None)
-    if missing:
-        raise RootfsError(f"{' and '.join(missing)} not found on PATH", _INSTALL_TOOLS)
-    if not os.path.isfile(KEYRING):
-        raise RootfsError(f"no Debian archive keyring at {KEYRING}: the archive cannot be verified", _INSTALL_TOOLS)
-    private = [str(found["unshare"]), "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--"]
-    return str(found["debootstrap"]), private
+    if missing := missing_tools():
+        raise RootfsError(
+            f"{' and '.join(missing)} not found (on PATH; the keyring verifies the archive)", INSTALL_TOOLS
+        )
+    found = {tool: str(shutil.which(tool)) for tool in TOOLS}
+    private = [found["unshare"], "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--"]
+    return found["debootstrap"], private
+
+
+def missing_tools() -> list[str]:
+    """What a build needs and this host lacks (also for `nsbox check`)."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    return missing + ([] if os.path.isfile(KEYRING) else [KEYRING])
 
 
 def _check_space(directory: str, recipe: Recipe) -> None:
