@@ -104,6 +104,8 @@ except OSError:
     _libc = ctypes.CDLL(None, use_errno=True)
 # Without argtypes ctypes passes Python ints as C int, which truncates the 64-bit
 # flag words of mount(2) (see ../shared/notes/perf-facts.md).
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
@@ -112,6 +114,7 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.setfsuid.argtypes = [ctypes.c_uint]
 _libc.setfsgid.argtypes = [ctypes.c_uint]
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -172,6 +175,12 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def umount2(target: str, flags: int) -> None:
     _check(_libc.umount2(_b(target), flags), "umount2", target, flags)
+
+
+def exchange_paths(first: str, second: str) -> None:
+    """Swaps two paths in one step (renameat2 RENAME_EXCHANGE): neither is ever missing."""
+    res = _libc.renameat2(_AT_FDCWD, _b(first), _AT_FDCWD, _b(second), _RENAME_EXCHANGE)
+    _check(res, "renameat2", first, second, "RENAME_EXCHANGE")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

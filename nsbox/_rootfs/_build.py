@@ -36,7 +36,7 @@ from pathlib import Path
 from .._errors import RootfsError
 from . import _store
 from ._recipe import Recipe, find_recipe, load_recipe
-from ._tree import DIR_FLAGS, open_parent, package_versions, sanitize
+from ._tree import DIR_FLAGS, Refused, open_parent, package_versions, sanitize
 
 Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -64,6 +64,9 @@ _ENV = {
 }
 #: What apt leaves that a read-only root does not need: the downloaded .debs, lists, caches.
 _DROPPED = ("var/cache/apt", "var/lib/apt/lists", "var/cache/debconf/templates.dat-old")
+#: debootstrap copies these from the build host (its name, its DNS servers): a root is not
+#: the build host's. A sandbox has only loopback unless --net allow, which uses a proxy.
+_NOT_THE_BUILD_HOSTS = (("etc/hostname", "nsbox\n"), ("etc/resolv.conf", ""))
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PER_PACKAGE = (
     *(f"I: {verb} " for verb in ("Retrieving", "Validating", "Extracting", "Unpacking", "Configuring")),
@@ -119,7 +122,7 @@ def build(
                 started,
             )
         say("[3/4] the recipe's files; apt's caches dropped")
-        _write_files(tree, source.files)
+        _write_files(tree, (*_NOT_THE_BUILD_HOSTS, *source.files))
         for path in _DROPPED:
             _empty(os.path.join(tree, path))
         say("[4/4] setuid bits, file capabilities and device nodes stripped; manifest")
@@ -233,7 +236,10 @@ def _write_files(tree: str, files: tuple[tuple[str, str], ...]) -> None:
     try:
         for path, content in files:
             parts = path.split("/")
-            parent = open_parent(root_fd, parts[:-1])
+            try:
+                parent = open_parent(root_fd, parts[:-1])
+            except Refused as exc:
+                raise RootfsError(f"the recipe's file {path!r}: {exc} in the new root", "name the real path") from None
             try:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(parts[-1], dir_fd=parent)

@@ -12,8 +12,10 @@ O_NOFOLLOW, so nothing an image holds can make a write land outside the root:
   (at ``/``, ``..`` is ``/``), and on the host it points out. An absolute target is kept:
   inside the sandbox it is resolved against the sandbox's root, which is what the image
   means by it, and the extractor itself never follows one;
-- device nodes and FIFOs are not created; setuid and setgid bits are not set; extended
-  attributes (file capabilities among them) are not applied.
+- device nodes, FIFOs and sparse files are not created; setuid and setgid bits are not
+  set; extended attributes (file capabilities among them) are not applied; owners are not
+  kept (everything is the importer's: an image's uid 1000 is some host user's uid 1000,
+  who would own those files of the root; inside a sandbox, the owner is not mapped anyway).
 
 Whiteouts: ``.wh.NAME`` removes NAME of the layers below; ``.wh..wh..opq`` removes every
 entry of its folder that the layers below put there. Entries of the same layer are kept
@@ -37,6 +39,8 @@ from ._tree import DIR_FLAGS, Refused, open_parent
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _COPY_CHUNK = 1 << 20
+#: Deeper entries are refused: walks and removals of a tree stay far from any limit.
+MAX_DEPTH = 256
 #: Beyond these a refusal is still counted but no longer listed (the manifest stays small).
 _LISTED = 100
 
@@ -54,12 +58,17 @@ class LayerReport:
 
 
 def relative_parts(name: str) -> list[str]:
-    """A tar name as path components inside the root; Refused if it would leave it."""
+    """A tar name as path components inside the root; Refused if it would leave it, or
+    is more than a file system takes (a NUL, a name over 255 bytes, MAX_DEPTH folders)."""
     if name.startswith("/"):
         raise Refused("an absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise Refused("a '..' component")
+    if "\0" in name or any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        raise Refused("a NUL byte or a name longer than 255 bytes")
+    if len(parts) > MAX_DEPTH:
+        raise Refused(f"more than {MAX_DEPTH} folders deep")
     return parts
 
 
@@ -93,7 +102,8 @@ class LayerWriter:
     def close(self) -> None:
         os.close(self.root_fd)
 
-    def apply(self, layer: IO[bytes], label: str) -> None:
+    def apply(self, layer: IO[bytes], label: str) -> int:
+        """Applies one layer; returns where its entries ended (what follows must be zeros)."""
         written: set[tuple[str, ...]] = set()
         try:
             with tarfile.open(fileobj=layer, mode="r|") as tar:
@@ -103,6 +113,7 @@ class LayerWriter:
                     except Refused as exc:
                         self.report.refused_count += 1
                         self.report.note(self.report.refused, f"{label}: {member.name!r}: {exc}")
+                return tar.offset
         except tarfile.TarError as exc:
             raise ImageError(f"{label} is not a valid tar stream: {exc}") from None
 
@@ -111,11 +122,15 @@ class LayerWriter:
         if not parts:
             return  # the root itself: its mode is ours
         *folder, base = parts
-        parent = open_parent(self.root_fd, folder)
+        whiteout = base.startswith(WHITEOUT)
+        try:
+            parent = open_parent(self.root_fd, folder, create=not whiteout)
+        except FileNotFoundError:
+            return  # a whiteout in a folder the layers below do not have: nothing to hide
         try:
             if base == OPAQUE:
                 self._remove_below(parent, tuple(folder), written)
-            elif base.startswith(WHITEOUT):
+            elif whiteout:
                 hidden = base[len(WHITEOUT) :]
                 if hidden and hidden not in (".", "..") and (*folder, hidden) not in written:
                     _remove(parent, hidden)
@@ -142,28 +157,36 @@ class LayerWriter:
             try:
                 # An ordinary user keeps write access to its folders: later entries must go in.
                 os.fchmod(fd, mode if self._as_root else mode | 0o700)
-                self._own(fd, member)
             finally:
                 os.close(fd)
             return
         if member.issym():
             target = member.linkname
+            if not target or "\0" in target:
+                raise Refused("a symlink with an empty target or a NUL byte")
             if not target.startswith("/") and (why := _leaves_root(parts, target)):
                 raise Refused(why)
             _remove(parent, base)
             os.symlink(target, base, dir_fd=parent)
-            if self._as_root:
-                os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
             return
         if member.islnk():
             source = relative_parts(member.linkname)
             if not source:
                 raise Refused("a hard link to the root")
-            source_parent = open_parent(self.root_fd, source[:-1], create=False)
+            try:
+                source_parent = open_parent(self.root_fd, source[:-1], create=False)
+            except Refused as exc:
+                raise Refused(f"a hard link to {member.linkname!r}: {exc}") from None
+            except FileNotFoundError:
+                raise Refused(f"a hard link to {member.linkname!r}, which is not in the root") from None
             try:
                 info = os.stat(source[-1], dir_fd=source_parent, follow_symlinks=False)
                 if stat.S_ISDIR(info.st_mode):
                     raise Refused("a hard link to a folder")
+                if stat.S_ISLNK(info.st_mode):  # the same link at another depth: checked again there
+                    target = os.readlink(source[-1], dir_fd=source_parent)
+                    if not target.startswith("/") and (why := _leaves_root(parts, target)):
+                        raise Refused(f"a hard link to {why}")
                 if tuple(source) != tuple(parts):
                     _remove(parent, base)
                     os.link(source[-1], base, src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False)
@@ -172,6 +195,8 @@ class LayerWriter:
             finally:
                 os.close(source_parent)
             return
+        if member.issparse():
+            raise Refused("a sparse file (not supported: its declared size could be anything)")
         if not member.isreg():
             raise Refused(f"an entry of tar type {member.type!r}")
         _remove(parent, base)
@@ -181,15 +206,10 @@ class LayerWriter:
             if data is not None:
                 while chunk := data.read(_COPY_CHUNK):
                     _write_all(fd, chunk)
-            self._own(fd, member)
-            os.fchmod(fd, mode)  # after fchown, which clears setuid bits: there are none left anyway
+            os.fchmod(fd, mode)
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
-
-    def _own(self, fd: int, member: tarfile.TarInfo) -> None:
-        if self._as_root:
-            os.fchown(fd, member.uid, member.gid)
 
     def _remove_below(self, folder_fd: int, folder: tuple[str, ...], written: set[tuple[str, ...]]) -> None:
         """Everything below ``folder`` that this layer did not write (an opaque whiteout)."""

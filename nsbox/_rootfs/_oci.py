@@ -42,6 +42,11 @@ Progress = Callable[[str], None]
 _JSON_LIMIT = 4 << 20
 _HEX = re.compile(r"[0-9a-f]{64}")
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+_REF_ANNOTATIONS = ("org.opencontainers.image.ref.name", "io.containerd.image.name")
+_INDEX_DEPTH = 4
+_INDEX_ENTRIES = 1000
+#: Bump when unpacking changes what an image gives: roots imported before are unpacked again.
+IMPORT_FORMAT = 1
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
@@ -71,7 +76,8 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
     with _open_archive(image) as archive:
         found = read_image(archive)
         existing = _store.find(name)
-        if not force and existing and existing.manifest.get("image", {}).get("digest") == found.digest:
+        was = existing.manifest.get("image", {}) if existing else {}
+        if not force and existing and (was.get("digest"), was.get("import_format")) == (found.digest, IMPORT_FORMAT):
             say(f"{name}: up to date (image {found.digest[:19]}), nothing to do")
             return _store.StoredRoot(existing.name, existing.path, existing.manifest, up_to_date=True)
         with _store.staging(name) as stage:
@@ -97,6 +103,7 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
                         "source": os.path.abspath(image),
                         "format": found.format,
                         "digest": found.digest,
+                        "import_format": IMPORT_FORMAT,
                         "names": list(found.names),
                         "layers": [layer.digest or layer.diff_id for layer in found.layers],
                         "config": {k: found.config.get("config", {}).get(k) for k in ("Env", "Cmd", "WorkingDir")},
@@ -140,7 +147,7 @@ def read_image(archive: tarfile.TarFile) -> Image:
 # --- the OCI image layout -----------------------------------------------------------------
 def _read_oci(archive: tarfile.TarFile) -> Image:
     index = _json(archive, "index.json")
-    manifests = _select(archive, index, [])
+    manifests = _select(archive, index)
     if len(manifests) != 1:
         raise ImageError(
             f"the archive holds {len(manifests)} images for this platform; import one at a time "
@@ -157,27 +164,39 @@ def _read_oci(archive: tarfile.TarFile) -> Image:
     return Image("oci", _digest(descriptor), config, layers, tuple(ref_names))
 
 
-def _select(
-    archive: tarfile.TarFile, index: dict[str, Any], names: list[str]
-) -> list[tuple[dict[str, Any], list[str]]]:
-    """The image manifests of an index for this machine (nested indexes followed)."""
-    found = []
-    for descriptor in _list(index.get("manifests"), "index.json's manifests"):
-        descriptor = _dict(descriptor, "a manifest descriptor")
-        annotations = descriptor.get("annotations") or {}
-        ref = [
-            str(v)
-            for k, v in annotations.items()
-            if k in ("org.opencontainers.image.ref.name", "io.containerd.image.name")
-        ]
-        wanted = descriptor.get("platform")
-        if isinstance(wanted, dict) and not _runs_here(wanted):
-            continue
-        if descriptor.get("mediaType") in _INDEX_TYPES:
-            found += _select(archive, _json(archive, _blob(descriptor), descriptor), names + ref)
-        else:
-            found.append((descriptor, names + ref))
-    return found
+def _select(archive: tarfile.TarFile, index: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
+    """The image manifests of an index for this machine, each once with all its reference
+    names (one image under two tags is one image). Nested indexes are followed to a depth of
+    _INDEX_DEPTH, each once, _INDEX_ENTRIES descriptors in all: an archive of a few KB could
+    otherwise ask for any number of walks."""
+    found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    seen: set[str] = set()
+    pending: list[tuple[dict[str, Any], list[str], int]] = [(index, [], 0)]
+    visited = 0
+    while pending:
+        current, names, depth = pending.pop()
+        for descriptor in _list(current.get("manifests"), "an index's manifests"):
+            visited += 1
+            if visited > _INDEX_ENTRIES:
+                raise ImageError(f"the image's indexes list more than {_INDEX_ENTRIES} manifests")
+            descriptor = _dict(descriptor, "a manifest descriptor")
+            annotations = descriptor.get("annotations") or {}
+            ref = [str(v) for k, v in _dict(annotations, "annotations").items() if k in _REF_ANNOTATIONS]
+            wanted = descriptor.get("platform")
+            if isinstance(wanted, dict) and not _runs_here(wanted):
+                continue
+            digest = _digest(descriptor)
+            if descriptor.get("mediaType") in _INDEX_TYPES:
+                if depth + 1 > _INDEX_DEPTH:
+                    raise ImageError(f"the image's indexes are nested more than {_INDEX_DEPTH} deep")
+                if digest not in seen:
+                    seen.add(digest)
+                    pending.append((_json(archive, _blob(descriptor), descriptor), names + ref, depth + 1))
+            elif digest in found:
+                found[digest][1].extend(n for n in names + ref if n not in found[digest][1])
+            else:
+                found[digest] = (descriptor, names + ref)
+    return list(found.values())
 
 
 def _runs_here(wanted: dict[str, Any]) -> bool:
@@ -275,8 +294,8 @@ def _json_any(archive: tarfile.TarFile, name: str, descriptor: dict[str, Any] | 
             raise ImageError(f"{name}: its digest is {actual}, not {descriptor['digest']} as the image says")
     try:
         return json.loads(data)
-    except ValueError as exc:
-        raise ImageError(f"{name} is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        raise ImageError(f"{name} is not JSON nsbox can read: {type(exc).__name__}") from None
 
 
 def _json(archive: tarfile.TarFile, name: str, descriptor: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -303,6 +322,7 @@ class _Digesting(io.RawIOBase):
         self.inner = inner
         self.hash = hashlib.sha256()
         self.count = 0
+        self.data_end = 0  #: the offset after the last byte that is not zero
 
     def readable(self) -> bool:
         return True
@@ -310,6 +330,8 @@ class _Digesting(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         data = self.inner.read(len(buffer))
         self.hash.update(data)
+        if kept := len(data.rstrip(b"\0")):
+            self.data_end = self.count + kept
         self.count += len(data)
         buffer[: len(data)] = data
         return len(data)
@@ -334,8 +356,12 @@ def _apply_verified(archive: tarfile.TarFile, layer: Layer, writer: LayerWriter)
         )
     plain = _Digesting(gzip.GzipFile(fileobj=head, mode="rb") if magic.startswith(_GZIP) else head)  # type: ignore[arg-type]
     try:
-        writer.apply(io.BufferedReader(plain, 1 << 20), f"layer {layer.path}")
+        end = writer.apply(io.BufferedReader(plain, 1 << 20), f"layer {layer.path}")
         plain.drain()
+        if plain.data_end > end:  # tarfile stops quietly at a bad header, or at one zero block
+            raise ImageError(
+                f"layer {layer.path}: data after its last readable entry (at byte {end}): damaged or truncated"
+            )
         head.read()  # what follows the compressed stream still counts for the blob's digest
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ImageError(f"layer {layer.path}: its compressed stream is damaged: {exc}") from None

@@ -36,7 +36,8 @@ BUILD_FORMAT = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYS = ("description", "suite", "mirror", "components", "packages", "space", "files")
 _SUITE = re.compile(r"[a-z][a-z0-9-]{1,31}")
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{1,99}(=[A-Za-z0-9.+~:-]{1,100})?")
+#: Not ending in '-' or '+': apt-get install reads "name-" as "remove name", "name+" as install.
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,98}[a-z0-9.](=[A-Za-z0-9.+~:-]{1,100})?")
 _COMPONENT = re.compile(r"[a-z][a-z0-9-]{1,31}")
 _MIRROR = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 #: The checkout's rootfs/ folder, where `nsbox rootfs build NAME` looks for NAME.toml.
@@ -154,7 +155,7 @@ def _files(where: str, value: object) -> tuple[tuple[str, str], ...]:
     files = []
     for path, content in sorted(value.items()):
         parts = path.strip("/").split("/")
-        if not path or ".." in parts or "" in parts or not isinstance(content, str):
-            raise SpecError(f"{where}: files", f"{path!r}: give a path inside the root (no '..') and a string")
+        if not path or {"..", ".", ""} & set(parts) or not isinstance(content, str):
+            raise SpecError(f"{where}: files", f"{path!r}: give a path inside the root (no '..' or '.') and a string")
         files.append(("/".join(parts), content))
     return tuple(files)

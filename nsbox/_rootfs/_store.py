@@ -5,10 +5,14 @@ The data directory is ``$NSBOX_DATA_DIR``, else ``/var/lib/nsbox`` for root and
 roots root built in ``/var/lib/nsbox``. A root named NAME is ``rootfs/NAME/``, holding
 ``root/`` (the tree a sandbox binds read-only) and ``manifest.json``.
 
-A build or an import writes into ``rootfs/.staging-NAME-*`` on the same filesystem and is
-renamed into place only once it is complete, so a root is either the old one or the new one,
-never half of either; a failed or interrupted one leaves only its staging folder, which the
-next build of that name removes (under ``rootfs/.NAME.lock``, held while a name is written).
+A build or an import writes into ``rootfs/.staging+NAME+*`` (0700) on the same filesystem
+and is swapped into place (renameat2 RENAME_EXCHANGE) only once it is complete, so a root is
+either the old one or the new one, never half of either nor missing. A failed or
+interrupted one leaves at most its staging folder, which the next build of that name
+removes (under ``rootfs/.NAME.lock``, held while a name is written).
+
+A sandbox binds a root's folders: the old tree of a replaced or removed root is deleted, and
+a sandbox still running on it sees its files go (README: "Limits").
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ MANIFEST = "manifest.json"
 TREE = "root"
 MANIFEST_FORMAT = 1
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-_STAGING = ".staging-"
+_STAGING = ".staging+"  # '+' is in no name: ".staging+NAME+" is NAME's and no other's
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,9 @@ class Staging:
     def __init__(self, directory: str, name: str) -> None:
         self.directory = directory
         self.name = name
-        self.folder = tempfile.mkdtemp(prefix=f"{_STAGING}{name}-", dir=directory)
-        # nosec B103: folders of a root tree, read by the sandbox's ids; nothing in them is secret
-        os.chmod(self.folder, 0o755)  # nosec B103
+        # 0700 while it is written (no other user may reach the tree before it is sanitized),
+        # 0755 when committed: the sandbox's ids must be able to enter it.
+        self.folder = tempfile.mkdtemp(prefix=f"{_STAGING}{name}+", dir=directory)
         self.tree = os.path.join(self.folder, TREE)
         os.mkdir(self.tree, 0o755)
         os.chmod(self.tree, 0o755)  # nosec B103  # not the umask's: so that they can enter it
@@ -155,14 +159,15 @@ class Staging:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
         final = os.path.join(self.directory, self.name)
-        old = None
-        if os.path.lexists(final):
-            old = tempfile.mkdtemp(prefix=f"{_STAGING}{self.name}-old-", dir=self.directory)
-            os.rename(final, os.path.join(old, "was"))
-        os.rename(self.folder, final)
-        self.folder = ""
-        if old is not None:
-            _discard(old)
+        os.chmod(self.folder, 0o755)  # nosec B103  # a root's folder, entered by the sandbox's ids
+        if os.path.lexists(final):  # swapped in one step: there is always a root of that name
+            from .._linux import exchange_paths
+
+            exchange_paths(self.folder, final)  # self.folder now holds the old root, discarded
+        else:
+            os.rename(self.folder, final)
+            self.folder = ""
+        self.discard()
         return StoredRoot(self.name, os.path.join(final, TREE), manifest)
 
     def discard(self) -> None:
@@ -184,7 +189,7 @@ def staging(name: str) -> Iterator[Staging]:
         ) from exc
     with _locked(directory, name):
         for entry in os.listdir(directory):  # what an interrupted build of this name left
-            if entry.startswith(f"{_STAGING}{name}-"):
+            if entry.startswith(f"{_STAGING}{name}+"):
                 _discard(os.path.join(directory, entry))
         stage = Staging(directory, name)
         try:
@@ -195,7 +200,8 @@ def staging(name: str) -> Iterator[Staging]:
 
 @contextlib.contextmanager
 def _locked(directory: str, name: str) -> Iterator[None]:
-    fd = os.open(os.path.join(directory, f".{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(os.path.join(directory, f".{name}.lock"), flags, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,11 +1,12 @@
 """The last pass over a new root: make it safe to bind, and describe it for the manifest.
 
 Safe: no setuid or setgid bit, no file capability (``security.capability``, what setcap
-writes: a setuid by another name), no device node. Inside a sandbox none of them would
+writes: a setuid by another name), no device node, nothing writable but by its owner, and
+(as root) every owner root. Inside a sandbox none of them would
 work anyway (payloads run with no_new_privs; the root is bound nosuid,nodev), so this is
 defence in depth for the tree on the host, where anyone who can reach it could use them.
 
-The walk is fd-based and never follows a symlink (os.fwalk; every file is opened with
+The walk is fd-based and never follows or opens a symlink (every file is opened with
 O_NOFOLLOW and checked with fstat before it is changed). ``open_parent`` is the one way into a
 folder of a root for every writer here (layers, a recipe's files) and reader (dpkg's status):
 a component at a time, O_NOFOLLOW.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SETID = stat.S_ISUID | stat.S_ISGID
 _CAPABILITY_XATTR = "security.capability"
 _DPKG_STATUS = "var/lib/dpkg/status"
 
@@ -73,32 +75,51 @@ class TreeFacts:
 
 
 def sanitize(tree: str) -> TreeFacts:
+    """Every entry of ``tree``, folder by folder (no recursion: depth is bounded by the
+    stack we keep, not Python's), through open_parent: no symlink is followed or opened."""
     facts = TreeFacts()
     seen: set[tuple[int, int]] = set()
-    for folder, dirs, files, dir_fd in os.fwalk(tree):
-        relative = os.path.relpath(folder, tree)
-        for name in dirs + files:
-            path = name if relative == "." else f"{relative}/{name}"
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
-                os.unlink(name, dir_fd=dir_fd)
-                facts.devices_removed.append(path)
-                continue
-            if (info.st_dev, info.st_ino) not in seen:
-                seen.add((info.st_dev, info.st_ino))
-                facts.size += info.st_blocks * 512
-                facts.files += 1
-            if (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)) and _strip(name, dir_fd, info.st_mode):
-                facts.stripped.append(path)
+    as_root = os.geteuid() == 0
+    root_fd = os.open(tree, DIR_FLAGS)
+    try:
+        pending: list[tuple[str, ...]] = [()]
+        while pending:
+            parts = pending.pop()
+            folder_fd = open_parent(root_fd, parts, create=False)
+            try:
+                with os.scandir(folder_fd) as listing:
+                    entries = [(e.name, e.stat(follow_symlinks=False)) for e in listing]
+                for name, info in entries:
+                    path = "/".join((*parts, name))
+                    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+                        os.unlink(name, dir_fd=folder_fd)
+                        facts.devices_removed.append(path)
+                        continue
+                    if (info.st_dev, info.st_ino) not in seen:
+                        seen.add((info.st_dev, info.st_ino))
+                        facts.size += info.st_blocks * 512
+                        facts.files += 1
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append((*parts, name))
+                    if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
+                        if _fix(name, folder_fd, info.st_mode, as_root):
+                            facts.stripped.append(path)
+                    elif as_root and (info.st_uid, info.st_gid) != (0, 0):
+                        os.chown(name, 0, 0, dir_fd=folder_fd, follow_symlinks=False)  # a symlink
+            finally:
+                os.close(folder_fd)
+    finally:
+        os.close(root_fd)
     return facts
 
 
-def _strip(name: str, dir_fd: int, mode: int) -> bool:
-    """Clears setuid/setgid and drops a file capability; True if there was one."""
+def _fix(name: str, dir_fd: int, mode: int, as_root: bool) -> bool:
+    """Drops a file capability, gives the file to root (when we are root: an image's uid
+    1000 is some host user's), clears setuid/setgid and the group's and others' write bits
+    (the tree is read-only where it is used; on the host they would let anyone change a
+    root that every sandbox sees). True if there was a setuid/setgid bit or a capability."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     if stat.S_ISDIR(mode):
-        if not mode & (stat.S_ISUID | stat.S_ISGID):
-            return False
         flags |= os.O_DIRECTORY
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
@@ -108,10 +129,7 @@ def _strip(name: str, dir_fd: int, mode: int) -> bool:
         now = os.fstat(fd)
         if stat.S_IFMT(now.st_mode) != stat.S_IFMT(mode):
             return False  # replaced under us: not the file we looked at
-        found = False
-        if now.st_mode & (stat.S_ISUID | stat.S_ISGID):
-            os.fchmod(fd, stat.S_IMODE(now.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-            found = True
+        found = bool(now.st_mode & _SETID)
         if stat.S_ISREG(now.st_mode):
             try:
                 os.removexattr(fd, _CAPABILITY_XATTR)
@@ -119,6 +137,11 @@ def _strip(name: str, dir_fd: int, mode: int) -> bool:
             except OSError as exc:
                 if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
                     raise
+        if as_root and (now.st_uid, now.st_gid) != (0, 0):
+            os.fchown(fd, 0, 0)
+        wanted = stat.S_IMODE(now.st_mode) & ~(_SETID | stat.S_IWGRP | stat.S_IWOTH)
+        if wanted != stat.S_IMODE(now.st_mode) or found:
+            os.fchmod(fd, wanted)
         return found
     finally:
         os.close(fd)

@@ -86,15 +86,24 @@ def test_execute_code_uses_the_roots_python(minimal: dict[str, object]) -> None:
         assert sandbox.run(["cat", "/etc/nsbox-rootfs"], capture_output=True).stdout.startswith(b"minimal")
 
 
-def test_the_built_root_has_no_setuid_binary_and_no_device_node(minimal: dict[str, object]) -> None:
+def test_the_built_root_has_no_setuid_binary_no_device_node_and_no_writable_file(
+    minimal: dict[str, object],
+) -> None:
+    """No setuid or device to use, and nothing another host user could change (debootstrap
+    leaves /var/tmp 1777, and files of other owners) in a root every sandbox sees."""
     tree = _roots() / "minimal" / "root"
     found = []
-    for folder, _dirs, files in os.walk(tree):
-        for name in files:
-            mode = os.lstat(os.path.join(folder, name)).st_mode
+    for folder, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            info = os.lstat(os.path.join(folder, name))
+            mode = info.st_mode
             if mode & (stat.S_ISUID | stat.S_ISGID) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 found.append(os.path.join(folder, name))
+            if (not stat.S_ISLNK(mode) and mode & 0o022) or (info.st_uid, info.st_gid) != (0, 0):
+                found.append(os.path.join(folder, name))
     assert found == []
+    assert (tree / "etc/resolv.conf").read_text() == ""  # not the build host's DNS servers
+    assert (tree / "etc/hostname").read_text() == "nsbox\n"
     manifest = minimal["manifest"]
     assert isinstance(manifest, dict)
     assert "usr/bin/su" in manifest["stripped_setuid"]  # debootstrap made it setuid; not any more

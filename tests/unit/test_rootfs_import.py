@@ -100,7 +100,7 @@ def _nothing_stored(data_dir: Path, name: str) -> None:
     """No root ``name`` and no staging folder left after a failed import."""
     entries = os.listdir(data_dir / "rootfs") if (data_dir / "rootfs").exists() else []
     assert name not in entries
-    assert [e for e in entries if e.startswith(".staging-")] == []
+    assert [e for e in entries if e.startswith(".staging")] == []
 
 
 def _two_layers() -> list[list[Entry]]:
@@ -376,7 +376,7 @@ def test_setuid_and_setgid_bits_are_stripped_and_device_nodes_are_not_created(tm
     tree = Path(root.path)
     assert stat.S_IMODE((tree / "bin/su").stat().st_mode) == 0o755
     assert stat.S_IMODE((tree / "bin/sg").stat().st_mode) == 0o755
-    assert stat.S_IMODE((tree / "shared").stat().st_mode) == 0o775
+    assert stat.S_IMODE((tree / "shared").stat().st_mode) == 0o755  # and no group write: see below
     assert {"bin/su", "bin/sg", "shared"} <= set(root.manifest["stripped_setuid"])
     assert "bin/plain" not in root.manifest["stripped_setuid"]
     not_created = root.manifest["image"]["not_created"]
@@ -386,18 +386,28 @@ def test_setuid_and_setgid_bits_are_stripped_and_device_nodes_are_not_created(tm
     assert [p for p in _paths(tree) if not (p.is_dir() or p.is_file())] == []
 
 
-def test_ownership_is_kept_as_root_and_folders_stay_writable_otherwise(tmp_path: Path) -> None:
-    lower = [folder("ro", mode=0o555), file("owned", "x", uid=1234, gid=5678)]
+def test_no_other_host_user_can_change_an_imported_root(tmp_path: Path) -> None:
+    """An image's uid 1234 would be host uid 1234, who could rewrite files every sandbox on
+    that root sees; a 0777 folder or 0666 file, anyone. Owners are the importer's (root
+    here, in CI), and only the owner may write."""
+    lower = [
+        folder("ro", mode=0o555),
+        file("owned", "x", uid=1234, gid=5678),
+        folder("usr/local/bin", mode=0o777, uid=1000),
+        folder("var/tmp", mode=0o1777),
+        file("etc/shared.conf", "x", mode=0o666),
+        symlink("etc/owned-link", "shared.conf"),
+    ]
     root = _import(tmp_path, oci_archive([lower, [file("ro/later", "filled by a later layer")]]))
     tree = Path(root.path)
     assert (tree / "ro/later").read_text() == "filled by a later layer"
-    info = (tree / "owned").stat()
-    if AS_ROOT:
-        assert (info.st_uid, info.st_gid) == (1234, 5678)
-        assert stat.S_IMODE((tree / "ro").stat().st_mode) == 0o555
-    else:
-        assert info.st_uid == os.geteuid()
-        assert stat.S_IMODE((tree / "ro").stat().st_mode) == 0o755
+    for path in _paths(tree):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (os.geteuid(), os.getegid() if not AS_ROOT else 0), path
+        if not path.is_symlink():
+            assert info.st_mode & 0o022 == 0, path
+    assert stat.S_IMODE((tree / "var/tmp").stat().st_mode) == 0o1755
+    assert stat.S_IMODE((tree / "ro").stat().st_mode) == (0o555 if AS_ROOT else 0o755)
 
 
 def test_packages_are_read_from_the_images_dpkg_status(tmp_path: Path) -> None:
@@ -450,7 +460,7 @@ def test_a_failed_import_keeps_the_root_that_was_there(tmp_path: Path, data_dir:
         _import(tmp_path, bad, force=True)
     assert (Path(good.path) / "version").read_text() == "1"
     assert list_rootfs()[0].manifest["image"]["digest"] == good.manifest["image"]["digest"]
-    assert [e for e in os.listdir(data_dir / "rootfs") if e.startswith(".staging-")] == []
+    assert [e for e in os.listdir(data_dir / "rootfs") if e.startswith(".staging")] == []
 
 
 @pytest.mark.parametrize("make", [oci_archive, docker_archive], ids=["oci", "docker"])

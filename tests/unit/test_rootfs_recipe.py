@@ -50,6 +50,8 @@ def test_the_cli_says_so_too_and_exits_2(tmp_path: Path) -> None:
         ('packages = ["python3"]\n', "suite: missing"),
         ('suite = "bookworm"\npackages = "python3"\n', "must be a list"),
         ('suite = "bookworm"\npackages = ["--allow-unauthenticated"]\n', "not a valid packages entry"),
+        ('suite = "bookworm"\npackages = ["apt-"]\n', "not a valid packages entry"),  # apt: "remove apt"
+        ('suite = "bookworm"\n[files]\n"etc/." = "x"\n', "no '..' or '.'"),
         ('suite = "bookworm"\nmirror = "file:///etc"\n', "not a valid mirror entry"),
         ('suite = "../x"\n', "not a valid suite entry"),
         ('suite = "bookworm"\n[files]\n"../../etc/passwd" = "x"\n', "no '..'"),
