@@ -106,7 +106,7 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
                         "import_format": IMPORT_FORMAT,
                         "names": list(found.names),
                         "layers": [layer.digest or layer.diff_id for layer in found.layers],
-                        "config": {k: found.config.get("config", {}).get(k) for k in ("Env", "Cmd", "WorkingDir")},
+                        "config": _run_config(found.config),
                         "refused": report.refused,
                         "refused_count": report.refused_count,
                         "not_created": report.skipped,
@@ -124,6 +124,12 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
         f" -> {root.path}"
     )
     return root
+
+
+def _run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What the image says a run should have (recorded, not applied: runs name their own)."""
+    run = config.get("config")
+    return {k: run.get(k) for k in ("Env", "Cmd", "WorkingDir")} if isinstance(run, dict) else {}
 
 
 def _open_archive(image: str) -> tarfile.TarFile:
