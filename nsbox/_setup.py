@@ -62,11 +62,31 @@ class SandboxSetup:
     _id_range_hold: socket.socket | None
     _proxy_pid: int | None
     _proxy_fd: int | None
+    _root_hold: int | None
 
     def close(self) -> None:
         raise NotImplementedError  # the Supervisor's teardown
 
+    def _check_root_held(self) -> None:
+        """The root init bound must be the one we hold: replaced in between, it could be the
+        new tree, which nothing keeps. Rare (a rebuild in the milliseconds of a start): refused."""
+        if self._root_hold is None or self.spec.rootfs is None:
+            return
+        from ._rootfs._store import still_held
+
+        if not still_held(self._root_hold, self.spec.rootfs):
+            raise SetupError(
+                "hold the root filesystem",
+                detail=f"{self.spec.rootfs} was replaced while the sandbox started",
+                remedy="start the sandbox again",
+            )
+
     def start(self) -> None:
+        if self.spec.rootfs is not None:  # a stored root is kept while we use it (_rootfs/_store.py)
+            from ._rootfs._store import hold
+
+            with _setup_stage("hold the root filesystem", "flock"):
+                self._root_hold = hold(self.spec.rootfs)
         if self.plan.mapping.privileged:
             with _setup_stage("reserve a host id range", "bind"):
                 host_base, self._id_range_hold = _userns.allocate_host_range()
@@ -129,6 +149,7 @@ class SandboxSetup:
                 close_fds(fds)
                 raise ProtocolError("init_ready must carry exactly one directory fd")
             self.workspace = Workspace(fds[0], mapping.file_api_ids)
+            self._check_root_held()
             if self.spec.network.mode == "allow":
                 from . import _proxy  # only for sandboxes with a way out
 

@@ -106,6 +106,7 @@ class Supervisor(SandboxSetup):
         self.kernel = Kernel(limits.output_limit)
         self._proxy_pid: int | None = None
         self._proxy_fd: int | None = None  #: a pidfd of the egress proxy (network "allow")
+        self._root_hold: int | None = None  #: a shared flock on a stored root (--rootfs NAME)
         self.workspace: Workspace | None = None
         self.alive = False
 
@@ -320,6 +321,9 @@ class Supervisor(SandboxSetup):
         if self._id_range_hold is not None:  # only now that nothing of the sandbox is left
             self._id_range_hold.close()
             self._id_range_hold = None
+        if self._root_hold is not None:  # the root may be deleted now, if it was replaced
+            os.close(self._root_hold)
+            self._root_hold = None
         self.audit.close()
 
 

@@ -11,8 +11,11 @@ either the old one or the new one, never half of either nor missing. A failed or
 interrupted one leaves at most its staging folder, which the next build of that name
 removes (under ``rootfs/.NAME.lock``, held while a name is written).
 
-A sandbox binds a root's folders: the old tree of a replaced or removed root is deleted, and
-a sandbox still running on it sees its files go (README: "Limits").
+A sandbox binds a root's folders, so deleting the old tree of a replaced or removed root
+would take the files from under the sandboxes still using it. Each sandbox's supervisor holds
+a shared flock on its root's folder (``hold``) for the sandbox's life; an old tree whose lock
+cannot be taken exclusively is renamed ``.retired+NAME+*`` and kept, and removed by a later
+build, import or removal of that name once no sandbox holds it any more.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +41,7 @@ TREE = "root"
 MANIFEST_FORMAT = 1
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _STAGING = ".staging+"  # '+' is in no name: ".staging+NAME+" is NAME's and no other's
+_RETIRED = ".retired+"
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,9 @@ def remove(name: str) -> None:
     if _load(directory, check_name(name)) is None:
         raise RootfsError(f"no root named {name!r} in {directory}", "`nsbox rootfs list` shows the roots there are")
     with _locked(directory, name):
-        _discard(os.path.join(directory, name))
+        retired = os.path.join(directory, f"{_RETIRED}{name}+{secrets.token_hex(4)}")
+        os.rename(os.path.join(directory, name), retired)  # the name is gone in one step
+        _discard_unless_used(retired)
 
 
 def _load(directory: str, name: str) -> StoredRoot | None:
@@ -163,11 +170,11 @@ class Staging:
         if os.path.lexists(final):  # swapped in one step: there is always a root of that name
             from .._linux import exchange_paths
 
-            exchange_paths(self.folder, final)  # self.folder now holds the old root, discarded
+            exchange_paths(self.folder, final)  # self.folder now holds the old root
+            _discard_unless_used(self.folder)
         else:
             os.rename(self.folder, final)
-            self.folder = ""
-        self.discard()
+        self.folder = ""
         return StoredRoot(self.name, os.path.join(final, TREE), manifest)
 
     def discard(self) -> None:
@@ -188,9 +195,9 @@ def staging(name: str) -> Iterator[Staging]:
             "set NSBOX_DATA_DIR to a folder you can write",
         ) from exc
     with _locked(directory, name):
-        for entry in os.listdir(directory):  # what an interrupted build of this name left
-            if entry.startswith(f"{_STAGING}{name}+"):
-                _discard(os.path.join(directory, entry))
+        for entry in os.listdir(directory):  # what an interrupted build left; old trees now unused
+            if entry.startswith((f"{_STAGING}{name}+", f"{_RETIRED}{name}+")):
+                _discard_unless_used(os.path.join(directory, entry))
         stage = Staging(directory, name)
         try:
             yield stage
@@ -210,6 +217,44 @@ def _locked(directory: str, name: str) -> Iterator[None]:
                 f"the root {name!r} is being built or imported by another process", "wait for it to finish"
             ) from None
         yield
+    finally:
+        os.close(fd)
+
+
+def hold(tree: str) -> int | None:
+    """For a sandbox on the stored root whose tree is ``tree``: an fd of the root's folder
+    with a shared flock, to keep while the sandbox lives (None for a folder of one's own)."""
+    folder = os.path.dirname(tree)
+    if os.path.basename(tree) != TREE or not os.path.isfile(os.path.join(folder, MANIFEST)):
+        return None
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def still_held(fd: int, tree: str) -> bool:
+    """Whether ``tree`` is still the root held by ``fd`` (not replaced since it was taken)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(os.path.dirname(tree), follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+
+
+def _discard_unless_used(path: str) -> None:
+    """Removes an old root's folder unless a sandbox holds it: then it is kept as retired."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not os.path.basename(path).startswith(_RETIRED):
+                name = os.path.basename(path).split("+")[1]
+                os.rename(path, os.path.join(os.path.dirname(path), f"{_RETIRED}{name}+{secrets.token_hex(4)}"))
+            return
+        _discard(path)  # under the exclusive lock: a sandbox that opens it now finds it replaced
     finally:
         os.close(fd)
 

@@ -117,16 +117,22 @@ def test_su_inside_cannot_become_anyone(minimal: dict[str, object], sandbox_run:
     assert out.exit_code != 0  # not setuid, and no_new_privs besides
 
 
-def test_an_image_of_the_built_root_imports_and_runs(
-    minimal: dict[str, object], sandbox_run: SandboxRun, tmp_path: Path
-) -> None:
-    """An OCI image of the real root (one layer: all of it, owners, links, hard links), plus
-    a layer with a whiteout and a file: imported, it runs as the built root does."""
+@pytest.fixture(scope="module")
+def minimal_tar(minimal: dict[str, object]) -> bytes:
+    """The built root as one image layer: all of it, owners, links, hard links."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(_roots() / "minimal" / "root", arcname=".")
+    return buffer.getvalue()
+
+
+def test_an_image_of_the_built_root_imports_and_runs(
+    minimal: dict[str, object], minimal_tar: bytes, sandbox_run: SandboxRun, tmp_path: Path
+) -> None:
+    """An OCI image of the real root (one layer: all of it, owners, links, hard links), plus
+    a layer with a whiteout and a file: imported, it runs as the built root does."""
     top = [whiteout("etc/nsbox-rootfs"), file("etc/image-marker", "from an image\n")]
-    image = oci_archive([buffer.getvalue(), top]).write(tmp_path / "image.tar")
+    image = oci_archive([minimal_tar, top]).write(tmp_path / "image.tar")
     root = nsbox.import_rootfs(str(image), "from-image")
     assert root.manifest["image"]["refused_count"] == 0
     assert root.manifest["packages"] == minimal["manifest"]["packages"]  # type: ignore[index]
@@ -136,6 +142,29 @@ def test_an_image_of_the_built_root_imports_and_runs(
     )
     assert out.status == "ok", out.stderr
     assert out.stdout == b"False from an image\n\n"
+
+
+def test_a_root_replaced_or_removed_stays_whole_for_the_sandbox_on_it(minimal_tar: bytes, tmp_path: Path) -> None:
+    """A rebuild must not take the files from under a running sandbox: its supervisor holds
+    the root; the old tree is kept (retired) until the sandbox ends, then removed."""
+    require_sandbox()
+    versions = [oci_archive([minimal_tar, [file("etc/version", v)]]).write(tmp_path / f"{v}.tar") for v in ("1", "2")]
+    nsbox.import_rootfs(str(versions[0]), "live")
+    with nsbox.NsSandbox(rootfs="live") as sandbox:
+        nsbox.import_rootfs(str(versions[1]), "live")  # replaced while the sandbox runs
+        old = sandbox.run(["python3", "-c", "print(open('/etc/version').read())"], capture_output=True)
+        assert (old.status.value, old.stdout) == ("ok", b"1\n")
+        with nsbox.NsSandbox(rootfs="live") as newer:  # a new sandbox gets the new root
+            assert newer.run(["cat", "/etc/version"], capture_output=True).stdout == b"2"
+        nsbox.remove_rootfs("live")  # removed while it still runs: kept for it too
+        again = sandbox.run(["python3", "-c", "print(open('/etc/version').read())"], capture_output=True)
+        assert (again.status.value, again.stdout) == ("ok", b"1\n")
+        retired = [e for e in os.listdir(_roots()) if e.startswith(".retired+live+")]
+        assert len(retired) == 1  # version 1, this sandbox's; version 2 (`newer` has ended) went at once
+    nsbox.import_rootfs(str(versions[0]), "live")  # the next write of the name sweeps what is free
+    assert [e for e in os.listdir(_roots()) if e.startswith((".retired+live+", ".staging+live+"))] == []
+    nsbox.remove_rootfs("live")
+    assert [e for e in os.listdir(_roots()) if "live" in e and not e.endswith(".lock")] == []
 
 
 def test_a_second_build_is_a_no_op(minimal: dict[str, object]) -> None:
