@@ -5,8 +5,10 @@ The steps, in order:
 1. ``debootstrap --variant=minbase`` of the recipe's suite into a staging folder, with the
    Debian archive keyring given explicitly: debootstrap without a keyring warns and goes on
    *unverified*; with one it refuses a Release file whose signature does not check.
-2. ``apt-get install --no-install-recommends`` of the recipe's packages, chrooted into the
-   new root, with a private /proc and a /dev of five bound device files on a tmpfs.
+2. With a ``security_mirror``, ``apt-get update`` and ``upgrade`` from ``SUITE-security``
+   (signed, checked with the new root's own archive keyring); then ``apt-get install
+   --no-install-recommends`` of the recipe's packages, chrooted into the new root, with a
+   private /proc and a /dev of five bound device files on a tmpfs.
 3. The recipe's files; apt's caches and package lists dropped (tens of MB, and stale).
 4. The tree made safe (no setuid/setgid bit, file capability or device node: _tree.py) and
    described (size, package versions) in the manifest; then renamed into place.
@@ -42,17 +44,22 @@ Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 TOOLS = ("debootstrap", "unshare", "chroot")
 INSTALL_TOOLS = "apt-get install debootstrap debian-archive-keyring"
-#: Step 2 in the private mount namespace: $1 is the root, the rest are apt-get's arguments.
+#: Step 2 in the private mount namespace: $1 is the root, $2 "upgrade" (security updates,
+#: whose sources.list entry is written first) or "", the rest are the packages to install.
 _CHROOT_APT = r"""
 set -eu
-root=$1; shift
+root=$1; upgrade=$2; shift 2
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount -t tmpfs -o nosuid,noexec,mode=0755,size=1M nsbox-dev "$root/dev"
 for d in null zero full random urandom; do : > "$root/dev/$d"; mount --bind "/dev/$d" "$root/dev/$d"; done
 mkdir "$root/dev/pts"; ln -s pts/ptmx "$root/dev/ptmx"  # apt logs through a pty
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 nsbox-pts "$root/dev/pts"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod 755 "$root/usr/sbin/policy-rc.d"
-chroot "$root" apt-get "$@"
+if [ "$upgrade" = upgrade ]; then
+    chroot "$root" apt-get update -q
+    chroot "$root" apt-get upgrade -y -q --no-install-recommends
+fi
+[ $# -eq 0 ] || chroot "$root" apt-get install -y -q --no-install-recommends -- "$@"
 chroot "$root" apt-get clean
 rm -f "$root/usr/sbin/policy-rc.d"
 """
@@ -110,11 +117,17 @@ def build(
             say,
             started,
         )
-        if source.packages:
-            say(f"[2/4] apt-get install {' '.join(source.packages)}")
-            apt = ["install", "-y", "-q", "--no-install-recommends", "--", *source.packages]
+        if source.packages or source.security_mirror:
+            upgrade = ""
+            if source.security_mirror:  # verified by the new root's own debian-archive-keyring
+                upgrade = "upgrade"
+                entry = f"deb {source.security_mirror} {source.suite}-security {' '.join(source.components)}\n"
+                _write_files(tree, (("etc/apt/sources.list.d/nsbox-security.list", entry),))
+                say(f"[2/4] apt-get upgrade from {source.security_mirror} {source.suite}-security")
+            if source.packages:
+                say(f"[2/4] apt-get install {' '.join(source.packages)}")
             _run(
-                [*private_mounts, "sh", "-c", _CHROOT_APT, "sh", tree, *apt],
+                [*private_mounts, "sh", "-c", _CHROOT_APT, "sh", tree, upgrade, *source.packages],
                 "apt-get",
                 stage.directory,
                 source,

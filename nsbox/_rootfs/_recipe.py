@@ -5,6 +5,7 @@
     description = "..."                       # free text
     suite = "bookworm"                        # the Debian release debootstrap installs
     mirror = "http://deb.debian.org/debian"   # optional; the Release file is always verified
+    security_mirror = "http://deb.debian.org/debian-security"  # optional: SUITE-security updates
     components = ["main"]                     # optional
     packages = ["python3"]                    # installed with apt after the minbase system
     space = "1G"                              # free space the build needs (checked first)
@@ -34,7 +35,7 @@ from .._values import parse_size
 #: Bump when the build's steps change what a recipe produces: every root is then rebuilt.
 BUILD_FORMAT = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-KEYS = ("description", "suite", "mirror", "components", "packages", "space", "files")
+KEYS = ("description", "suite", "mirror", "security_mirror", "components", "packages", "space", "files")
 _SUITE = re.compile(r"[a-z][a-z0-9-]{1,31}")
 #: Not ending in '-' or '+': apt-get install reads "name-" as "remove name", "name+" as install.
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,98}[a-z0-9.](=[A-Za-z0-9.+~:-]{1,100})?")
@@ -51,6 +52,7 @@ class Recipe:
     suite: str
     packages: tuple[str, ...]
     mirror: str = DEFAULT_MIRROR
+    security_mirror: str = ""  #: where SUITE-security is; "" = no security updates
     components: tuple[str, ...] = ("main",)
     space: int = 1 << 30
     files: tuple[tuple[str, str], ...] = ()
@@ -69,6 +71,7 @@ class Recipe:
             "sha256": self.sha256,
             "suite": self.suite,
             "mirror": self.mirror,
+            "security_mirror": self.security_mirror,
             "components": list(self.components),
             "packages": list(self.packages),
             "files": [path for path, _ in self.files],
@@ -120,6 +123,11 @@ def load_recipe(path: Path) -> Recipe:
         source=os.path.abspath(where),
         suite=suite,
         mirror=mirror.rstrip("/"),
+        security_mirror=(
+            _matching(where, "security_mirror", data["security_mirror"], _MIRROR).rstrip("/")
+            if "security_mirror" in data
+            else ""
+        ),
         packages=tuple(_matching(where, "packages", p, _PACKAGE) for p in _list(where, "packages", data, [])),
         components=tuple(
             _matching(where, "components", c, _COMPONENT) for c in _list(where, "components", data, ["main"])

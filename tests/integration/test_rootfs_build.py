@@ -51,7 +51,8 @@ def minimal() -> Iterator[dict[str, object]]:
 
 def test_build_shows_its_progress_and_records_python3s_version(minimal: dict[str, object]) -> None:
     stderr = str(minimal["stderr"])
-    for step in ("[1/4] debootstrap --variant=minbase bookworm", "Valid Release signature", "[2/4] apt-get install"):
+    steps = ("[1/4] debootstrap --variant=minbase bookworm", "Valid Release signature", "[2/4] apt-get install")
+    for step in (*steps, "[2/4] apt-get upgrade from http://deb.debian.org/debian-security bookworm-security"):
         assert step in stderr
     manifest = minimal["manifest"]
     assert isinstance(manifest, dict)
@@ -104,6 +105,8 @@ def test_the_built_root_has_no_setuid_binary_no_device_node_and_no_writable_file
     assert found == []
     assert (tree / "etc/resolv.conf").read_text() == ""  # not the build host's DNS servers
     assert (tree / "etc/hostname").read_text() == "nsbox\n"
+    security = (tree / "etc/apt/sources.list.d/nsbox-security.list").read_text()
+    assert security == "deb http://deb.debian.org/debian-security bookworm-security main\n"
     manifest = minimal["manifest"]
     assert isinstance(manifest, dict)
     assert "usr/bin/su" in manifest["stripped_setuid"]  # debootstrap made it setuid; not any more

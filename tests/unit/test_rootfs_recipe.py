@@ -25,6 +25,7 @@ def _recipe(tmp_path: Path, text: str, name: str = "r") -> Path:
 def test_the_shipped_recipes_load_and_name_their_packages() -> None:
     minimal = load_recipe(find_recipe("minimal"))
     assert minimal.suite == "bookworm" and minimal.packages == ("python3",)
+    assert minimal.security_mirror == "http://deb.debian.org/debian-security"  # security updates at build time
     python = load_recipe(find_recipe("python"))
     for package in ("python3-pip", "python3-venv", "python3-numpy", "python3-pandas", "python3-matplotlib"):
         assert package in python.packages
@@ -41,7 +42,10 @@ def test_the_cli_says_so_too_and_exits_2(tmp_path: Path) -> None:
     path = _recipe(tmp_path, 'suite = "bookworm"\nmirrorr = "http://x"\n')
     out = subprocess.run([NSBOX_CLI, "rootfs", "build", str(path)], capture_output=True, text=True, check=False)
     assert out.returncode == 2
-    assert "unknown recipe key 'mirrorr'" in out.stderr and "the keys are: description, suite" in out.stderr
+    assert (
+        "unknown recipe key 'mirrorr'" in out.stderr
+        and "the keys are: description, suite, mirror, security_mirror" in out.stderr
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,6 +57,7 @@ def test_the_cli_says_so_too_and_exits_2(tmp_path: Path) -> None:
         ('suite = "bookworm"\npackages = ["apt-"]\n', "not a valid packages entry"),  # apt: "remove apt"
         ('suite = "bookworm"\n[files]\n"etc/." = "x"\n', "no '..' or '.'"),
         ('suite = "bookworm"\nmirror = "file:///etc"\n', "not a valid mirror entry"),
+        ('suite = "bookworm"\nsecurity_mirror = "x; rm -rf /"\n', "not a valid security_mirror entry"),
         ('suite = "../x"\n', "not a valid suite entry"),
         ('suite = "bookworm"\n[files]\n"../../etc/passwd" = "x"\n', "no '..'"),
         ('suite = "bookworm"\nspace = [1]\n', "not a size"),
@@ -70,6 +75,8 @@ def test_the_hash_follows_what_is_built_not_the_description(tmp_path: Path) -> N
     assert load_recipe(_recipe(tmp_path, base + 'description = "b"\n', "two")).sha256 == first
     assert load_recipe(_recipe(tmp_path, base.replace("python3", "python3-numpy"), "three")).sha256 != first
     assert load_recipe(_recipe(tmp_path, base + '[files]\n"etc/x" = "1"\n', "four")).sha256 != first
+    security = 'security_mirror = "http://deb.debian.org/debian-security"\n'
+    assert load_recipe(_recipe(tmp_path, base + security, "five")).sha256 != first
 
 
 def test_an_unknown_recipe_name_lists_the_ones_there_are() -> None:
