@@ -30,32 +30,33 @@ NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
 STRICT = os.environ.get("NSBOX_TEST_STRICT") == "1"
 
 
+@contextlib.contextmanager
+def _variable_set_to_a_new_folder(variable: str, prefix: str) -> Iterator[None]:
+    """``variable`` names a fresh folder while in the block; both are as before after it."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        previous = os.environ.get(variable)
+        os.environ[variable] = directory
+        yield
+        if previous is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = previous
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache_of_this_run() -> Iterator[None]:
     """nsbox's cache (compiled seccomp filters) in a directory of this test run, removed at
     the end, instead of the user's ~/.cache (the CLIs the tests start inherit it)."""
-    with tempfile.TemporaryDirectory(prefix="nsbox-test-cache-") as directory:
-        previous = os.environ.get("XDG_CACHE_HOME")
-        os.environ["XDG_CACHE_HOME"] = directory
+    with _variable_set_to_a_new_folder("XDG_CACHE_HOME", "nsbox-test-cache-"):
         yield
-        if previous is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = previous
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _data_of_this_run() -> Iterator[None]:
     """nsbox's data directory (built and imported roots) in a directory of this test run,
     removed at the end: no test reads or writes /var/lib/nsbox or ~/.local/share/nsbox."""
-    with tempfile.TemporaryDirectory(prefix="nsbox-test-data-") as directory:
-        previous = os.environ.get("NSBOX_DATA_DIR")
-        os.environ["NSBOX_DATA_DIR"] = directory
+    with _variable_set_to_a_new_folder("NSBOX_DATA_DIR", "nsbox-test-data-"):
         yield
-        if previous is None:
-            os.environ.pop("NSBOX_DATA_DIR", None)
-        else:
-            os.environ["NSBOX_DATA_DIR"] = previous
 
 
 ROOTLESS_RUN = os.environ.get("NSBOX_TEST_ROOTLESS") == "1"
