@@ -38,7 +38,7 @@ from pathlib import Path
 from .._errors import RootfsError
 from . import _store
 from ._recipe import Recipe, find_recipe, load_recipe
-from ._tree import DIR_FLAGS, Refused, open_parent, package_versions, sanitize
+from ._tree import DIR_FLAGS, NEW_FILE, Refused, open_parent
 
 Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -74,7 +74,6 @@ _DROPPED = ("var/cache/apt", "var/lib/apt/lists", "var/cache/debconf/templates.d
 #: debootstrap copies these from the build host (its name, its DNS servers): a root is not
 #: the build host's. A sandbox has only loopback unless --net allow, which uses a proxy.
 _NOT_THE_BUILD_HOSTS = (("etc/hostname", "nsbox\n"), ("etc/resolv.conf", ""))
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PER_PACKAGE = (
     *(f"I: {verb} " for verb in ("Retrieving", "Validating", "Extracting", "Unpacking", "Configuring")),
     "Get:",
@@ -90,10 +89,9 @@ def build(
     say = progress or (lambda _line: None)
     source = load_recipe(find_recipe(recipe))
     name = _store.check_name(name or source.name)
-    existing = _store.find(name)
-    if not force and existing and existing.manifest.get("recipe", {}).get("sha256") == source.sha256:
+    if not force and (same := _store.unchanged(name, "recipe", {"sha256": source.sha256})):
         say(f"{name}: up to date (recipe {source.sha256[:12]}), nothing to do")
-        return _store.StoredRoot(existing.name, existing.path, existing.manifest, up_to_date=True)
+        return same
     debootstrap, private_mounts = _tools()
     started = time.monotonic()
     with _store.staging(name) as stage:
@@ -139,24 +137,12 @@ def build(
         for path in _DROPPED:
             _empty(os.path.join(tree, path))
         say("[4/4] setuid bits, file capabilities and device nodes stripped; manifest")
-        facts = sanitize(tree)
-        packages = package_versions(tree)
-        seconds = round(time.monotonic() - started, 1)
-        root = stage.commit(
-            {
-                "kind": "recipe",
-                "recipe": source.to_dict(),
-                "description": source.description,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_seconds": seconds,
-                **facts.to_dict(),
-                "packages": packages,
-            }
-        )
-    python = packages.get("python3", "none")
+        root = stage.finish(started, {"kind": "recipe", "recipe": source.to_dict(), "description": source.description})
+    made = root.manifest
+    packages = made["packages"]
     say(
-        f"built {name} in {seconds:.0f} s: {facts.size / 1e6:.0f} MB, {len(packages)} packages "
-        f"(python3 {python}) -> {root.path}"
+        f"built {name} in {made['build_seconds']:.0f} s: {made['size_bytes'] / 1e6:.0f} MB, {len(packages)} packages "
+        f"(python3 {packages.get('python3', 'none')}) -> {root.path}"
     )
     return root
 
@@ -256,7 +242,7 @@ def _write_files(tree: str, files: tuple[tuple[str, str], ...]) -> None:
             try:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(parts[-1], dir_fd=parent)
-                fd = os.open(parts[-1], _NEW_FILE, 0o644, dir_fd=parent)
+                fd = os.open(parts[-1], NEW_FILE, 0o644, dir_fd=parent)
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(content)
             finally:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from .._errors import ImageError
-from ._tree import DIR_FLAGS, Refused, open_parent
+from ._tree import DIR_FLAGS, NEW_FILE, Refused, open_parent
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -200,7 +200,7 @@ class LayerWriter:
         if not member.isreg():
             raise Refused(f"an entry of tar type {member.type!r}")
         _remove(parent, base)
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        fd = os.open(base, NEW_FILE, 0o600, dir_fd=parent)
         try:
             data = tar.extractfile(member)
             if data is not None:

@@ -36,7 +36,6 @@ from typing import IO, Any
 from .._errors import ImageError, RootfsError
 from . import _store
 from ._layers import LayerWriter
-from ._tree import package_versions, sanitize
 
 Progress = Callable[[str], None]
 _JSON_LIMIT = 4 << 20
@@ -75,11 +74,10 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
     started = time.monotonic()
     with _open_archive(image) as archive:
         found = read_image(archive)
-        existing = _store.find(name)
-        was = existing.manifest.get("image", {}) if existing else {}
-        if not force and existing and (was.get("digest"), was.get("import_format")) == (found.digest, IMPORT_FORMAT):
+        identity = {"digest": found.digest, "import_format": IMPORT_FORMAT}
+        if not force and (same := _store.unchanged(name, "image", identity)):
             say(f"{name}: up to date (image {found.digest[:19]}), nothing to do")
-            return _store.StoredRoot(existing.name, existing.path, existing.manifest, up_to_date=True)
+            return same
         with _store.staging(name) as stage:
             writer = LayerWriter(stage.tree)
             try:
@@ -93,17 +91,14 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
             report = writer.report
             for line in report.refused:
                 say(f"  refused {line}")
-            facts = sanitize(stage.tree)
-            packages = package_versions(stage.tree)
-            seconds = round(time.monotonic() - started, 1)
-            root = stage.commit(
+            root = stage.finish(
+                started,
                 {
                     "kind": "image",
                     "image": {
                         "source": os.path.abspath(image),
                         "format": found.format,
-                        "digest": found.digest,
-                        "import_format": IMPORT_FORMAT,
+                        **identity,
                         "names": list(found.names),
                         "layers": [layer.digest or layer.diff_id for layer in found.layers],
                         "config": _run_config(found.config),
@@ -111,17 +106,14 @@ def import_image(image: str, name: str, force: bool = False, progress: Progress 
                         "refused_count": report.refused_count,
                         "not_created": report.skipped,
                     },
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "build_seconds": seconds,
-                    **facts.to_dict(),
-                    "stripped_setuid": sorted({*facts.stripped, *report.stripped}),
-                    "packages": packages,
-                }
+                },
+                report.stripped,
             )
     refused = f", {report.refused_count} entries refused" if report.refused_count else ""
+    made = root.manifest
     say(
-        f"imported {name} in {seconds:.1f} s: {facts.size / 1e6:.0f} MB, {len(found.layers)} layers{refused}"
-        f" -> {root.path}"
+        f"imported {name} in {made['build_seconds']:.1f} s: {made['size_bytes'] / 1e6:.0f} MB, "
+        f"{len(found.layers)} layers{refused} -> {root.path}"
     )
     return root
 

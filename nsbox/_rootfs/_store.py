@@ -28,12 +28,14 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .._errors import RootfsError, SpecError
 from .._values import option_name
+from ._tree import package_versions, sanitize
 
 SYSTEM_DATA_DIR = "/var/lib/nsbox"
 MANIFEST = "manifest.json"
@@ -114,6 +116,18 @@ def find(name: str) -> StoredRoot | None:
     return _load(roots_dir(), check_name(name))
 
 
+def unchanged(name: str, section: str, identity: dict[str, object]) -> StoredRoot | None:
+    """The root ``name`` if its manifest's ``section`` says it was made from ``identity``
+    (a recipe's hash, an image's digest): marked up to date, for a build or import to skip."""
+    root = find(name)
+    if root is None:
+        return None
+    made_from = root.manifest.get(section)
+    if not isinstance(made_from, dict) or any(made_from.get(k) != v for k, v in identity.items()):
+        return None
+    return StoredRoot(root.name, root.path, root.manifest, up_to_date=True)
+
+
 def list_roots() -> list[StoredRoot]:
     roots: dict[str, StoredRoot] = {}
     for directory in _search_dirs():
@@ -159,6 +173,22 @@ class Staging:
         self.tree = os.path.join(self.folder, TREE)
         os.mkdir(self.tree, 0o755)
         os.chmod(self.tree, 0o755)  # nosec B103  # not the umask's: so that they can enter it
+
+    def finish(self, started: float, manifest: dict[str, Any], stripped: Iterable[str] = ()) -> StoredRoot:
+        """The last pass over the tree (_tree.sanitize), the facts every manifest has (when,
+        how long since ``started``, size, packages; ``stripped``: setuid bits found earlier),
+        then commit."""
+        facts = sanitize(self.tree)
+        return self.commit(
+            {
+                **manifest,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": round(time.monotonic() - started, 1),
+                **facts.to_dict(),
+                "stripped_setuid": sorted({*facts.stripped, *stripped}),
+                "packages": package_versions(self.tree),
+            }
+        )
 
     def commit(self, manifest: dict[str, Any]) -> StoredRoot:
         manifest = {"format": MANIFEST_FORMAT, "name": self.name, **manifest}
