@@ -11,7 +11,8 @@ by ``_netpolicy`` (allowlist, sensitive ports, blocked addresses after resolutio
 (new connections per second, bytes for the sandbox's life, connect and idle timeouts) and
 logged (one ``network`` audit event per attempt).
 
-Everything a sandbox sends here is untrusted: request heads are capped, parsed strictly,
+Everything a sandbox sends here is untrusted: request heads are capped (``HEAD_LIMIT`` bytes
+and ``MAX_HEADER_FIELDS`` lines, whether they arrive in pieces or whole), parsed strictly,
 and must arrive within the timeout. The proxy is single-threaded (selectors); a name is
 resolved with the blocking getaddrinfo, once, and the connection goes to the address that
 was checked, never to a second resolution.
@@ -38,7 +39,8 @@ from ._fds import close_all_but, close_fds, stdio_to_devnull
 from ._netpolicy import Entry, IPAddress, Verdict, check_addresses, check_host, parse_allowlist
 from ._spec import PROXY_ADDRESS, NetworkPolicy
 
-HEAD_LIMIT = 16 * 1024
+HEAD_LIMIT = 16 * 1024  #: bytes of a request head, its final empty line included
+MAX_HEADER_FIELDS = 100  #: header lines of a request (as Apache's LimitRequestFields)
 MAX_CONNECTIONS = 256
 CHUNK = 64 * 1024
 _CLONE_NEWNET = 0x40000000
@@ -68,7 +70,9 @@ def start(policy: NetworkPolicy, netns_fd: int, userns_fd: int | None, audit: Au
     namespace (``netns_fd``; entered through the sandbox's user namespace ``userns_fd`` when
     rootless), or raises OSError (with the step in ``call``) if it could not."""
     own = own_addresses()
-    uplink = os.open(policy.uplink, os.O_RDONLY | os.O_CLOEXEC) if policy.uplink else None
+    # O_NONBLOCK: checked to be a network namespace file (NetworkPolicy), but a FIFO swapped in
+    # since must not hang us; setns refuses anything else.
+    uplink = os.open(policy.uplink, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) if policy.uplink else None
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
@@ -368,12 +372,17 @@ class Proxy:
     # -- the request -----------------------------------------------------------------------------
     def _head(self, conn: _Conn) -> None:
         end = conn.head.find(b"\r\n\r\n")
+        size = len(conn.head) if end < 0 else end + 4  # whole or not yet: too large is too large
+        if size > HEAD_LIMIT:
+            self._refuse(conn, Verdict(f"the request head is larger than {HEAD_LIMIT} bytes", 431))
+            return
         if end < 0:
-            if len(conn.head) > HEAD_LIMIT:
-                self._refuse(conn, Verdict("the request head is too large", 431))
             return
         head, rest = bytes(conn.head[:end]), bytes(conn.head[end + 4 :])
         lines = head.split(b"\r\n")
+        if len(lines) - 1 > MAX_HEADER_FIELDS:
+            self._refuse(conn, Verdict(f"the request has more than {MAX_HEADER_FIELDS} header lines", 431))
+            return
         parts = lines[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             self._refuse(conn, Verdict("not an HTTP/1.x proxy request", 400))

@@ -18,6 +18,7 @@ payload would use them.
 from __future__ import annotations
 
 import ast
+import ipaddress
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ import pytest
 
 import nsbox
 from nsbox import NetworkPolicy
+from nsbox._netpolicy import blocked_reason
 from tests.conftest import NSBOX_CLI, require_root, require_sandbox, wait_until
 from tests.integration._session_api import KINDS, SyncClient, below_helpers, open_session
 from tests.security._networld import BIG_BYTES, SLOW_SECONDS, World, network_world
@@ -337,8 +339,12 @@ def test_metadata_loopback_and_this_hosts_addresses_are_refused_even_when_listed
     settle()
     for address in (METADATA, "127.0.0.1", own):
         assert world.accepts(address, since=mark) == [], f"{address} was reached"
-    if neighbour is not None:  # the premise: the range listed around this host's address works
+    if neighbour is not None and blocked_reason(ipaddress.ip_address(world.neighbour), own=()) is None:
+        # the premise: the range listed around this host's address works
         assert (neighbour["status"], neighbour["body"]) == (200, "neighbour"), neighbour
+    elif neighbour is not None:  # this host's network is itself a blocked range (such as 192.0.2.0/24)
+        assert refused(neighbour) and "blocked range" in neighbour["body"], neighbour
+        assert world.accepts(str(world.neighbour), since=mark) == []
 
 
 def test_blocked_addresses_listed_as_exact_ips_are_reached(world: World) -> None:
@@ -509,6 +515,34 @@ def test_the_audit_log_counts_the_bytes_sent_in_plain_requests_and_tunnels(world
     assert tunnel["bytes_out"] >= 4000 and tunnel["bytes_in"] > len("allowed"), ("premise: a tunnel's bytes", tunnel)
     assert plain["bytes_out"] >= 4000, ("a plain request's bytes out are counted", plain)
     assert plain["bytes_in"] > len("allowed"), plain
+
+
+def test_a_request_head_too_large_or_with_too_many_fields_gets_431_even_in_one_write(world: World) -> None:
+    """The head limits (16 KiB, 100 header lines) hold for a head that arrives whole in one
+    read, not only for one still incomplete: nothing of such a request reaches the host."""
+    many = "".join(f"X-Field-{i}: v\r\n" for i in range(5000))  # about 80 KB
+    some = "".join(f"X-F{i}: v\r\n" for i in range(150))  # 1.5 KB, but 150 fields
+    oversized = [
+        raw(f"GET http://allowed.test/{'x' * 20000} HTTP/1.1\r\nHost: allowed.test\r\n\r\n"),
+        raw(f"GET http://allowed.test{token()} HTTP/1.1\r\nHost: allowed.test\r\n{many}\r\n"),
+        raw(f"GET http://allowed.test{token()} HTTP/1.1\r\nHost: allowed.test\r\n{some}\r\n"),
+        raw(f"CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test:80\r\n{some}\r\n"),
+        raw(f"CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test:80\r\nX-Pad: {'p' * 20000}\r\n\r\n"),
+    ]
+    under = token() + "?" + "u" * 12000  # just under both limits: forwarded
+    fields = "".join(f"X-F{i}: v\r\n" for i in range(95))  # Python's server itself takes 99 at most
+    with nsbox.NsSandbox(network=policy(world, "allowed.test")) as sandbox:
+        prove_uplink(sandbox, world)
+        mark = world.mark()
+        answers = ask(sandbox, *oversized)
+        settle()
+        reached = world.accepts(ALLOWED, since=mark)
+        [fine] = ask(sandbox, raw(f"GET http://allowed.test{under} HTTP/1.1\r\nHost: allowed.test\r\n{fields}\r\n"))
+    for answer in answers:
+        assert answer["status"] == 431 and answer["body"].startswith("nsbox:"), {k: answer.get(k) for k in answer}
+    assert reached == [], "an oversized request head was forwarded"
+    assert (fine["status"], fine["body"]) == (200, "allowed"), ("premise: a head within the limits passes", fine)
+    assert world.requested(ALLOWED, 80, under)
 
 
 # -- no way around the proxy ---------------------------------------------------------------------
