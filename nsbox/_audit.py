@@ -7,8 +7,10 @@ through the egress proxy: host, port, address, verdict, reason, bytes; written b
 ``execution`` (each execute_code: its
 verdict, not the code or its output), ``refused`` (a request nsbox itself refused: a bad run
 option, a file path that leaves the workspace or crosses a symlink) and ``sandbox_closed``.
-The file is opened for appending, created 0600, never through a symlink. Each event is one
-write(2) to an O_APPEND file, so lines of concurrent sandboxes do not mix.
+The file is opened for appending, created 0600, never through a symlink (in any component of
+its path), and only if it is a regular file with one link (``_hostfiles.open_host_log``: a
+FIFO or a device planted there is refused, never opened). Each event is one write(2) to an
+O_APPEND file, so lines of concurrent sandboxes do not mix.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 import time
 from typing import Any
 
-from ._errors import SpecError
+from ._errors import SecurityError, SpecError
+from ._hostfiles import open_host_log
 from ._result import ExecutionResult, RunResult
 from ._spec import SandboxSpec
 from ._values import option_name
@@ -33,8 +36,9 @@ class AuditLog:
         self._fd: int | None = None
         if path is not None:
             try:
-                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-                self._fd = os.open(path, flags, 0o600)
+                self._fd = open_host_log(path, what=option_name("audit_log"))
+            except SecurityError as exc:
+                raise SpecError(option_name("audit_log"), str(exc)) from None
             except OSError as exc:
                 raise SpecError(option_name("audit_log"), f"cannot open {path!r}: {exc.strerror}") from None
 
@@ -52,10 +56,7 @@ class AuditLog:
         self._write("sandbox_failed", error=str(error))
 
     def run(self, result: RunResult) -> None:
-        data = result.to_dict()
-        for name in ("stdout", "stderr"):
-            data.pop(name)
-        self._write("run", **data)
+        self._write("run", **result.to_dict(binary="omit"))  # never the output (nor a decoded copy of it)
 
     def execution(self, result: ExecutionResult) -> None:
         data = result.to_dict()

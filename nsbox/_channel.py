@@ -5,11 +5,18 @@ frame's first packet. Because a packet never holds parts of two frames, the fds 
 every frame are known exactly (a byte stream cannot promise that). A channel made with
 ``accept_fds=False`` (the supervisor's end of init's channel) closes any fds it is sent
 and treats them as a protocol violation. Received fds are close-on-exec.
+
+The socket is non-blocking. ``send`` waits for room (until its deadline, if it has one);
+``queue`` and ``flush`` let a poll loop send without ever blocking: the supervisor's loops
+send to the processes of a sandbox that way, because a process that stops reading (stopped,
+or busy) must never stall the supervisor past the call's deadline or its session's end.
 """
 
 from __future__ import annotations
 
 import array
+import collections
+import fcntl
 import select
 import socket
 import time
@@ -18,7 +25,7 @@ from typing import Any, TypeVar
 
 from ._errors import ProtocolError
 from ._fds import close_fds
-from ._protocol import FrameDecoder, Message, encode, parse
+from ._protocol import Frame, FrameDecoder, Message, encode_parts, parse
 
 PACKET = 64 * 1024
 MAX_FDS = 253  # SCM_MAX_FD
@@ -36,12 +43,52 @@ def readable(fd: int, timeout: float = 0.0) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
+def writable(fd: int, timeout: float | None) -> bool:
+    """Whether fd can take data (or has an error) within timeout seconds (None: forever)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(None if timeout is None else max(0, timeout) * 1000))
+
+
+class _Outgoing:
+    """One frame on its way out: its pieces, how far it got, and copies of its fds (closed
+    once the first packet, which carries them, is sent)."""
+
+    def __init__(self, parts: list[bytes], fds: list[int]) -> None:
+        self.parts = collections.deque(memoryview(p) for p in parts)
+        self.fds = fds
+        self.started = False
+
+    def packet(self) -> list[memoryview]:
+        """The next packet's pieces (not consumed until ``sent``)."""
+        pieces, size = [], 0
+        for part in self.parts:
+            pieces.append(part[: PACKET - size])
+            size += len(pieces[-1])
+            if size == PACKET:
+                break
+        return pieces
+
+    def sent(self, size: int) -> None:
+        while size:
+            take = min(size, len(self.parts[0]))
+            size -= take
+            self.parts[0] = self.parts[0][take:]
+            if not self.parts[0]:
+                self.parts.popleft()
+        self.started = True
+        close_fds(self.fds)
+        self.fds = []
+
+
 class Channel:
     def __init__(self, sock: socket.socket, max_frame: int, *, accept_fds: bool = True) -> None:
         self.sock = sock
+        sock.setblocking(False)
         self.accept_fds = accept_fds
         self._decoder = FrameDecoder(max_frame)
         self._frame_fds: list[int] = []
+        self._outgoing: collections.deque[_Outgoing] = collections.deque()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -49,27 +96,73 @@ class Channel:
     def close(self) -> None:
         close_fds(self._frame_fds)
         self._frame_fds = []
+        for frame in self._outgoing:
+            close_fds(frame.fds)
+        self._outgoing.clear()
         self.sock.close()
 
-    def send(self, message: Message, fds: Sequence[int] = ()) -> None:
-        data = encode(message)
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        self.sock.sendmsg([data[:PACKET]], ancillary)
-        for start in range(PACKET, len(data), PACKET):
-            self.sock.send(data[start : start + PACKET])
+    def send(self, message: Message, fds: Sequence[int] = (), *, deadline: float | None = None) -> None:
+        """Send a whole frame, waiting for room until ``deadline`` (a time.monotonic()
+        value; None: as long as it takes). TimeoutError if it passed: then the frame may be
+        half sent, and the channel is of no further use."""
+        self.queue(message, fds)
+        while not self.flush():
+            if not writable(self.fileno(), None if deadline is None else deadline - time.monotonic()):
+                raise TimeoutError("the peer took no data in time")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("the peer took no data in time")
 
-    def read_packet(self) -> tuple[dict[str, Any], list[int]] | None:
-        """Read one packet; return a completed frame and its fds, or None if incomplete.
+    def queue(self, message: Message, fds: Sequence[int] = ()) -> None:
+        """Queue a frame for ``flush``; the fds are duplicated (the caller may close its own)."""
+        copies: list[int] = []
+        try:
+            for fd in fds:
+                copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+            self._outgoing.append(_Outgoing(encode_parts(message), copies))
+        except BaseException:
+            close_fds(copies)
+            raise
+
+    @property
+    def pending(self) -> bool:
+        """Frames queued and not wholly sent yet."""
+        return bool(self._outgoing)
+
+    def flush(self) -> bool:
+        """Send what the socket takes now, without blocking; True when nothing is left.
+        OSError (EPIPE...) if the peer is gone."""
+        while self._outgoing:
+            frame = self._outgoing[0]
+            ancillary = []
+            if not frame.started and frame.fds:
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", frame.fds))]
+            try:
+                size = self.sock.sendmsg(frame.packet(), ancillary)
+            except BlockingIOError:
+                return False
+            frame.sent(size)
+            if not frame.parts:
+                self._outgoing.popleft()
+        return True
+
+    def read_packet(self) -> tuple[Frame, list[int]] | None:
+        """Read one packet; return a completed frame and its fds, or None if incomplete
+        (or if there was nothing to read).
 
         Raises EOFError when the peer has closed (in the middle of a frame: ProtocolError).
         """
         try:
             data, ancillary, flags, _ = self._recvmsg()
+        except BlockingIOError:
+            return None
         except ConnectionResetError:
             # The peer closed with a message of ours unread: unix(7) sockets say so once,
             # before what the peer sent earlier (its last words: a StepFailed, an Exited),
             # which is still queued, then end of file.
-            data, ancillary, flags, _ = self._recvmsg()
+            try:
+                data, ancillary, flags, _ = self._recvmsg()
+            except BlockingIOError:
+                return None
         fds = _unpack_fds(ancillary)
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
             close_fds(fds)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from ._errors import NsboxError, SpecError
+from ._errors import NsboxError, SecurityError, SpecError
 from ._files import FILE_LIMIT
+from ._hostfiles import read_host_file, write_host_file
 from ._result import EXIT_NSBOX_FAILURE, RunResult
 from ._spec import WORKSPACE, Limits, Mount, NetworkPolicy, SandboxSpec
 
@@ -210,7 +211,8 @@ def _exec(args: argparse.Namespace) -> int:
         return EXIT_NSBOX_FAILURE
     if result.error and result.status.value == "error":
         print(f"nsbox: {result.error}", file=sys.stderr)
-    _report(args.report, _report_data(result))
+    if not _report(args.report, _report_data(result)):
+        return EXIT_NSBOX_FAILURE
     return result.exit_code
 
 
@@ -222,9 +224,10 @@ def _python_command(code: str | None, args: list[str]) -> tuple[list[str], bytes
         raise SpecError(
             "FILE.py", "give -c CODE or a script; usage: nsbox python [options] (-c CODE | FILE.py) [ARG...]"
         )
-    try:
-        with open(args[0], "rb") as f:
-            script = f.read(FILE_LIMIT + 1)
+    try:  # the caller's own file, named on the command line: a symlink to it is fine, a FIFO is not
+        script = read_host_file(args[0], FILE_LIMIT, what="FILE.py", follow_symlinks=True)
+    except SecurityError as exc:
+        raise SpecError("FILE.py", str(exc)) from None
     except OSError as exc:
         raise SpecError("FILE.py", f"cannot read {args[0]!r}: {exc.strerror}") from None
     return ["python3", os.path.basename(args[0]), *args[1:]], script
@@ -276,16 +279,22 @@ def _report_data(result: RunResult) -> dict[str, Any]:
     return data
 
 
-def _report(path: str | None, data: dict[str, Any]) -> None:
+def _report(path: str | None, data: dict[str, Any]) -> bool:
+    """Write the report; False (said on stderr) if it could not be written."""
     if not path:
-        return
+        return True
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     if path == "-":
         sys.stderr.write(text)
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+        return True
+    # Written after the payload ran, maybe into a folder it could write (a bind): a new file
+    # renamed into place, never written through a symlink or FIFO planted at the name.
+    try:
+        write_host_file(path, text.encode(), what="--report")
+    except (NsboxError, OSError) as exc:
+        print(f"nsbox: error: --report: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _rootfs(args: argparse.Namespace) -> int:

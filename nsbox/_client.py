@@ -155,11 +155,13 @@ class SandboxClient:
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         await self._call(self.sandbox.remove, path, recursive=recursive)
 
-    async def upload(self, host_path: str | os.PathLike[str], dest: str | None = None) -> None:
-        await self._call(self.sandbox.upload, host_path, dest)
+    async def upload(
+        self, host_path: str | os.PathLike[str], dest: str | None = None, *, follow_symlinks: bool = False
+    ) -> None:
+        await self._call(self.sandbox.upload, host_path, dest, follow_symlinks=follow_symlinks)
 
-    async def download(self, src: str, host_path: str | os.PathLike[str]) -> None:
-        await self._call(self.sandbox.download, src, host_path)
+    async def download(self, src: str, host_path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> None:
+        await self._call(self.sandbox.download, src, host_path, follow_symlinks=follow_symlinks)
 
     async def install_packages(self, packages: Sequence[str], **kwargs: Any) -> RunResult:
         return await self._call(self.sandbox.install_packages, packages, **kwargs)

@@ -9,9 +9,11 @@ for a sandbox to race. Directories are created, and trees removed, one component
 time through fds opened the same way; unlinkat and mkdirat never follow a link.
 
 Every operation acts as the sandbox's user (setfsuid): files are created as its own, and
-root's file capabilities are dropped meanwhile, so the API can do no more in the workspace
-than the sandbox itself could (a file it made unreadable stays unreadable). Only regular
-files are read: a FIFO would block us, anything else is not data.
+root's file capabilities are dropped meanwhile; the supervisor keeps no supplementary group
+the payload has not (``_userns.drop_groups_from_parent``). So the API can do no more in the
+workspace, or in a bind, than the sandbox itself could (a file it made unreadable stays
+unreadable), and a write changes nothing before its checks have passed. Only regular files
+are read: a FIFO would block us, anything else is not data.
 Sizes are capped: a sandbox controls what it leaves in its workspace.
 """
 
@@ -124,13 +126,20 @@ class Workspace:
             raise SpecError("mode", f"{mode!r} is not a permission mode (0o000-0o777)")
         parent, name = posixpath.split(rel)
         with self._directory(parent, path, create=True) as dirfd:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+            # No O_TRUNC: nothing changes until every check has passed (a file the payload
+            # may write but not chmod would otherwise be emptied, then refused).
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
             with _refusing(path):
                 fd = _linux.openat2(dirfd, name, flags | os.O_CLOEXEC, _RESOLVE, 0o600)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
                     raise SecurityError(f"{path!r} is not a regular file: not written")
-                os.fchmod(fd, mode)
+                if stat.S_IMODE(info.st_mode) != mode:
+                    if info.st_uid != self.owner[0]:  # as chmod(2) would answer, before it changes anything
+                        raise PermissionError(errno.EPERM, f"not the owner: its mode cannot be set to {mode:#o}", path)
+                    os.fchmod(fd, mode)
+                os.ftruncate(fd, 0)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]

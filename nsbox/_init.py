@@ -30,6 +30,7 @@ import os
 import select
 import signal
 import socket
+import time
 from collections.abc import Callable
 
 from ._channel import Channel, readable, socketpair
@@ -39,6 +40,8 @@ from ._launcher import NOT_STARTED
 from ._protocol import KERNEL, MAX_FRAME_FROM_SANDBOX, RUN, Exec, Exited, KillRun, Signal, Started, StepFailed, parse
 
 PayloadMain = Callable[[Exec, list[int], int], None]
+#: How long the launcher gets to take a run's request before it is killed and replaced.
+LAUNCHER_SEND_TIMEOUT = 2.0
 LauncherMain = Callable[[socket.socket], None]
 
 
@@ -194,9 +197,11 @@ def _launch(
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(launcher.pid, 0)
                     _launcher_ended(ctl, runs, launcher, poller)
-                launcher.ensure(poller).send(request, stdio)
+                # Bounded: the launcher runs as the payload, which can stop it (SIGSTOP); one
+                # that takes no request in time is replaced, like one that died.
+                launcher.ensure(poller).send(request, stdio, deadline=time.monotonic() + LAUNCHER_SEND_TIMEOUT)
                 break
-            except OSError:
+            except OSError:  # TimeoutError is one
                 launcher.kill()
                 launcher.close(poller)
                 if attempt == 2:

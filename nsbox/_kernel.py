@@ -11,13 +11,17 @@ A cell's timeout is answered first with SIGINT to the kernel's process group (th
 gets KeyboardInterrupt and the state is kept); if the cell has not ended INTERRUPT_GRACE
 later, every process of the sandbox is killed (the state is lost).
 
+The kernel may stop reading (a cell can stop its own process, or replace its loop): a
+cell's frame is queued on the wire and sent as the kernel takes it, from the same poll
+loop that keeps the deadlines and hears the front-end, so a kernel that never reads costs
+a timeout, never a hung supervisor. Output stays bytes until the front-end shows it.
+
 This module holds the kernel's state, drives a cell through the supervisor's channels
 (``execute``), and decides its verdict.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -30,7 +34,7 @@ from ._channel import Channel, readable, socketpair
 from ._errors import ProtocolError, SandboxError
 from ._fds import close_fds
 from ._protocol import KERNEL, Cell, CellDone, CellStarted, Exec, Execute, Exited, KernelReady, KillRun, Signal, parse
-from ._result import ExecutionResult, RunResult, Status
+from ._result import Executed, ExecutionResult, RunResult, Status
 from ._spec import WORKSPACE
 from ._stdio import DRAIN_LIMIT, Capture
 from ._watch import Watch
@@ -47,8 +51,16 @@ KERNEL_START_TIMEOUT = 30.0
 #: After the KeyboardInterrupt of a timeout, how long the cell gets to end before the
 #: kernel (and every process of the sandbox) is killed.
 INTERRUPT_GRACE = 0.1
-#: Besides the output limit, room for the value's repr and the traceback in a reply.
-_REPLY_ROOM = 1 << 20
+#: The JSON of a cell's ``result`` (execute_ai_code) may take the output limit, at least this.
+MIN_RESULT_LIMIT = 1 << 20
+#: Room for the rest of a reply: the value's repr, the error message and the traceback, each
+#: at most 100,000 characters (MAX_REPR in _guest/kernel.py), each escaped in JSON to at most
+#: 12 bytes (a character outside the BMP is a surrogate pair, two \\uXXXX).
+REPLY_ROOM = 4 << 20
+
+
+def result_limit(output_limit: int) -> int:
+    return max(output_limit, MIN_RESULT_LIMIT)
 
 
 class Kernel:
@@ -72,7 +84,7 @@ class Kernel:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-        self.wire = Channel(ours, max(self.output_limit, _REPLY_ROOM) + _REPLY_ROOM, accept_fds=False)
+        self.wire = Channel(ours, result_limit(self.output_limit) + REPLY_ROOM, accept_fds=False)
         self.stdout_fd, self.stderr_fd = out_r, err_r
         self._child_fds = [theirs.detach(), out_w, err_w]
         self.running = True
@@ -106,7 +118,7 @@ class Kernel:
         self.running = False
 
 
-def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Events | None) -> ExecutionResult:
+def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Events | None) -> Executed:
     """Drive one cell: start the kernel if needed, send it, watch the deadlines (SIGINT
     first, then the kill), capture the output, and decide the verdict. A kernel that
     turns out to have died before it took the cell (a run's kill reached it, and its
@@ -117,15 +129,16 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
     state_lost = sup.kernel.lost
     for _ in range(2):
         if not sup.kernel.running:
-            _start(sup)
+            _start(sup, events)
         outcome = _cell(sup, request, Watch(started, timeout, sup.spec.limits, sup.usage, sup.usage()), events)
         if outcome is not None:
-            return dataclasses.replace(outcome, state_lost=outcome.state_lost or state_lost)
+            lost = outcome.result.state_lost or state_lost
+            return dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, state_lost=lost))
         state_lost = True
     raise SandboxError("the Python kernel died twice before it could take the cell")
 
 
-def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None) -> ExecutionResult | None:
+def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None) -> Executed | None:
     """One attempt; None if the kernel died before it acknowledged the cell."""
     assert sup.ctl is not None and sup.intermediate_fd is not None  # nosec B101  # checked by execute
     sent = sup.kernel.running
@@ -142,21 +155,21 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         poller.register(events.fileno(), select.POLLIN)
     try:
         if wire is not None and sent:
-            poller.register(wire.fileno(), select.POLLIN)
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-                sup.kernel.cells += 1
-                wire.send(Cell(sup.kernel.cells, request.code, request.inputs, request.want_result))
+            sup.kernel.cells += 1
+            limit = result_limit(sup.kernel.output_limit)
+            wire.queue(Cell(sup.kernel.cells, request.code, request.inputs, request.want_result, limit))
+            poller.register(wire.fileno(), select.POLLIN | select.POLLOUT)
         while sup.alive and sup.kernel.running and (reply is None or killing):
             now = time.monotonic()
             if watch.kill_by is None and watch.exceeded(now):
                 if watch.killed_for is not None and watch.killed_for[0] == "timeout":
-                    sup.ctl.send(Signal(signal.SIGINT, KERNEL))  # first as KeyboardInterrupt
+                    sup.send_init(Signal(signal.SIGINT, KERNEL))  # first as KeyboardInterrupt
                     interrupted, hard_kill_at = True, now + INTERRUPT_GRACE
                 else:
-                    sup.ctl.send(KillRun())
+                    sup.send_init(KillRun())
                     killing = True
             if hard_kill_at is not None and now >= hard_kill_at:
-                sup.ctl.send(KillRun())  # the code did not stop: the kernel goes, with the rest
+                sup.send_init(KillRun())  # the code did not stop: the kernel goes, with the rest
                 killing, hard_kill_at = True, None
             if watch.kill_by is not None and now >= watch.kill_by:
                 sup.close()
@@ -164,7 +177,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
             wait = watch.wait_ms(now)
             if hard_kill_at is not None:
                 wait = min(math.inf if wait is None else wait, (hard_kill_at - now) * 1000)
-            for fd, _ in poller.poll(wait):
+            for fd, mask in poller.poll(wait):
                 if fd == sup.ctl.fileno():
                     sup.read_init()  # the kernel's Exited ends the loop
                 elif fd == sup.intermediate_fd:
@@ -172,7 +185,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
                     if watch.kill_by is None:
                         raise SandboxError("the sandbox died during the execution")
                 elif wire is not None and fd == wire.fileno():
-                    got = _read_reply(wire, poller)
+                    got = _serve_wire(wire, mask, poller)
                     if got is None or got.number != sup.kernel.cells:
                         continue  # stale, or forged by a cell
                     if isinstance(got, CellStarted):
@@ -181,18 +194,20 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
                         reply = got
                 elif events is not None and fd == events.fileno():
                     for signum in events.read():
-                        sup.ctl.send(Signal(signum, KERNEL))
+                        sup.send_init(Signal(signum, KERNEL))
                 else:
                     for capture in output:
                         if fd == capture.fd and not capture.read():
                             poller.unregister(fd)
     except ProtocolError as exc:
         sup.close()
-        return ExecutionResult(
-            Status.ERROR,
-            error=f"the Python kernel broke the protocol ({exc}); the sandbox is closed",
-            state_lost=True,
-            wall_s=time.monotonic() - watch.started,
+        return Executed(
+            ExecutionResult(
+                Status.ERROR,
+                error=f"the Python kernel broke the protocol ({exc}); the sandbox is closed",
+                state_lost=True,
+                wall_s=time.monotonic() - watch.started,
+            )
         )
     except (BrokenPipeError, ConnectionResetError):
         sup.close()
@@ -201,7 +216,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         return None
     drain(*output)
     used = sup.usage().since(watch.before)
-    return verdict(
+    result = verdict(
         reply if sup.kernel.running else None,
         sup.kernel.last_exit,
         interrupted=interrupted,
@@ -216,9 +231,19 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         limits=sup.cgroup.kind,
         seccomp=sup.spec.seccomp.kind,
     )
+    return Executed(result, bytes(output[0].data), bytes(output[1].data))
 
 
-def _read_reply(wire: Channel, poller: select.poll) -> CellStarted | CellDone | None:
+def _serve_wire(wire: Channel, mask: int, poller: select.poll) -> CellStarted | CellDone | None:
+    """Send what the kernel takes of a queued cell; read its reply."""
+    if mask & select.POLLOUT:
+        try:
+            if wire.flush():
+                poller.modify(wire.fileno(), select.POLLIN)
+        except (BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
+            poller.modify(wire.fileno(), select.POLLIN)
+    if not mask & ~select.POLLOUT:
+        return None
     try:
         got = wire.read_packet()
     except (EOFError, ConnectionResetError):
@@ -228,14 +253,14 @@ def _read_reply(wire: Channel, poller: select.poll) -> CellStarted | CellDone | 
     return message if isinstance(message, CellStarted | CellDone) else None
 
 
-def _start(sup: Supervisor) -> None:
+def _start(sup: Supervisor, events: Events | None) -> None:
     """Start the kernel and wait until it is ready. If it cannot start, its Exited
     (kernel.running False) makes the caller's loop end at once with the reason."""
     if sup.ctl is None or sup.intermediate_fd is None:
         raise SandboxError("the sandbox is not running")
     exec_request, fds = sup.kernel.exec_request(sup.spec.payload_env())
     try:
-        sup.ctl.send(exec_request, fds)
+        sup.send_init(exec_request, fds)
     finally:
         sup.kernel.close_child_fds()
     wire = sup.kernel.wire
@@ -244,6 +269,8 @@ def _start(sup: Supervisor) -> None:
     poller = select.poll()
     for fd in (sup.ctl.fileno(), sup.intermediate_fd, wire.fileno()):
         poller.register(fd, select.POLLIN)
+    if events is not None:
+        poller.register(events.fileno(), select.POLLIN)
     while (left := deadline - time.monotonic()) > 0:
         if not sup.kernel.running:
             return  # it could not start: the caller reports why
@@ -253,6 +280,8 @@ def _start(sup: Supervisor) -> None:
             elif fd == sup.intermediate_fd:
                 sup.close()
                 raise SandboxError("the sandbox died while its Python kernel started")
+            elif events is not None and fd == events.fileno():
+                events.read()  # no cell to forward a signal to yet; the session's end is raised
             else:
                 try:
                     got = wire.read_packet()
@@ -262,7 +291,7 @@ def _start(sup: Supervisor) -> None:
                 if got is not None:
                     parse(got[0], KernelReady)
                     return
-    sup.ctl.send(Signal(signal.SIGKILL, KERNEL))
+    sup.send_init(Signal(signal.SIGKILL, KERNEL))
     raise SandboxError(f"the Python kernel did not start within {KERNEL_START_TIMEOUT:g} s")
 
 
@@ -288,12 +317,11 @@ def verdict(
     **usage: object,
 ) -> ExecutionResult:
     """How a cell ended, by precedence: the kernel's death (oom > cpu_time > timeout >
-    signal > exit) > oom > pids > timeout > exception > output_limit > ok."""
+    signal > exit) > oom > pids > timeout > exception > output_limit > ok. The output
+    itself is not in it (see ``Executed``): only whether some was dropped."""
     out, err = output
     error: str | None
     fields: dict[str, object] = {
-        "stdout": out.data.decode("utf-8", "replace"),
-        "stderr": err.data.decode("utf-8", "replace"),
         "stdout_truncated": out.dropped > 0,
         "stderr_truncated": err.dropped > 0,
         "state_lost": state_lost_before,

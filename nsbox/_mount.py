@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from . import _linux
 from ._errors import SpecError
+from ._hostfiles import canonical_path
 from ._spec import PAYLOAD_USER, TMP, WORKSPACE, SandboxSpec, option_name
 
 OLD_ROOT = "/.old"
@@ -145,7 +146,8 @@ def _mirror(host_path: str, target: str, links: list[tuple[str, str]], binds: li
     if stat.S_ISLNK(st.st_mode):
         links.append((target, os.readlink(host_path)))
     elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-        binds.append(Bind(os.path.realpath(host_path), target, False, stat.S_ISDIR(st.st_mode)))
+        source = canonical_path(host_path, what=option_name("rootfs"))  # only root's own links followed
+        binds.append(Bind(source, target, False, stat.S_ISDIR(st.st_mode)))
 
 
 def _parents(path: str) -> list[str]:

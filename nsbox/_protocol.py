@@ -1,11 +1,15 @@
 """Sans-I/O wire protocol: typed messages in length-prefixed JSON frames.
 
-A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, an object
-with a ``"type"`` key. :class:`FrameDecoder` turns bytes into objects and
-:func:`parse` turns an object into one of the message classes below, checking every
-field's type (integers within 32 bits) and refusing message types the receiver does not
-expect. Each link has its own size cap, smallest for frames that come from inside the
-sandbox; nothing is ever unpickled or evaluated.
+A frame is a 4-byte big-endian length and that many bytes of body: UTF-8 JSON, an object
+with a ``"type"`` key, and, for a message with ``bytes`` fields (captured output, file
+contents, a run's input), a NUL byte and a binary section holding those fields' bytes one
+after the other; the JSON gives each one's length. (JSON text never holds a raw NUL, so the
+first NUL ends it.) Bytes cross as they are: no base64, no escaped text, so a frame is never
+bigger than what it carries, whatever the bytes are. :class:`FrameDecoder` turns bytes into
+objects and :func:`parse` turns an object into one of the message classes below, checking
+every field's type (integers within 32 bits, nesting at most ``MAX_DEPTH`` deep) and refusing
+message types the receiver does not expect. Each link has its own size cap, smallest for
+frames that come from inside the sandbox; nothing is ever unpickled or evaluated.
 
 No sockets here: :mod:`nsbox._channel` moves frames (and file descriptors).
 """
@@ -29,8 +33,16 @@ MAX_FRAME_FROM_SANDBOX = 64 * 1024
 MAX_FRAME_TO_INIT = 4 * 1024 * 1024
 #: Every integer on the wire (pids, statuses, errnos, signals) fits in 32 bits.
 _INT_LIMIT = 1 << 31
-#: Frames between a front-end and its supervisor carry captured output and files (base64).
+#: Frames between a front-end and its supervisor carry captured output and files, as bytes:
+#: at most two streams of the largest output limit (64 MiB each), a result of at most as
+#: much, and their text (``test_protocol`` checks that it all fits).
 MAX_FRAME_SESSION = 256 * 1024 * 1024
+#: The deepest nesting of lists and objects a frame may hold (JSON parsers and Python's own
+#: recursion give out somewhere in the hundreds; a deeper frame is a ProtocolError).
+MAX_DEPTH = 64
+#: How deep a value given or returned by code (execute_ai_code's inputs and result) may
+#: nest: what the frames that carry it (Execute, Cell, CellDone, Done) leave of MAX_DEPTH.
+VALUE_DEPTH = MAX_DEPTH - 4
 #: The processes init serves at once, named by the supervisor: a run, and the Python kernel.
 RUN, KERNEL = 0, 1
 
@@ -51,7 +63,7 @@ class Open(Message):
 class Run(Message):
     """A run. Stdio modes: ``fd`` (an fd rides along, in stdin/stdout/stderr order),
     ``devnull``, ``capture`` (stdout/stderr), ``stdout`` (stderr only: merge),
-    ``input`` (stdin only: the base64 ``input`` bytes)."""
+    ``input`` (stdin only: the ``input`` bytes)."""
 
     TYPE: ClassVar[str] = "run"
     argv: list[str]
@@ -61,7 +73,7 @@ class Run(Message):
     stdin: str
     stdout: str
     stderr: str
-    input: str | None = None
+    input: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -79,12 +91,12 @@ class Execute(Message):
 @dataclass(frozen=True)
 class FileRequest(Message):
     """A workspace file operation (``_files``): ``op`` is read, write, list or remove;
-    ``data`` the base64 content to write."""
+    ``data`` the content to write."""
 
     TYPE: ClassVar[str] = "file"
     op: str
     path: str
-    data: str | None = None
+    data: bytes | None = None
     mode: int = 0o644
     recursive: bool = False
 
@@ -121,16 +133,20 @@ class Failed(Message):
 
 @dataclass(frozen=True)
 class Done(Message):
+    """A run's or an execution's result; its captured output rides as bytes."""
+
     TYPE: ClassVar[str] = "done"
     result: dict[str, Any]
+    stdout: bytes | None = None
+    stderr: bytes | None = None
 
 
 @dataclass(frozen=True)
 class FileReply(Message):
-    """The answer to a FileRequest: read -> base64 ``data``; list -> ``entries``."""
+    """The answer to a FileRequest: read -> ``data``; list -> ``entries``."""
 
     TYPE: ClassVar[str] = "file_reply"
-    data: str | None = None
+    data: bytes | None = None
     entries: list[dict[str, Any]] | None = None
 
 
@@ -215,13 +231,15 @@ class KillRun(Message):
 # --- the Python kernel (nsbox/_guest/kernel.py, inside) <-> supervisor -------------------------
 @dataclass(frozen=True)
 class Cell(Message):
-    """Supervisor -> kernel: execute ``code`` (see Execute)."""
+    """Supervisor -> kernel: execute ``code`` (see Execute). ``result_limit``: the most bytes
+    the JSON of the variable ``result`` may take in the reply (a larger one is the cell's error)."""
 
     TYPE: ClassVar[str] = "cell"
     number: int
     code: str
     inputs: dict[str, Any] | None = None
     want_result: bool = False
+    result_limit: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -263,6 +281,8 @@ class Spawn(Message):
 
 @dataclass(frozen=True)
 class Spawned(Message):
+    """A pidfd of the supervisor rides along (the front-end ends it if it must)."""
+
     TYPE: ClassVar[str] = "spawned"
     pid: int
 
@@ -278,67 +298,148 @@ _REGISTRY: dict[str, type[Message]] = {
 }  # fmt: skip
 
 
-def encode(message: Message) -> bytes:
-    fields_ = {f.name: getattr(message, f.name) for f in fields(message)}  # no deep copy: only read
+def encode_parts(message: Message) -> list[bytes]:
+    """The frame as pieces to send one after the other (a message's bytes fields are not
+    copied into one buffer): the header and JSON, then, if any, NUL and each field's bytes."""
+    binary = _binary_fields(type(message))
+    fields_: dict[str, Any] = {}
+    blobs: list[bytes] = []
+    for f in fields(message):
+        value = getattr(message, f.name)  # no deep copy: only read
+        if f.name in binary and value is not None:
+            fields_[f.name] = len(value)
+            if value:
+                blobs.append(value)
+        else:
+            fields_[f.name] = value
     body = json.dumps({"type": message.TYPE, **fields_}, separators=(",", ":")).encode()
-    return HEADER.pack(len(body)) + body
+    size = len(body) + (1 + sum(len(b) for b in blobs) if binary else 0)
+    if size >= 1 << 32:
+        raise ProtocolError(f"a frame of {size} bytes cannot be sent")
+    head = HEADER.pack(size) + body + (b"\0" if binary else b"")
+    return [head, *blobs]
+
+
+def encode(message: Message) -> bytes:
+    return b"".join(encode_parts(message))
+
+
+def frame_size(message: Message) -> int:
+    """The body's size on the wire (what a receiver's cap is compared with)."""
+    return sum(len(part) for part in encode_parts(message)) - HEADER.size
+
+
+class Frame(dict[str, Any]):
+    """A decoded frame: its JSON object, and the binary section after it (``binary``)."""
+
+    binary: memoryview = memoryview(b"")
 
 
 class FrameDecoder:
-    """Feed bytes, get complete JSON objects; refuses frames over ``max_size``."""
+    """Feed bytes, get complete frames; refuses frames over ``max_size`` before reading
+    them, and JSON nested deeper than MAX_DEPTH. A frame's body is read into one buffer
+    of its announced size."""
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._buffer = bytearray()
+        self._head = bytearray()
+        self._body: bytearray | None = None
+        self._filled = 0
 
     @property
     def in_frame(self) -> bool:
         """True while part of a frame has been fed but not completed."""
-        return bool(self._buffer)
+        return bool(self._head) or self._body is not None
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
+    def feed(self, data: bytes) -> list[Frame]:
         frames = []
-        while len(self._buffer) >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buffer)
-            if length > self.max_size:
-                raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_size}-byte cap")
-            if len(self._buffer) < HEADER.size + length:
-                break
-            body = bytes(self._buffer[HEADER.size : HEADER.size + length])
-            del self._buffer[: HEADER.size + length]
-            try:
-                obj = json.loads(body)
-            except (ValueError, RecursionError) as exc:  # also: bad UTF-8, too deep, huge ints
-                raise ProtocolError(f"frame is not acceptable JSON: {str(exc)[:200]}") from None
-            if not isinstance(obj, dict):
-                raise ProtocolError("frame is not a JSON object")
-            frames.append(obj)
+        view = memoryview(data)
+        while view:
+            if self._body is None:
+                take = HEADER.size - len(self._head)
+                self._head += view[:take]
+                view = view[take:]
+                if len(self._head) < HEADER.size:
+                    break
+                (length,) = HEADER.unpack(self._head)
+                if length > self.max_size:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_size}-byte cap")
+                self._body, self._filled = bytearray(length), 0
+            take = min(len(view), len(self._body) - self._filled)
+            self._body[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == len(self._body):
+                body, self._body = self._body, None
+                self._head = bytearray()
+                frames.append(_frame(body))
         return frames
 
 
+def _frame(body: bytearray) -> Frame:
+    end = body.find(b"\0")
+    text = body if end < 0 else memoryview(body)[:end].tobytes()
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also: bad UTF-8, too deep, huge ints
+        raise ProtocolError(f"frame is not acceptable JSON: {str(exc)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame is not a JSON object")
+    _check_depth(obj)
+    frame = Frame(obj)
+    if end >= 0:
+        frame.binary = memoryview(body)[end + 1 :]
+    return frame
+
+
+def _check_depth(obj: object) -> None:
+    """Nesting deeper than MAX_DEPTH is refused, without recursion of our own."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_DEPTH:
+                    raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
+
+
 def parse(obj: dict[str, Any], *expected: type[M]) -> M:
-    """Validate ``obj`` as one of the ``expected`` message classes, field by field."""
+    """Validate ``obj`` as one of the ``expected`` message classes, field by field; its
+    bytes fields are taken from the frame's binary section, which they must fill exactly."""
     cls = _REGISTRY.get(obj.get("type"))  # type: ignore[arg-type]
     if cls is None or cls not in expected:
         names = ", ".join(e.TYPE for e in expected)
         raise ProtocolError(f"unexpected message {str(obj.get('type'))[:40]!r}; expected {names}")
     hints = _hints(cls)
+    binary = _binary_fields(cls)
+    section = obj.binary if isinstance(obj, Frame) else memoryview(b"")
+    offset = 0
     values = {}
     for f in fields(cls):
         if f.name not in obj:
             if f.default is not MISSING:
                 continue
             raise ProtocolError(f"{cls.TYPE}: missing field {f.name!r}")
-        if not _conforms(obj[f.name], hints[f.name]):
+        value = obj[f.name]
+        if f.name in binary and value is not None:  # its length; the bytes are in the section
+            if not (_conforms(value, int) and 0 <= value <= len(section) - offset):
+                raise ProtocolError(f"{cls.TYPE}: field {f.name!r} has a bad length")
+            length: int = value
+            value, offset = section[offset : offset + length].tobytes(), offset + length
+        elif not _conforms(value, hints[f.name]):
             raise ProtocolError(f"{cls.TYPE}: field {f.name!r} has the wrong type")
-        values[f.name] = obj[f.name]
+        values[f.name] = value
     if extra := set(obj) - {f.name for f in fields(cls)} - {"type"}:
         raise ProtocolError(f"{cls.TYPE}: unknown field(s) {sorted(extra)[:5]}")
+    if offset != len(section):
+        raise ProtocolError(f"{cls.TYPE}: {len(section) - offset} bytes of the frame belong to no field")
     return cls(**values)  # cls is one of `expected`, checked above
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
+_BINARY: dict[type, frozenset[str]] = {}
 
 
 def _hints(cls: type[Message]) -> dict[str, Any]:
@@ -347,6 +448,16 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
     if hints is None:
         hints = _HINTS[cls] = typing.get_type_hints(cls)
     return hints
+
+
+def _binary_fields(cls: type[Message]) -> frozenset[str]:
+    """The fields that travel in the binary section: those of type ``bytes`` (or None)."""
+    names = _BINARY.get(cls)
+    if names is None:
+        names = _BINARY[cls] = frozenset(
+            name for name, hint in _hints(cls).items() if hint is bytes or bytes in typing.get_args(hint)
+        )
+    return names
 
 
 def _conforms(value: Any, hint: Any) -> bool:

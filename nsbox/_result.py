@@ -137,8 +137,9 @@ class RunResult:
         )
 
     # -- serialisation -------------------------------------------------------------------
-    def to_dict(self, binary: Literal["text", "base64"] = "text") -> dict[str, Any]:
-        """JSON-ready. ``text`` decodes output as UTF-8 (for reports), ``base64`` keeps bytes."""
+    def to_dict(self, binary: Literal["text", "base64", "omit"] = "text") -> dict[str, Any]:
+        """JSON-ready. ``text`` decodes output as UTF-8 (for reports), ``base64`` keeps bytes,
+        ``omit`` leaves stdout and stderr out (they cross the wire as bytes, beside it)."""
         data: dict[str, Any] = {
             "args": list(self.args),
             "status": self.status.value,
@@ -156,6 +157,8 @@ class RunResult:
         }
         for name in ("stdout", "stderr"):
             value: bytes | None = getattr(self, name)
+            if binary == "omit":
+                continue
             if value is None:
                 data[name] = None
             elif binary == "base64":
@@ -165,9 +168,12 @@ class RunResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunResult:
-        """Inverse of ``to_dict(binary="base64")``."""
-        return cls(
+    def from_dict(cls, data: dict[str, Any], output: tuple[bytes | None, bytes | None] | None = None) -> RunResult:
+        """Inverse of ``to_dict(binary="base64")``, or of ``to_dict(binary="omit")`` with the
+        ``output`` (stdout, stderr) that went beside it."""
+        if output is not None:
+            data = {**data, "stdout": None, "stderr": None}
+        result = cls(
             args=tuple(str(a) for a in data["args"]),
             status=Status(data["status"]),
             exit_code=int(data["exit_code"]),
@@ -184,6 +190,14 @@ class RunResult:
             limits=str(data.get("limits", "")),
             seccomp=str(data.get("seccomp", "")),
         )
+        if output is not None:
+            result = dataclasses.replace(result, stdout=output[0], stderr=output[1])
+        return result
+
+
+def decode_output(data: bytes | bytearray) -> str:
+    """Captured bytes as the text ExecutionResult shows (undecodable bytes as U+FFFD)."""
+    return data.decode("utf-8", "replace")
 
 
 def _signal_name(sig: int) -> str:
@@ -225,14 +239,37 @@ class ExecutionResult:
     def data(self) -> dict[str, Any]:
         return {"output": self.stdout, "stderr": self.stderr, "value": self.value}
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+    def to_dict(self, *, output: bool = True) -> dict[str, Any]:
+        """JSON-ready (``result`` as it is: a JSON value). ``output=False`` leaves stdout and
+        stderr out (they cross the wire as bytes, beside it)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # shallow: result may nest
         data["status"] = self.status.value
+        if not output:
+            del data["stdout"], data["stderr"]
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
+    def from_dict(
+        cls, data: dict[str, Any], output: tuple[bytes | None, bytes | None] | None = None
+    ) -> ExecutionResult:
+        """Inverse of ``to_dict``; with ``output``, the (stdout, stderr) bytes that went beside
+        it, decoded here."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["status"] = Status(values["status"])
+        if output is not None:
+            values["stdout"], values["stderr"] = (decode_output(b or b"") for b in output)
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Executed:
+    """An execution as the supervisor has it: the verdict (with empty stdout and stderr) and
+    the output still as the bytes captured, decoded only where it is shown (``decoded``)."""
+
+    result: ExecutionResult
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    def decoded(self) -> ExecutionResult:
+        return dataclasses.replace(self.result, stdout=decode_output(self.stdout), stderr=decode_output(self.stderr))

@@ -12,7 +12,6 @@ only for a single-threaded one-shot caller: the CLI.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import json
@@ -32,7 +31,20 @@ from ._channel import Channel, readable
 from ._errors import ExecutionFailed, ProtocolError, RunFailed, SandboxError, SecurityError, SetupError, SpecError
 from ._fds import close_fds
 from ._files import FILE_LIMIT, FileInfo
-from ._protocol import MAX_FRAME_SESSION, Close, Done, Execute, Failed, FileReply, FileRequest, Open, Ready, Run
+from ._hostfiles import read_host_file, write_host_file
+from ._protocol import (
+    MAX_FRAME_SESSION,
+    VALUE_DEPTH,
+    Close,
+    Done,
+    Execute,
+    Failed,
+    FileReply,
+    FileRequest,
+    Open,
+    Ready,
+    Run,
+)
 from ._result import ExecutionResult, RunResult
 from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
 from ._stdio import check_stdio_fd
@@ -41,7 +53,11 @@ from ._supervisor import Supervisor
 StdioArg = int | IO[Any] | None
 _T = TypeVar("_T")
 _UNSET: Any = object()
+#: How long close() waits for the supervisor to tear the sandbox down before it kills the
+#: supervisor (whose death takes every process of the sandbox with it: parent-death signals).
 CLOSE_TIMEOUT = 10.0
+#: The most a request may carry: a run's input, or a cell's code and inputs (JSON) together.
+REQUEST_LIMIT = 64 * 1024 * 1024
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -65,12 +81,13 @@ class _RemoteBackend:
         self.spec = spec
         self.channel: Channel | None = None
         self.supervisor_pid: int | None = None
+        self.supervisor_fd: int | None = None  #: a pidfd of the supervisor (the spawner's child)
         self._opening: Ready | Done | Failed | FileReply | None = None
 
     def start(self) -> None:
         from ._spawner import Spawner  # imported on first use: the CLI never needs it
 
-        sock, self.supervisor_pid = Spawner.get().spawn()
+        sock, self.supervisor_pid, self.supervisor_fd = Spawner.get().spawn()
         self.channel = Channel(sock, MAX_FRAME_SESSION)
         self.channel.send(Open(self.spec.to_dict()))
         self._opening = self._receive(Ready, Failed)
@@ -78,11 +95,13 @@ class _RemoteBackend:
 
     def run(self, request: Run, fds: list[int]) -> RunResult:
         self._send(request, fds)
-        return RunResult.from_dict(self._done(self._receive(Done, Failed)).result)
+        done = self._done(self._receive(Done, Failed))
+        return RunResult.from_dict(done.result, (done.stdout, done.stderr))
 
     def execute(self, request: Execute) -> ExecutionResult:
         self._send(request)
-        return ExecutionResult.from_dict(self._done(self._receive(Done, Failed)).result)
+        done = self._done(self._receive(Done, Failed))
+        return ExecutionResult.from_dict(done.result, (done.stdout, done.stderr))
 
     def file_op(self, request: FileRequest) -> FileReply:
         self._send(request)
@@ -147,21 +166,37 @@ class _RemoteBackend:
 
     def close(self) -> None:
         """Ask the supervisor to tear down and wait until it has: it closes the session
-        only after every process of the sandbox is gone."""
-        if self.channel is None:
-            return
+        only after every process of the sandbox is gone. A supervisor that does not (it is
+        stopped, or wedged) is killed after CLOSE_TIMEOUT; its death kills init and with it
+        every process of the sandbox (parent-death signals, the pid namespace), and the
+        spawner removes its cgroups."""
         channel, self.channel = self.channel, None
         try:
-            channel.send(Close())
-            deadline = time.monotonic() + CLOSE_TIMEOUT
-            while (left := deadline - time.monotonic()) > 0 and readable(channel.fileno(), left):
-                got = channel.read_packet()
-                if got is not None:
-                    close_fds(got[1])
-        except (EOFError, OSError, ProtocolError):
-            pass
+            if channel is not None:
+                with contextlib.suppress(OSError, ProtocolError):
+                    channel.send(Close(), deadline=time.monotonic() + CLOSE_TIMEOUT)
+                deadline = time.monotonic() + CLOSE_TIMEOUT
+                with contextlib.suppress(EOFError, OSError, ProtocolError):
+                    while (left := deadline - time.monotonic()) > 0 and readable(channel.fileno(), left):
+                        got = channel.read_packet()
+                        if got is not None:
+                            close_fds(got[1])
+                channel.close()
         finally:
-            channel.close()
+            self._end_supervisor()
+
+    def _end_supervisor(self) -> None:
+        """Wait (briefly: the session has ended) for the supervisor to exit; kill it if it does not."""
+        fd, self.supervisor_fd = self.supervisor_fd, None
+        if fd is None:
+            return
+        try:
+            if not readable(fd, 1.0):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                readable(fd, CLOSE_TIMEOUT)
+        finally:
+            os.close(fd)
 
 
 class _LocalBackend:
@@ -181,7 +216,7 @@ class _LocalBackend:
         return _forwarding(lambda events: self.supervisor.run(request, fds, events))
 
     def execute(self, request: Execute) -> ExecutionResult:
-        return _forwarding(lambda events: self.supervisor.execute(request, events))
+        return _forwarding(lambda events: self.supervisor.execute(request, events)).decoded()
 
     def file_op(self, request: FileRequest) -> FileReply:
         return self.supervisor.file_op(request)
@@ -288,7 +323,14 @@ class NsSandbox:
             raise SpecError(("input", "stdin"), "pass input or stdin, not both")
         if not isinstance(cwd, str) or not cwd.startswith("/"):
             raise SpecError(option_name("cwd"), f"{cwd!r} must be an absolute path inside the sandbox")
-        data = input.encode() if isinstance(input, str) else input
+        data = input.encode() if isinstance(input, str) else None if input is None else bytes(input)
+        if data is not None and len(data) > REQUEST_LIMIT:
+            raise SpecError(option_name("input"), f"{len(data)} bytes of input; at most {REQUEST_LIMIT}")
+        # What init takes (MAX_FRAME_TO_INIT) the supervisor checks, and logs a refusal of; this
+        # keeps a request that could not even reach it (the session's frame cap) from ending it.
+        command_size = sum(len(os.fsencode(a)) for a in argv) + sum(len(k) + len(v) for k, v in (env or {}).items())
+        if command_size > REQUEST_LIMIT:
+            raise SpecError(option_name("command"), f"argv and env take {command_size} bytes; at most {REQUEST_LIMIT}")
         fds: list[int] = []
         try:
             stdin_mode = "input" if data is not None else _stdio_mode("stdin", stdin, fds)
@@ -300,7 +342,7 @@ class NsSandbox:
                 stdin=stdin_mode,
                 stdout=_stdio_mode("stdout", stdout, fds),
                 stderr=_stdio_mode("stderr", stderr, fds),
-                input=None if data is None else base64.b64encode(data).decode("ascii"),
+                input=data,
             )
             self.start()
             with self._lock:
@@ -334,6 +376,9 @@ class NsSandbox:
     ) -> ExecutionResult:
         if not isinstance(code, str):
             raise SpecError(option_name("code"), "code must be a string of Python source")
+        size = len(code.encode("utf-8", "surrogatepass")) + (0 if inputs is None else len(json.dumps(inputs)))
+        if size > REQUEST_LIMIT:
+            raise SpecError(option_name("code"), f"code and inputs take {size} bytes; at most {REQUEST_LIMIT}")
         limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
         return self._call(lambda backend: backend.execute(Execute(code, limit, inputs, want_result)))
 
@@ -343,17 +388,11 @@ class NsSandbox:
         content = data.encode() if isinstance(data, str) else bytes(data)
         if len(content) > FILE_LIMIT:
             raise SpecError("data", f"{len(content)} bytes; at most {FILE_LIMIT} are written")
-        encoded = base64.b64encode(content).decode("ascii")
-        self._file(FileRequest("write", _path(path), encoded, mode))
+        self._file(FileRequest("write", _path(path), content, mode))
 
     def read_file(self, path: str) -> bytes:
         """The content of a regular file in /workspace (at most FILE_LIMIT bytes)."""
-        reply = self._file(FileRequest("read", _path(path)))
-        try:
-            return base64.b64decode(reply.data or "", validate=True)
-        except ValueError:
-            self.close()
-            raise ProtocolError("a file's content was not base64") from None
+        return self._file(FileRequest("read", _path(path))).data or b""
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
         """The entries of a directory in /workspace, by name; symlinks are not followed."""
@@ -364,17 +403,25 @@ class NsSandbox:
         """Remove a file, an empty directory, or (``recursive``) a whole tree."""
         self._file(FileRequest("remove", _path(path), recursive=recursive))
 
-    def upload(self, host_path: str | os.PathLike[str], dest: str | None = None) -> None:
-        """Copy a host file into /workspace (``dest``: by default its name)."""
-        with open(host_path, "rb") as f:
-            data = f.read(FILE_LIMIT + 1)
+    def upload(
+        self, host_path: str | os.PathLike[str], dest: str | None = None, *, follow_symlinks: bool = False
+    ) -> None:
+        """Copy a regular host file into /workspace (``dest``: by default its name).
+
+        A symlink anywhere on ``host_path`` is refused (SecurityError), as is anything but a
+        regular file: a sandbox with a writable bind, or another user, could have planted it
+        there. ``follow_symlinks=True`` if the path is yours alone."""
+        data = read_host_file(host_path, FILE_LIMIT, what="host_path", follow_symlinks=follow_symlinks)
         self.write_file(dest if dest is not None else os.path.basename(os.fspath(host_path)), data)
 
-    def download(self, src: str, host_path: str | os.PathLike[str]) -> None:
-        """Copy a regular file of /workspace to ``host_path`` on the host."""
+    def download(self, src: str, host_path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> None:
+        """Copy a regular file of /workspace to ``host_path`` on the host: written to a new
+        file beside it, then renamed into place (never written through what is there).
+
+        A symlink anywhere on ``host_path``, or an existing ``host_path`` that is not a regular
+        file, is refused (SecurityError). ``follow_symlinks=True`` if the path is yours alone."""
         data = self.read_file(src)
-        with open(host_path, "wb") as f:
-            f.write(data)
+        write_host_file(host_path, data, what="host_path", follow_symlinks=follow_symlinks)
 
     def _file(self, request: FileRequest) -> FileReply:
         return self._call(lambda backend: backend.file_op(request))
@@ -478,9 +525,23 @@ def _json_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(inputs, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in inputs):
         raise SpecError(option_name("inputs"), "inputs must map variable names to values")
     try:
-        return dict(json.loads(json.dumps(dict(inputs), allow_nan=False)))
-    except (TypeError, ValueError) as exc:
-        raise SpecError(option_name("inputs"), f"inputs must be JSON values: {exc}") from None
+        values = dict(json.loads(json.dumps(dict(inputs), allow_nan=False)))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SpecError(option_name("inputs"), f"inputs must be JSON values: {str(exc)[:200]}") from None
+    if _depth(values) > VALUE_DEPTH + 1:  # the mapping itself is one level
+        raise SpecError(option_name("inputs"), f"inputs nest deeper than {VALUE_DEPTH} levels")
+    return values
+
+
+def _depth(value: object) -> int:
+    """How deep lists and dicts nest in ``value`` (without recursion of ours)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _argv(args: Sequence[str | os.PathLike[str]] | str) -> list[str]:

@@ -104,10 +104,12 @@ def serve_session(sock: socket.socket) -> None:
 
 def _serve(supervisor: Supervisor, message: Message, fds: list[int], events: _SessionEvents) -> Message:
     if isinstance(message, Run):
-        return Done(supervisor.run(message, fds, events).to_dict(binary="base64"))
+        result = supervisor.run(message, fds, events)
+        return Done(result.to_dict(binary="omit"), result.stdout, result.stderr)
     close_fds(fds)
     if isinstance(message, Execute):
-        return Done(supervisor.execute(message, events).to_dict())
+        executed = supervisor.execute(message, events)
+        return Done(executed.result.to_dict(output=False), executed.stdout, executed.stderr)
     if isinstance(message, FileRequest):
         return supervisor.file_op(message)
     raise SandboxError(f"unexpected request {message.TYPE!r}")

@@ -3,7 +3,8 @@
 Reserve a host id range (root), create the cgroup, fork the intermediate, open the
 namespaces we enter later, write the id maps, hand over the bind sources (root), put the
 processes in the cgroup while init builds the root, take init's workspace handle, start
-the egress proxy, and (subordinate ids) join the sandbox's user namespace. Every failure
+the egress proxy, (subordinate ids) join the sandbox's user namespace, and keep no
+supplementary group the payload has not (the file API acts as the payload). Every failure
 becomes a SetupError naming the stage; init's own report of a failed step wins over what
 the intermediate saw, being more precise. A mixin of ``Supervisor``, which holds the
 state and the teardown (``close``) that a failed set-up ends with.
@@ -119,7 +120,8 @@ class SandboxSetup:
                 with _setup_stage("open the bind sources", "open"):
                     source_fds = _mount.open_sources_from_parent(pid, self.plan.root.sources)
             try:
-                sync.send(Go(), source_fds)
+                with _setup_stage("start the sandbox's init", "send"):
+                    sync.send(Go(), source_fds, deadline=time.monotonic() + SETUP_TIMEOUT)
             finally:
                 close_fds(source_fds)
             started, fds = self._await_setup(sync, InitStarted)
@@ -136,7 +138,7 @@ class SandboxSetup:
                     # cgroup namespace after it, so that the sandbox's cgroup is its root.
                     self.cgroup.attach(pid)
                     self.cgroup.attach(started.pid)
-                ctl.send(Attached())
+                ctl.send(Attached(), deadline=time.monotonic() + SETUP_TIMEOUT)
             except (OSError, SetupError) as exc:  # init may have failed meanwhile: its report is the cause
                 reported = self._init_report()
                 if reported is None:
@@ -160,6 +162,8 @@ class SandboxSetup:
             if mapping.mode == "subordinate":
                 with _setup_stage("join the sandbox's user namespace", "setns"):
                     _userns.join_from_parent(ns_fds["user"])
+            with _setup_stage("drop the supplementary groups", "setgroups"):
+                _userns.drop_groups_from_parent(mapping)
         except BaseException as exc:
             self.audit.failed(exc if isinstance(exc, Exception) else SandboxError(type(exc).__name__))
             self.close()

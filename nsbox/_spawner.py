@@ -26,6 +26,7 @@ import time
 from . import _session
 from ._cgroup import sweep_all
 from ._channel import Channel, socketpair
+from ._errors import ProtocolError
 from ._fds import child_wakeup, close_fds, drain
 from ._protocol import Spawn, Spawned, parse
 from ._seccomp import compile_filters
@@ -83,7 +84,11 @@ def _spawn(channel: Channel, _: Spawn, fds: list[int], own_fds: tuple[int, int])
         finally:
             os._exit(0)
     os.close(fds[0])
-    channel.send(Spawned(pid))
+    pidfd = os.pidfd_open(pid)  # before we could reap it: this pid is the supervisor's
+    try:
+        channel.send(Spawned(pid), [pidfd])
+    finally:
+        os.close(pidfd)
 
 
 def _reap_killed() -> bool:
@@ -132,20 +137,22 @@ class Spawner:
                 cls._instance = current = cls()
             return current
 
-    def spawn(self) -> tuple[socket.socket, int]:
-        """A new supervisor: (our end of its session socket, its pid)."""
+    def spawn(self) -> tuple[socket.socket, int, int]:
+        """A new supervisor: (our end of its session socket, its pid, a pidfd of it)."""
         ours, theirs = socketpair()
         try:
             with self._lock:
                 self.channel.send(Spawn(), [theirs.fileno()])
                 spawned, fds = self.channel.recv(Spawned, timeout=SPAWN_TIMEOUT)
-            close_fds(fds)
+            if len(fds) != 1:
+                close_fds(fds)
+                raise ProtocolError("spawned must carry exactly one pidfd")
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        return ours, spawned.pid
+        return ours, spawned.pid, fds[0]
 
     def shutdown(self) -> None:
         if self.pid != os.getpid():

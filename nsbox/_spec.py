@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ._errors import SpecError
+from ._errors import SecurityError, SpecError
+from ._hostfiles import canonical_path, is_net_namespace, read_host_file
 from ._values import GiB, MiB, bounded, option_name, parse_number, parse_size, parse_timeout
 
 __all__ = ["GiB", "MiB", "option_name", "parse_size", "parse_timeout"]  # re-exported for callers
@@ -76,9 +77,10 @@ class Mount:
         option = "mounts"
         if not isinstance(self.source, str) or not self.source or "\0" in self.source:
             raise SpecError(option_name(option), f"bind source {self.source!r} is not a path")
-        # Canonical from here on: the supervisor opens exactly this path and follows no
-        # symlink on the way, so one planted or swapped in later is refused, not followed.
-        source = os.path.realpath(os.path.abspath(self.source))
+        # Canonical from here on (only root's own symlinks followed: _hostfiles.canonical_path):
+        # the supervisor opens exactly this path and follows no symlink on the way, so one
+        # planted or swapped in later is refused, not followed.
+        source = canonical_path(self.source, what=option_name(option))
         if not os.path.exists(source):
             raise SpecError(option_name(option), f"bind source {source!r} does not exist on the host")
         if not (os.path.isdir(source) or os.path.isfile(source)):
@@ -117,6 +119,11 @@ class Caps:
         )
 
 
+#: The largest output_limit: two streams of it, and a result as large, fit one frame to the
+#: front-end (``_protocol.MAX_FRAME_SESSION``; ``tests/unit/test_protocol.py`` checks the sum).
+MAX_OUTPUT_LIMIT = 64 * MiB
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one sandbox may use. memory, cpus and pids are enforced by cgroups (the whole
@@ -144,7 +151,7 @@ class Limits:
             ("pids", int(bounded("pids", self.pids, 1, caps.pids, "whole", "NSBOX_MAX_PIDS"))),
             ("timeout", parse_timeout(self.timeout)),
             ("cpu_time", parse_timeout(self.cpu_time, "cpu_time")),
-            ("output_limit", int(bounded("output_limit", self.output_limit, 0, 64 * MiB, "size"))),
+            ("output_limit", int(bounded("output_limit", self.output_limit, 0, MAX_OUTPUT_LIMIT, "size"))),
             ("file_size", int(bounded("file_size", self.file_size, 0, 1 << 50, "size"))),
             ("open_files", int(bounded("open_files", self.open_files, 16, 1 << 20, "whole"))),
         ):
@@ -205,9 +212,10 @@ class Seccomp:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Seccomp:
         option = option_name("seccomp")
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(1 << 20)
+        try:  # it decides the filter: a regular file, and no symlink planted on its way
+            raw = read_host_file(path, 1 << 20, what=option)
+        except SecurityError as exc:
+            raise SpecError(option, f"the policy file: {exc}") from None
         except OSError as exc:
             raise SpecError(option, f"cannot read the policy file {str(path)!r}: {exc.strerror}") from None
         try:
@@ -271,8 +279,8 @@ class NetworkPolicy:
                 raise SpecError(option_name("network.hosts"), f"{pair!r} is not NAME=IP")
             clean.append((name.lower().rstrip("."), str(address)))
         object.__setattr__(self, "hosts", tuple(clean))
-        if self.uplink is not None and not os.path.exists(str(self.uplink)):
-            raise SpecError(option_name("network.uplink"), f"{self.uplink!r} does not exist (a network namespace file)")
+        if self.uplink is not None and not is_net_namespace(str(self.uplink)):
+            raise SpecError(option_name("network.uplink"), f"{self.uplink!r} is not a network namespace file")
 
     @classmethod
     def parse(cls, value: NetworkPolicy | Mapping[str, Any] | str | None) -> NetworkPolicy:
@@ -310,7 +318,8 @@ class SandboxSpec:
         if self.rootfs is not None:
             from ._rootfs._store import is_name, resolve  # a NAME: built or imported (nsbox rootfs)
 
-            rootfs = resolve(str(self.rootfs)) if is_name(str(self.rootfs)) else os.path.abspath(str(self.rootfs))
+            rootfs = str(self.rootfs)
+            rootfs = resolve(rootfs) if is_name(rootfs) else canonical_path(rootfs, what=option_name("rootfs"))
             if not os.path.isdir(rootfs):
                 raise SpecError(option_name("rootfs"), f"{rootfs!r} is not a directory")
             object.__setattr__(self, "rootfs", rootfs)
@@ -322,7 +331,7 @@ class SandboxSpec:
             raise SpecError(option_name("mounts"), f"destination(s) used twice: {', '.join(dupes)}")
         object.__setattr__(self, "mounts", mounts)
         if self.wheels is not None:
-            wheels = os.path.abspath(str(self.wheels))
+            wheels = canonical_path(str(self.wheels), what=option_name("wheels"))
             if not os.path.isdir(wheels):
                 raise SpecError(option_name("wheels"), f"{wheels!r} is not a directory")
             if WHEELS in targets:

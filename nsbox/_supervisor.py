@@ -16,7 +16,6 @@ intermediate's parent-death signal kills it, init's kills init, and the same fol
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import select
@@ -30,7 +29,7 @@ from ._audit import AuditLog
 from ._cgroup import CgroupGuard, CgroupLimits, Usage, cgroup_for_host
 from ._channel import Channel, readable
 from ._child import SandboxPlan
-from ._errors import SandboxError, SecurityError, SpecError
+from ._errors import ProtocolError, SandboxError, SecurityError, SpecError
 from ._fds import close_fds
 from ._files import Workspace
 from ._kernel import Kernel
@@ -48,10 +47,10 @@ from ._protocol import (
     Run,
     Signal,
     Started,
-    encode,
+    frame_size,
     parse,
 )
-from ._result import ExecutionResult, RunResult
+from ._result import Executed, RunResult
 from ._seccomp import compile_filters
 from ._setup import SandboxSetup
 from ._spec import SandboxSpec, option_name, parse_timeout
@@ -60,6 +59,9 @@ from ._watch import Watch
 
 #: How long the intermediate gets to reap init and exit before it is killed too.
 TEARDOWN_TIMEOUT = 5.0
+#: How long init gets to take a request (it always reads; stopping PID 1 from inside the
+#: namespace is impossible): a supervisor never waits longer on the sandbox's side.
+INIT_SEND_TIMEOUT = 5.0
 
 
 class Events(Protocol):
@@ -130,9 +132,9 @@ class Supervisor(SandboxSetup):
             timeout = parse_timeout(request.timeout) if request.timeout is not None else self.spec.limits.timeout
             argv = tuple(request.argv)
             exec_request = Exec(list(argv), self.spec.payload_env(request.env), request.cwd, RUN)
-            if len(encode(exec_request)) > MAX_FRAME_TO_INIT:
+            if frame_size(exec_request) > MAX_FRAME_TO_INIT:
                 raise SpecError(option_name("command"), f"argv and env exceed {MAX_FRAME_TO_INIT} bytes")
-            input_data = base64.b64decode(request.input, validate=True) if request.input else b""
+            input_data = request.input or b""
         except BaseException:
             close_fds(fds)
             raise
@@ -142,7 +144,7 @@ class Supervisor(SandboxSetup):
         watch = Watch(time.monotonic(), timeout, self.spec.limits, self.usage, before)
         exited: Exited | None = None
         try:
-            self.ctl.send(exec_request, io.child_fds)
+            self.send_init(exec_request, io.child_fds)
             io.close_child_fds()
             poller = select.poll()
             poller.register(self.ctl.fileno(), select.POLLIN)
@@ -153,7 +155,7 @@ class Supervisor(SandboxSetup):
             while exited is None and self.alive:
                 now = time.monotonic()
                 if watch.kill_by is None and watch.exceeded(now):
-                    self.ctl.send(KillRun())
+                    self.send_init(KillRun())
                 if watch.kill_by is not None and now >= watch.kill_by:
                     self.close()  # init did not report the kill in time: the whole sandbox goes
                     break
@@ -169,7 +171,7 @@ class Supervisor(SandboxSetup):
                         break
                     elif events is not None and fd == events.fileno():
                         for signum in events.read():
-                            self.ctl.send(Signal(signum, RUN))
+                            self.send_init(Signal(signum, RUN))
                     else:
                         io.handle(fd, poller)
             wall = time.monotonic() - watch.started
@@ -215,8 +217,18 @@ class Supervisor(SandboxSetup):
             seccomp=self.spec.seccomp.kind,
         )
 
+    def send_init(self, message: Message, fds: list[int] | None = None) -> None:
+        """A request to init, bounded in time: if init does not take it, the sandbox goes."""
+        if self.ctl is None:
+            raise SandboxError("the sandbox is not running")
+        try:
+            self.ctl.send(message, fds or (), deadline=time.monotonic() + INIT_SEND_TIMEOUT)
+        except (TimeoutError, ProtocolError):
+            self.close()
+            raise SandboxError("the sandbox's init stopped taking requests") from None
+
     # -- Python code (the session's kernel) ------------------------------------------------
-    def execute(self, request: Execute, events: Events | None = None) -> ExecutionResult:
+    def execute(self, request: Execute, events: Events | None = None) -> Executed:
         """One cell of Python in the session's kernel (started if it is not running).
         Never raises for the code's own failure; SandboxError if the sandbox dies."""
         try:
@@ -224,9 +236,9 @@ class Supervisor(SandboxSetup):
         except SpecError as exc:
             self.audit.refused("execute", str(exc))
             raise
-        result = _kernel.execute(self, request, timeout, events)
-        self.audit.execution(result)
-        return result
+        executed = _kernel.execute(self, request, timeout, events)
+        self.audit.execution(executed.result)
+        return executed
 
     # -- files of the workspace --------------------------------------------------------------
     def file_op(self, request: FileRequest) -> FileReply:
@@ -236,10 +248,9 @@ class Supervisor(SandboxSetup):
             raise SandboxError("the sandbox is not running")
         try:
             if request.op == "read":
-                return FileReply(data=base64.b64encode(self.workspace.read(request.path)).decode("ascii"))
+                return FileReply(data=self.workspace.read(request.path))
             if request.op == "write":
-                data = base64.b64decode(request.data or "", validate=True)
-                self.workspace.write(request.path, data, request.mode)
+                self.workspace.write(request.path, request.data or b"", request.mode)
             elif request.op == "list":
                 return FileReply(entries=self.workspace.list(request.path))
             elif request.op == "remove":

@@ -299,6 +299,19 @@ def join_from_parent(userns_fd: int) -> None:
     _linux.setns(userns_fd, _linux.CLONE_NEWUSER)
 
 
+def drop_groups_from_parent(mapping: IdMapping) -> None:
+    """In the supervisor once set-up is done: keep no supplementary group the payload has
+    not. The workspace file API acts as the payload (setfsuid, setfsgid), but permission
+    checks also count the process's supplementary groups, which setfsgid leaves alone: with
+    root's group 0 (any root login), or a user's docker or adm group, the API could read or
+    write what the payload cannot. Root and subordinate payloads have none (the
+    intermediate and init drop them); in own mode the payload keeps the user's groups
+    (setgroups is denied in its namespace), and so do we. As root, and in A after
+    ``join_from_parent`` (whose setgroups is "allow"), we hold CAP_SETGID for this."""
+    if mapping.mode != "own":
+        os.setgroups([])
+
+
 def become_payload_in_child() -> None:
     """In B: the payload's unprivileged ids. Leaving uid 0 clears permitted and
     effective capabilities (capabilities(7), "Effect of user ID changes")."""

@@ -10,11 +10,15 @@ fails instead of skipping, except ``require_root`` in the rootless run, which sa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -262,3 +266,68 @@ def no_leftovers() -> Iterator[None]:
 
 def _tmp_entries() -> set[str]:
     return {e for e in os.listdir("/tmp") if not e.startswith(("pytest-of-", "tmp"))}
+
+
+# --- host-side attacks: folders, sessions, calls that might block ------------------------------
+@pytest.fixture
+def host_tmp() -> Iterator[Callable[..., Path]]:
+    """Makes host temporary directories (named tmp*, as the leftover check expects), by their
+    real path (no symlink in them), removed after the test whatever a sandbox left in them."""
+    made: list[Path] = []
+
+    def make(name: str, mode: int = 0o700) -> Path:
+        path = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"tmp-nsbox-{name}-")))
+        made.append(path)
+        os.chmod(path, mode)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def session(**options: Any) -> Iterator[nsbox.NsSandbox]:
+    require_sandbox()
+    with nsbox.NsSandbox(**options) as sandbox:
+        yield sandbox
+
+
+def sh(sandbox: nsbox.NsSandbox, script: str, timeout: float = 30) -> bytes:
+    """Runs a shell script in /workspace; it must succeed. Returns its stdout."""
+    result = sandbox.run(["sh", "-c", script], capture_output=True, timeout=timeout)
+    assert result.status == nsbox.Status.OK, (script, result.status, result.exit_code, result.error, result.stderr)
+    return result.stdout or b""
+
+
+def call_within(call: Callable[[], Any], seconds: float) -> tuple[threading.Thread, Any, BaseException | None]:
+    """Runs ``call`` in a daemon thread for up to ``seconds``: (the thread, its value, its
+    exception). The thread is still alive if the call blocked: the caller unblocks it."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread, box.get("value"), box.get("error")
+
+
+def fingerprint(path: Path) -> tuple[Any, ...] | None:
+    """Everything a write (or a replacement) through an escape would change; None: no such
+    entry. (atime is left out: a read through an escape is seen in the data, not here.)"""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        content: Any = sorted(os.listdir(path))
+    elif stat.S_ISREG(st.st_mode):
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        content = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+    return (content, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_size)

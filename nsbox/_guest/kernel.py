@@ -36,6 +36,7 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 PACKET = 64 * 1024  # as nsbox._channel.PACKET
 MAX_REPR = 100_000
+MAX_VALUE_DEPTH = 60  # as nsbox._protocol.VALUE_DEPTH: a frame nests at most 64 deep
 PACKAGES = "/workspace/.packages"  # where install_packages puts them (pip --target)
 _SIGINT = {signal.SIGINT}
 
@@ -116,13 +117,28 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
         if cell.get("want_result"):
             if "result" not in namespace:
                 raise NameError("the code did not assign the variable 'result'")
-            json.dumps(namespace["result"], allow_nan=False)  # raises if it is not plain JSON
+            check_result(namespace["result"], cell.get("result_limit", 1 << 20))
             result, has_result = namespace["result"], True
     except BaseException as exc:  # the cell's failure, whatever it is, is its result
         error = describe(exc, own_file)
     reply = {"type": "cell_done", "number": cell.get("number"), "value": value, "error": error}
     reply.update(has_result=has_result, result=result)
     return reply
+
+
+def check_result(value: Any, limit: int) -> None:
+    """The variable ``result`` must be plain JSON, at most ``limit`` bytes of it, nested at
+    most MAX_VALUE_DEPTH deep (the supervisor would refuse the reply otherwise)."""
+    size = len(json.dumps(value, allow_nan=False, separators=(",", ":")))  # raises if it is not JSON
+    if size > limit:
+        raise ValueError(f"the variable 'result' takes {size} bytes as JSON; at most {limit} are returned")
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_VALUE_DEPTH:
+                raise ValueError(f"the variable 'result' nests deeper than {MAX_VALUE_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
 def flush_output() -> None:

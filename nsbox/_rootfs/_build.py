@@ -10,6 +10,9 @@ The steps, in order:
    --no-install-recommends`` of the recipe's packages, chrooted into the new root, with a
    private /proc and a /dev of five bound device files on a tmpfs.
 3. The recipe's files; apt's caches and package lists dropped (tens of MB, and stale).
+   Both go through the tree's fd a component at a time, with O_NOFOLLOW (``open_parent``): the
+   tree was shaped by maintainer scripts, and a symlink in it (``var -> /var``) must not make
+   a write or a removal land on the build host.
 4. The tree made safe (no setuid/setgid bit, file capability or device node: _tree.py) and
    described (size, package versions) in the manifest; then renamed into place.
 
@@ -27,13 +30,14 @@ recipe names Debian packages from a signed archive, not untrusted code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import subprocess  # nosec B404  # debootstrap, chroot and apt-get, with argument lists, no shell
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from .._errors import RootfsError
 from . import _store
@@ -135,7 +139,7 @@ def build(
         say("[3/4] the recipe's files; apt's caches dropped")
         _write_files(tree, (*_NOT_THE_BUILD_HOSTS, *source.files))
         for path in _DROPPED:
-            _empty(os.path.join(tree, path))
+            _empty(tree, path)
         say("[4/4] setuid bits, file capabilities and device nodes stripped; manifest")
         root = stage.finish(started, {"kind": "recipe", "recipe": source.to_dict(), "description": source.description})
     made = root.manifest
@@ -251,16 +255,39 @@ def _write_files(tree: str, files: tuple[tuple[str, str], ...]) -> None:
         os.close(root_fd)
 
 
-def _empty(path: str) -> None:
-    """Removes what is in ``path`` (or the file itself), keeping a folder, never following a link."""
-    target = Path(path)
-    if target.is_symlink() or not target.exists():
-        return
-    if not target.is_dir():
-        target.unlink()
-        return
-    for entry in target.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def _empty(tree: str, path: str) -> None:
+    """Removes what is in ``tree/path`` (or the file itself), keeping a folder. Every
+    component is opened from the tree's fd with O_NOFOLLOW (open_parent): a symlink anywhere
+    on the path (``var -> /var`` made by a maintainer script) stops it, and nothing is removed."""
+    *parts, name = path.split("/")
+    root_fd = os.open(tree, DIR_FLAGS)
+    try:
+        try:
+            parent = open_parent(root_fd, parts, create=False)
+        except (FileNotFoundError, Refused):  # not there, or not a folder of the tree
+            return
+    finally:
+        os.close(root_fd)
+    try:
+        try:
+            folder = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY|O_NOFOLLOW: ENOTDIR for a link too
+                raise
+            if not stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=parent)  # a file: removed; a symlink: left, never followed
+            return
+        try:
+            with os.scandir(folder) as listing:
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+            for entry, is_dir in entries:
+                if is_dir:
+                    shutil.rmtree(entry, dir_fd=folder)  # fd-based: follows no symlink below
+                else:
+                    os.unlink(entry, dir_fd=folder)
+        finally:
+            os.close(folder)
+    finally:
+        os.close(parent)

@@ -13,10 +13,15 @@ layer as it is applied, compressed (the descriptor's digest and size) and uncomp
 config's ``rootfs.diff_ids``). The root is only committed when all of them matched; a
 mismatch discards everything written (the staging folder, _store.py). Layers are applied by
 _layers.py, which refuses entries that would leave the root.
+
+The archive is the caller's file (a symlink to it is followed), but only a regular file is
+read: it is opened O_PATH (which opens nothing: no FIFO blocks, no device acts), checked
+with fstat, and then reopened through that fd.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -29,11 +34,12 @@ import re
 import tarfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from .._errors import ImageError, RootfsError
+from .._hostfiles import NotRegularFile, reopen_regular
 from . import _store
 from ._layers import LayerWriter
 
@@ -124,13 +130,33 @@ def _run_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: run.get(k) for k in ("Env", "Cmd", "WorkingDir")} if isinstance(run, dict) else {}
 
 
-def _open_archive(image: str) -> tarfile.TarFile:
+@contextlib.contextmanager
+def _open_archive(image: str) -> Iterator[tarfile.TarFile]:
     try:
-        return tarfile.open(image, "r:*")
+        fd = _open_regular(image)
     except FileNotFoundError:
         raise RootfsError(f"no image file {image!r}", "give the path of a `docker save` or OCI archive") from None
-    except (OSError, tarfile.TarError) as exc:
+    except OSError as exc:
         raise ImageError(f"{image!r} is not a tar archive: {exc}") from None
+    with contextlib.ExitStack() as stack:
+        file = stack.enter_context(os.fdopen(fd, "rb"))
+        try:
+            archive = stack.enter_context(tarfile.open(fileobj=file, mode="r:*"))
+        except (OSError, tarfile.TarError) as exc:
+            raise ImageError(f"{image!r} is not a tar archive: {exc}") from None
+        yield archive
+
+
+def _open_regular(path: str) -> int:
+    """An fd to read ``path`` (symlinks followed: the caller names their own file) if it is
+    a regular file (_hostfiles.reopen_regular: a FIFO or a device is never opened)."""
+    try:
+        return reopen_regular(os.open(path, os.O_PATH | os.O_CLOEXEC))
+    except NotRegularFile as exc:
+        raise RootfsError(
+            f"{path!r} is {exc.kind}, not a regular file: not read",
+            "give the path of a `docker save` or OCI archive (save it to a file first)",
+        ) from None
 
 
 def read_image(archive: tarfile.TarFile) -> Image:

@@ -14,7 +14,9 @@
 
 An unknown key is an error that names it (a typo must not build a different root). The
 recipe's hash, over its parsed content and the build format, decides whether a root is up
-to date.
+to date. A recipe file is the caller's (a symlink to it is followed), read only if it is a
+regular file of at most ``_RECIPE_LIMIT`` bytes (_hostfiles.read_host_file: a FIFO or a
+device is refused without being opened).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .._errors import SpecError
+from .._errors import SecurityError, SpecError
+from .._hostfiles import read_host_file
 from .._values import parse_size
 
 #: Bump when the build's steps change what a recipe produces: every root is then rebuilt.
@@ -43,6 +46,7 @@ _COMPONENT = re.compile(r"[a-z][a-z0-9-]{1,31}")
 _MIRROR = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 #: The checkout's rootfs/ folder, where `nsbox rootfs build NAME` looks for NAME.toml.
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "rootfs"
+_RECIPE_LIMIT = 1 << 20  #: bytes; the shipped recipes are under 1 KB
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,9 @@ def find_recipe(recipe: str) -> Path:
 def load_recipe(path: Path) -> Recipe:
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_host_file(path, _RECIPE_LIMIT, what=where, follow_symlinks=True).decode("utf-8"))
+    except SecurityError:
+        raise SpecError(where, "not a regular file: give the path of a .toml file") from None
     except OSError as exc:
         raise SpecError(where, f"cannot read it: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -6,11 +6,16 @@ and ``_filter`` (the rules and how they are built), the machine, pyseccomp's mod
 the libseccomp library file it loads (path, inode, size, mtime: an upgrade of either is a new
 key). Where that library cannot be found, nothing is cached: a miss is always safe.
 
-The directory is ``$XDG_CACHE_HOME/nsbox`` (else ``~/.cache/nsbox``), 0700. A file is used
-only if it and its directory belong to us and nobody else may write them (what is loaded
-as a filter must not be anybody else's choice), it is opened without following symlinks,
-and its framing and checksum hold; anything else is a miss, and the filters are compiled.
-Files are written whole, then renamed into place.
+The directory is ``$XDG_CACHE_HOME/nsbox`` (else ``~/.cache/nsbox``), 0700. What is loaded
+as a filter must not be anybody else's choice, so the directory is opened once (O_DIRECTORY
+| O_NOFOLLOW) and used only if fstat says it belongs to us and nobody else may write it;
+every file is then read, created and renamed relative to that fd (whoever controls a folder
+above it can swap the path, not what the fd is), opened O_NOFOLLOW | O_NONBLOCK (a symlink
+is refused, a FIFO does not block), and used only if fstat says it is a regular file of
+ours that nobody else may write. The file's checksummed body holds its key (the file's
+name): a file compiled for another policy, renamed to this one's name, is refused. A file is
+loaded only if its framing, key and checksum hold; anything else is a miss, and the filters
+are compiled. Files are written whole, then renamed into place.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import stat
 import struct
 from dataclasses import asdict
 
+from .._hostfiles import replace_at
 from .._spec import Seccomp
 
-_MAGIC = b"nsbox-bpf 1\n"
+_MAGIC = b"nsbox-bpf 2\n"  #: then the key (the file's name) and a newline, the programs, the checksum
 _MAX_PROGRAMS = 4
 _MAX_PROGRAM = 4096 * 8  #: BPF_MAXINSNS instructions of 8 bytes
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIBSECCOMP = "libseccomp.so.2"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,36 +109,60 @@ def _trusted(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _open_directory(directory: str) -> int | None:
+    """An fd of the cache directory if it is ours and nobody else may write it (checked on
+    the fd: what is used is what was checked), else None."""
+    fd = os.open(directory, _DIR_FLAGS)
+    if not _trusted(os.fstat(fd)):
+        os.close(fd)
+        return None
+    return fd
+
+
 def _read(path: str) -> tuple[bytes, ...] | None:
+    directory, name = os.path.split(path)
     try:
-        if not _trusted(os.stat(os.path.dirname(path), follow_symlinks=False)):
+        dir_fd = _open_directory(directory)
+        if dir_fd is None:
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not _trusted(st) or st.st_size > _MAX_PROGRAMS * (_MAX_PROGRAM + 4) + 64:
+        limit = _MAX_PROGRAMS * (_MAX_PROGRAM + 4) + len(_MAGIC) + len(name) + 1 + 32
+        if not stat.S_ISREG(st.st_mode) or not _trusted(st) or st.st_size > limit:
             return None
-        data = os.read(fd, st.st_size + 1)
+        chunks, size = [], 0
+        while chunk := os.read(fd, limit + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
     except OSError:
         return None
     finally:
         os.close(fd)
-    return _unframe(data)
+    return _unframe(b"".join(chunks), name)
 
 
-def _frame(programs: tuple[bytes, ...]) -> bytes:
-    body = _MAGIC + b"".join(struct.pack(">I", len(p)) + p for p in programs)
+def _frame(key: str, programs: tuple[bytes, ...]) -> bytes:
+    body = _MAGIC + key.encode() + b"\n" + b"".join(struct.pack(">I", len(p)) + p for p in programs)
     return body + hashlib.sha256(body).digest()
 
 
-def _unframe(data: bytes) -> tuple[bytes, ...] | None:
+def _unframe(data: bytes, key: str) -> tuple[bytes, ...] | None:
+    """The programs of a cache file read as ``key``: None unless its body says ``key`` too,
+    and its checksum and framing hold."""
     body, checksum = data[:-32], data[-32:]
-    if not body.startswith(_MAGIC) or hashlib.sha256(body).digest() != checksum:
+    head = _MAGIC + key.encode() + b"\n"
+    if not body.startswith(head) or hashlib.sha256(body).digest() != checksum:
         return None
     programs: list[bytes] = []
-    at = len(_MAGIC)
+    at = len(head)
     while at < len(body):
         if at + 4 > len(body) or len(programs) == _MAX_PROGRAMS:
             return None
@@ -146,18 +177,16 @@ def _unframe(data: bytes) -> tuple[bytes, ...] | None:
 
 def _write(path: str, programs: tuple[bytes, ...]) -> None:
     """Best effort: a cache that cannot be written is only a slower next start."""
-    directory = os.path.dirname(path)
-    temporary = f"{path}.{os.getpid()}.tmp"
+    directory, name = os.path.split(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not _trusted(os.stat(directory, follow_symlinks=False)):
-            return
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, _frame(programs))
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        dir_fd = _open_directory(directory)
     except OSError:
+        return
+    if dir_fd is None:
+        return
+    try:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            replace_at(dir_fd, name, _frame(name, programs), 0o600)
+    finally:
+        os.close(dir_fd)

@@ -208,7 +208,7 @@ def test_without_debootstrap_the_error_says_what_to_install() -> None:
 
 def test_no_space_is_said_before_anything_is_downloaded(tmp_path: Path) -> None:
     require_root("mounts a small tmpfs as the data directory")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "nsbox-test", str(tmp_path)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "nsbox-test", str(tmp_path)], check=True)
     try:
         out = _cli("build", "minimal", env={**os.environ, "NSBOX_DATA_DIR": str(tmp_path)})
         assert out.returncode == 1

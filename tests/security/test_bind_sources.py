@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import nsbox
 from nsbox import _linux
 from nsbox._mount import open_sources, plan_root
-from tests.conftest import SandboxRun, require_sandbox
+from tests.conftest import NSBOX_CLI, SandboxRun, require_root, require_sandbox
 
 
 def test_a_source_swapped_for_a_symlink_is_refused(tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ def test_a_source_swapped_for_a_symlink_is_refused(tmp_path: Path) -> None:
     spec = nsbox.SandboxSpec(mounts=(nsbox.Mount(str(share / "out"), "/mnt/results"),))
     (share / "out").rmdir()
     (share / "out").symlink_to("/etc")
-    with pytest.raises((nsbox.SpecError, nsbox.SetupError), match=r"symlink|resolves"):
+    with pytest.raises((nsbox.SpecError, nsbox.SetupError), match=r"symlink|symbolic link|resolves"):
         nsbox.NsSandbox(spec).start()
 
 
@@ -41,10 +42,57 @@ def test_sources_are_opened_without_following_symlinks_and_by_kind(tmp_path: Pat
         os.close(fd)
 
 
-def test_a_symlinked_source_is_recorded_as_its_real_path(tmp_path: Path) -> None:
+def test_a_symlink_of_roots_own_is_followed_and_recorded_as_its_real_path(tmp_path: Path) -> None:
+    require_root("only a link that root owns, in a folder only root can write, is followed")
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
+    os.chmod(tmp_path, 0o755)
     assert nsbox.Mount(str(tmp_path / "link"), "/x").source == str(tmp_path / "real")
+    if os.path.islink("/lib"):  # merged /usr: the system's own links are followed as before
+        assert nsbox.Mount("/lib", "/y").source == os.path.realpath("/lib")
+
+
+def test_a_link_in_a_folder_others_can_write_is_refused_even_if_root_made_it(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "link").symlink_to(tmp_path)
+    os.chmod(shared, 0o777)  # as /tmp, or a writable bind's folder: anyone could have swapped it
+    with pytest.raises(nsbox.SpecError, match="symbolic link"):
+        nsbox.Mount(str(shared / "link"), "/x")
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    """A host folder a sandbox could write (a writable bind), in which that sandbox planted
+    ``sub -> /``: with realpath, a later bind of ``shared/sub`` would have been the host's /."""
+    require_sandbox()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(shared, 0o777)
+    with nsbox.NsSandbox(mounts=(nsbox.Mount(str(shared), "/workspace/shared", writable=True),)) as sandbox:
+        assert sandbox.run(["ln", "-s", "/", "/workspace/shared/sub"]).ok
+    assert os.path.realpath(shared / "sub") == "/", "premise: the planted link leads to the host's /"
+    return shared / "sub"
+
+
+def test_a_link_a_sandbox_planted_is_not_followed_into_a_later_bind(planted: Path) -> None:
+    for make in (
+        lambda: nsbox.Mount(str(planted), "/data"),
+        lambda: nsbox.Mount(str(planted / "etc"), "/data", writable=True),
+        lambda: nsbox.SandboxSpec(wheels=str(planted)),
+        lambda: nsbox.SandboxSpec(rootfs=str(planted)),
+    ):
+        with pytest.raises(nsbox.SpecError, match=r"symbolic link .*sub'.* leads to '/'"):
+            make()
+
+
+def test_the_cli_refuses_a_planted_link_in_a_bind_source(planted: Path) -> None:
+    proc = subprocess.run(
+        [NSBOX_CLI, "exec", "--ro-bind", f"{planted}:/data", "--", "ls", "/data/proc"], capture_output=True, timeout=60
+    )
+    assert proc.returncode == 2, proc
+    assert b"symbolic link" in proc.stderr and b"/proc" not in proc.stdout, proc
 
 
 def test_targets_in_the_hosts_old_root_are_reserved() -> None:

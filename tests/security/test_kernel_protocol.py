@@ -76,3 +76,31 @@ def test_a_forged_reply_only_lies_about_its_own_cell(sandbox: nsbox.NsSandbox) -
     after = sandbox.execute_code("40 + 2")
     assert after.value == "42", after
     assert sandbox.run(["true"]).ok
+
+
+def test_a_forged_reply_nested_600_deep_is_a_clean_protocol_error(sandbox: nsbox.NsSandbox) -> None:
+    """It once ended in 'internal error in the supervisor: RecursionError' (issue 17)."""
+    code = FIND_WIRE + (
+        "import json\n"
+        "deep = 1\n"
+        "for _ in range(600):\n"
+        "    deep = [deep]\n"
+        'frame = json.dumps({"type": "cell_done", "number": 1, "value": None, "error": None,\n'
+        '                    "has_result": True, "result": deep}).encode()\n'
+        "os.write(wire, len(frame).to_bytes(4, 'big') + frame)\n"
+        "import time; time.sleep(5)"
+    )
+    got = sandbox.execute_code(code)
+    assert got.status is nsbox.Status.ERROR and "protocol" in (got.error or ""), got
+    assert "deeper" in (got.error or "") and "RecursionError" not in (got.error or ""), got
+
+
+def test_a_result_too_large_or_too_deep_is_the_cells_error_and_the_session_goes_on(sandbox: nsbox.NsSandbox) -> None:
+    """execute_ai_code's result is checked in the kernel, before it could break a frame."""
+    with pytest.raises(nsbox.ExecutionFailed) as deep:
+        sandbox.execute_ai_code("result = 1\nfor _ in range(100):\n    result = [result]")
+    assert "deeper" in (deep.value.result.error or ""), deep.value.result
+    with pytest.raises(nsbox.ExecutionFailed) as large:
+        sandbox.execute_ai_code("result = 'x' * (17 << 20)")  # the output limit is 16 MiB
+    assert "bytes as JSON" in (large.value.result.error or ""), large.value.result
+    assert sandbox.execute_ai_code("result = [[[1]]]") == [[[1]]]

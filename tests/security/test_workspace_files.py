@@ -32,10 +32,7 @@ import hashlib
 import os
 import re
 import shlex
-import shutil
 import stat
-import tempfile
-import threading
 import time
 import uuid
 import zipfile
@@ -48,7 +45,7 @@ import pytest
 
 import nsbox
 from nsbox import SecurityError, SpecError
-from tests.conftest import require_sandbox
+from tests.conftest import call_within, fingerprint, session, sh
 
 MiB = 1 << 20
 FILE_LIMIT = 64 * MiB
@@ -61,37 +58,6 @@ PASSWD = Path("/etc/passwd")
 
 
 # --- helpers ------------------------------------------------------------------------------
-@pytest.fixture
-def host_tmp() -> Iterator[Callable[..., Path]]:
-    """Makes host temporary directories (named tmp*, as conftest's leftover check expects),
-    removed after the test whatever the sandbox left in them."""
-    made: list[Path] = []
-
-    def make(name: str, mode: int = 0o700) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"tmp-nsbox-wsf-{name}-"))
-        made.append(path)
-        os.chmod(path, mode)
-        return path
-
-    yield make
-    for path in made:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def session(**options: Any) -> Iterator[nsbox.NsSandbox]:
-    require_sandbox()
-    with nsbox.NsSandbox(**options) as sandbox:
-        yield sandbox
-
-
-def sh(sandbox: nsbox.NsSandbox, script: str, timeout: float = 30) -> bytes:
-    """Runs a shell script in /workspace; it must succeed. Returns its stdout."""
-    result = sandbox.run(["sh", "-c", script], capture_output=True, timeout=timeout)
-    assert result.status == nsbox.Status.OK, (script, result.status, result.exit_code, result.error, result.stderr)
-    return result.stdout or b""
-
-
 def assert_usable(sandbox: nsbox.NsSandbox) -> None:
     """The session survived everything refused before: runs and the file API still work."""
     assert sh(sandbox, "echo alive") == b"alive\n"
@@ -99,18 +65,6 @@ def assert_usable(sandbox: nsbox.NsSandbox) -> None:
     assert sandbox.read_file("usable.txt") == b"still usable"
     sandbox.remove("usable.txt")
     assert sh(sandbox, "test ! -e /workspace/usable.txt && echo gone") == b"gone\n"
-
-
-def fingerprint(path: Path) -> tuple[Any, ...]:
-    """Everything a read or write through an escape would change (or reveal by atime: not used)."""
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        content: Any = sorted(os.listdir(path))
-    elif stat.S_ISREG(st.st_mode):
-        content = hashlib.sha256(path.read_bytes()).hexdigest()
-    else:
-        content = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
-    return (content, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_size)
 
 
 @contextlib.contextmanager
@@ -143,22 +97,6 @@ def expect_refusal(
         failures.append(f"{label}: raised {type(exc).__name__}: {exc}")
         return
     failures.append(f"{label}: succeeded, returned {value!r:.120}")
-
-
-def outcome_within(call: Callable[[], Any], seconds: float) -> tuple[bool, Any, BaseException | None]:
-    """Runs ``call`` in a thread: (finished in time, its value, its exception)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return not thread.is_alive(), box.get("value"), box.get("error")
 
 
 def host_pid_of(token: str) -> int:
@@ -754,15 +692,15 @@ def test_a_fifo_is_refused_without_hanging(host_tmp: Callable[..., Path]) -> Non
         assert [(f.name, f.type) for f in sandbox.list_files()] == [("fifo", "other")]
 
         def unblock() -> None:  # a reader and a writer at once, so a blocked open returns
-            outcome_within(lambda: sandbox.run(["sh", "-c", "exec 3<>/workspace/fifo; sleep 1"], timeout=10), 15)
+            call_within(lambda: sandbox.run(["sh", "-c", "exec 3<>/workspace/fifo; sleep 1"], timeout=10), 15)
 
         for label, call in (
             ("read_file", functools.partial(sandbox.read_file, "fifo")),
             ("download", functools.partial(sandbox.download, "fifo", str(downloads / "out"))),
         ):
             started = time.monotonic()
-            finished, value, error = outcome_within(call, 10)
-            if not finished:
+            thread, value, error = call_within(call, 10)
+            if thread.is_alive():
                 unblock()
                 pytest.fail(f"{label} of a FIFO hangs")
             assert isinstance(error, SecurityError), (label, value, error)
@@ -773,8 +711,8 @@ def test_a_fifo_is_refused_without_hanging(host_tmp: Callable[..., Path]) -> Non
             ("write_file", functools.partial(sandbox.write_file, "fifo", b"x")),
             ("upload", functools.partial(sandbox.upload, str(uploads / "payload"), "fifo")),
         ):
-            finished, value, error = outcome_within(call, 10)
-            if not finished:
+            thread, value, error = call_within(call, 10)
+            if thread.is_alive():
                 unblock()
                 pytest.fail(f"{label} to a FIFO hangs")
             assert error is None or isinstance(error, (SecurityError, OSError)), (label, error)

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
 
 import pytest
 
-from nsbox import ProtocolError
+from nsbox import Limits, ProtocolError
 from nsbox._channel import Channel, socketpair
-from nsbox._protocol import HEADER, Exec, Exited, FrameDecoder, Run, Started, encode, parse
+from nsbox._guest.kernel import MAX_REPR
+from nsbox._guest.kernel import MAX_VALUE_DEPTH as GUEST_VALUE_DEPTH
+from nsbox._kernel import REPLY_ROOM, result_limit
+from nsbox._protocol import (
+    HEADER,
+    MAX_FRAME_SESSION,
+    VALUE_DEPTH,
+    CellDone,
+    Done,
+    Exec,
+    Exited,
+    FrameDecoder,
+    Run,
+    Started,
+    encode,
+    parse,
+)
+from nsbox._spec import MAX_OUTPUT_LIMIT
 
 
 def test_a_message_survives_the_wire_split_anywhere() -> None:
@@ -119,3 +138,89 @@ def test_pathological_json_is_a_protocol_error(body: bytes) -> None:
 def test_integers_beyond_32_bits_are_refused() -> None:
     with pytest.raises(ProtocolError):
         parse({"type": "exited", "wait_status": 1 << 40, "exec_errno": None, "exec_stage": None}, Exited)
+
+
+# --- bytes fields, nesting, the caps' arithmetic (issue 17, sections 5 and 6) -------------
+def test_bytes_fields_cross_as_they_are_in_the_binary_section() -> None:
+    """0xff and 0x01 bytes cost one byte each on the wire (JSON text would make 6 of each)."""
+    out, err = b"\xff" * 100_000, b"\x01" * 50_000
+    done = Done({"status": "ok"}, out, err)
+    data = encode(done)
+    assert len(data) < len(out) + len(err) + 200, len(data)
+    for cut in (0, 3, 40, len(data) // 2, len(data) - 1, len(data)):
+        decoder = FrameDecoder(1 << 20)
+        frames = decoder.feed(data[:cut]) + decoder.feed(data[cut:])
+        assert [parse(f, Done) for f in frames] == [done]
+    assert parse(FrameDecoder(1 << 20).feed(encode(Done({}, None, b"")))[0], Done) == Done({}, None, b"")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",  # the lengths promise bytes that are not there
+        b"\0" + b"x" * 7,  # more bytes than the fields take
+        b"\0" + b"x" * 5,  # fewer
+    ],
+)
+def test_a_binary_section_must_fill_its_fields_exactly(tail: bytes) -> None:
+    body = b'{"type":"done","result":{},"stdout":3,"stderr":3}' + tail
+    frames = FrameDecoder(1 << 20).feed(HEADER.pack(len(body)) + body)
+    with pytest.raises(ProtocolError):
+        parse(frames[0], Done)
+
+
+def test_bytes_fields_in_json_are_lengths_not_text() -> None:
+    with pytest.raises(ProtocolError):
+        parse({"type": "done", "result": {}, "stdout": "aGVsbG8="}, Done)
+    with pytest.raises(ProtocolError):
+        parse({"type": "done", "result": {}, "stdout": -1}, Done)
+
+
+def test_frames_nested_deeper_than_the_limit_are_a_protocol_error() -> None:
+    """A forged reply 600 deep once ended in 'internal error in the supervisor: RecursionError'."""
+    deep: object = 1
+    for _ in range(600):
+        deep = [deep]
+    body = json.dumps({"type": "cell_done", "number": 1, "value": None, "error": None, "result": deep}).encode()
+    with pytest.raises(ProtocolError, match="deeper"):
+        FrameDecoder(1 << 20).feed(HEADER.pack(len(body)) + body)
+    ok: object = 1
+    for _ in range(VALUE_DEPTH):
+        ok = [ok]
+    frame = encode(CellDone(1, None, None, True, ok))
+    assert parse(FrameDecoder(1 << 20).feed(frame)[0], CellDone).result == ok
+
+
+def test_every_allowed_output_limit_fits_the_frame_cap() -> None:
+    """Two streams of the largest output limit, a result as large and the reply's text fit one
+    frame to the front-end; the kernel's replies fit the cap of its wire."""
+    reply_text = 3 * MAX_REPR * 12  # value, error message, traceback: 12 bytes a character at worst
+    assert reply_text <= REPLY_ROOM
+    largest = 2 * MAX_OUTPUT_LIMIT + result_limit(MAX_OUTPUT_LIMIT) + REPLY_ROOM
+    assert largest <= MAX_FRAME_SESSION, (largest, MAX_FRAME_SESSION)
+    assert Limits(output_limit="64M").output_limit == MAX_OUTPUT_LIMIT
+    with pytest.raises(ValueError):
+        Limits(output_limit=MAX_OUTPUT_LIMIT + 1)
+    assert GUEST_VALUE_DEPTH == VALUE_DEPTH, "the guest refuses results the frames could not carry"
+    assert len(encode(Done({}, b"\x01" * (1 << 20), None))) < (1 << 20) + 100
+
+
+def test_a_queued_frame_goes_out_as_the_peer_reads_and_never_blocks() -> None:
+    """Channel.queue/flush: a peer that does not read costs the sender nothing but waiting."""
+    a, b = socketpair()
+    sender, receiver = Channel(a, 1 << 24), Channel(b, 1 << 24)
+    big = Exec(argv=["x" * (4 << 20)], env={}, cwd="/")
+    sender.queue(big)
+    assert not sender.flush(), "4 MiB cannot fit the socket's buffer at once"
+    assert sender.pending
+    with pytest.raises(TimeoutError):
+        sender.send(Started(pid=1), deadline=time.monotonic() + 0.1)
+    got: list[Exec] = []
+    while not got:
+        sender.flush()
+        packet = receiver.read_packet()
+        if packet is not None:
+            got.append(parse(packet[0], Exec))
+    assert got == [big]
+    sender.close()
+    receiver.close()

@@ -625,7 +625,7 @@ def small_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     require_root("mounts a small tmpfs as the data directory")
     directory = tmp_path / "small"
     directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(directory)], check=True)
     try:
         monkeypatch.setenv("NSBOX_DATA_DIR", str(directory))
         yield directory

@@ -37,7 +37,7 @@ def _planted(policy: Seccomp) -> Path:
     """The cache file of ``policy``, written with a permissive program but valid framing."""
     path = Path(_cache._cache_path(policy) or "")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_bytes(_cache._frame((ALLOW_ALL,)))
+    path.write_bytes(_cache._frame(path.name, (ALLOW_ALL,)))  # its own key: only the program is wrong
     path.chmod(0o600)
     return path
 
@@ -87,14 +87,14 @@ def test_a_directory_others_may_write_is_neither_read_nor_written(cache: Path) -
     path = _planted(Seccomp())
     cache.chmod(0o777)
     assert _cache.compile_filters(Seccomp()) == compile_now(Seccomp())
-    assert path.read_bytes() == _cache._frame((ALLOW_ALL,))  # left as it was: not rewritten either
+    assert path.read_bytes() == _cache._frame(path.name, (ALLOW_ALL,))  # left as it was: not rewritten either
 
 
 def test_a_symlink_is_not_followed(cache: Path, tmp_path: Path) -> None:
-    elsewhere = tmp_path / "elsewhere.bpf"
-    elsewhere.write_bytes(_cache._frame((ALLOW_ALL,)))
-    elsewhere.chmod(0o600)
     path = Path(_cache._cache_path(Seccomp()) or "")
+    elsewhere = tmp_path / "elsewhere.bpf"
+    elsewhere.write_bytes(_cache._frame(path.name, (ALLOW_ALL,)))
+    elsewhere.chmod(0o600)
     path.parent.mkdir(mode=0o700, parents=True)
     path.symlink_to(elsewhere)
     assert _cache.compile_filters(Seccomp()) == compile_now(Seccomp())
@@ -105,7 +105,7 @@ def test_a_symlink_is_not_followed(cache: Path, tmp_path: Path) -> None:
     [
         lambda data: data[:-1],  # cut short
         lambda data: data[:20] + bytes([data[20] ^ 1]) + data[21:],  # one bit flipped
-        lambda data: b"nsbox-bpf 2\n" + data[12:],  # another format
+        lambda data: b"nsbox-bpf 1\n" + data[12:],  # another format (the one before the key)
         lambda data: b"",
     ],
 )
@@ -116,9 +116,12 @@ def test_a_damaged_file_is_compiled_anew(cache: Path, damage: object) -> None:
 
 
 def test_bad_framing_is_refused_even_with_a_good_checksum() -> None:
+    key = "seccomp-0123.bpf"
     for programs in ((b"\x00" * 7,), (b"",), (b"\x00" * 8,) * 5, (b"\x00" * (4096 * 8 + 8),)):
-        body = _cache._MAGIC + b"".join(struct.pack(">I", len(p)) + p for p in programs)
-        assert _cache._unframe(body + hashlib.sha256(body).digest()) is None
+        body = _cache._MAGIC + key.encode() + b"\n" + b"".join(struct.pack(">I", len(p)) + p for p in programs)
+        assert _cache._unframe(body + hashlib.sha256(body).digest(), key) is None
+    body = _cache._MAGIC + key.encode() + b"\n" + struct.pack(">I", 8) + ALLOW_ALL
+    assert _cache._unframe(body + hashlib.sha256(body).digest(), key) == (ALLOW_ALL,)  # the premise
 
 
 def test_every_input_of_the_compile_is_in_the_key(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

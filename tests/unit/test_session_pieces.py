@@ -15,6 +15,7 @@ from nsbox._channel import Channel, socketpair
 from nsbox._files import workspace_path
 from nsbox._kernel import KERNEL_SOURCE, verdict
 from nsbox._protocol import Cell, CellDone, CellStarted, Exited, KernelReady, ProtocolError, parse
+from nsbox._result import Executed
 from nsbox._stdio import Capture
 
 
@@ -45,9 +46,12 @@ def _captures() -> tuple[Capture, Capture]:
 
 
 def _verdict(reply: CellDone | None, exited: Exited | None = None, **kw: object) -> ExecutionResult:
+    """The verdict with its output, as the front-end shows it."""
     args: dict[str, object] = dict(interrupted=False, killed_for=None, oom_killed=False, pids_hit=False)
     args.update(kw)
-    return verdict(reply, exited, state_lost_before=False, output=_captures(), **args)  # type: ignore[arg-type]
+    out, err = _captures()
+    result = verdict(reply, exited, state_lost_before=False, output=(out, err), **args)  # type: ignore[arg-type]
+    return Executed(result, bytes(out.data), bytes(err.data)).decoded()
 
 
 def test_verdicts_by_precedence() -> None:
