@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ._errors import ProtocolError
 from ._fds import close_fds
-from ._protocol import Frame, FrameDecoder, Message, encode_parts, parse
+from ._protocol import FrameDecoder, Message, encode_parts, parse
 
 PACKET = 64 * 1024
 MAX_FDS = 253  # SCM_MAX_FD
@@ -113,12 +113,21 @@ class Channel:
                 raise TimeoutError("the peer took no data in time")
 
     def queue(self, message: Message, fds: Sequence[int] = ()) -> None:
-        """Queue a frame for ``flush``; the fds are duplicated (the caller may close its own)."""
+        """Queue a frame for ``flush``; the fds are duplicated (the caller may close its own).
+        A frame of one packet, with nothing queued before it, goes at once if it can."""
+        parts = encode_parts(message)
+        if not self._outgoing and len(parts) == 1 and len(parts[0]) <= PACKET:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            try:
+                self.sock.sendmsg(parts, ancillary)
+                return
+            except BlockingIOError:
+                pass
         copies: list[int] = []
         try:
             for fd in fds:
                 copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
-            self._outgoing.append(_Outgoing(encode_parts(message), copies))
+            self._outgoing.append(_Outgoing(parts, copies))
         except BaseException:
             close_fds(copies)
             raise
@@ -145,7 +154,7 @@ class Channel:
                 self._outgoing.popleft()
         return True
 
-    def read_packet(self) -> tuple[Frame, list[int]] | None:
+    def read_packet(self) -> tuple[dict[str, Any], list[int]] | None:
         """Read one packet; return a completed frame and its fds, or None if incomplete
         (or if there was nothing to read).
 

@@ -153,7 +153,11 @@ def canonical_path(path: str | os.PathLike[str], *, what: str) -> str:
     to give instead if that is what they mean. A path that does not exist is returned as far
     as it resolved, with the rest appended (the caller checks existence)."""
     shown = os.fspath(path)
-    pending = [p for p in reversed(os.path.abspath(_checked(shown, what)).split("/")) if p]
+    absolute = os.path.normpath(os.path.abspath(_checked(shown, what)))
+    with contextlib.suppress(OSError):  # the common case, in one call: no symlink on the way at all
+        os.close(_linux.openat2(_linux.AT_FDCWD, absolute, os.O_PATH | os.O_CLOEXEC, _NO_LINKS))
+        return absolute
+    pending = [p for p in reversed(absolute.split("/")) if p]
     resolved, links = "/", 0
     while pending:
         part = pending.pop()

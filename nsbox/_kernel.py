@@ -22,6 +22,7 @@ This module holds the kernel's state, drives a cell through the supervisor's cha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -157,8 +158,9 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         if wire is not None and sent:
             sup.kernel.cells += 1
             limit = result_limit(sup.kernel.output_limit)
-            wire.queue(Cell(sup.kernel.cells, request.code, request.inputs, request.want_result, limit))
             poller.register(wire.fileno(), select.POLLIN | select.POLLOUT)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
+                wire.queue(Cell(sup.kernel.cells, request.code, request.inputs, request.want_result, limit))
         while sup.alive and sup.kernel.running and (reply is None or killing):
             now = time.monotonic()
             if watch.kill_by is None and watch.exceeded(now):

@@ -301,23 +301,25 @@ _REGISTRY: dict[str, type[Message]] = {
 def encode_parts(message: Message) -> list[bytes]:
     """The frame as pieces to send one after the other (a message's bytes fields are not
     copied into one buffer): the header and JSON, then, if any, NUL and each field's bytes."""
-    binary = _binary_fields(type(message))
-    fields_: dict[str, Any] = {}
+    cls = type(message)
+    binary = _binary_fields(cls)
+    fields_: dict[str, Any] = {"type": message.TYPE}
+    fields_.update((name, getattr(message, name)) for name in _field_names(cls))  # no deep copy: only read
+    if not binary:
+        body = json.dumps(fields_, separators=(",", ":")).encode()
+        return [HEADER.pack(len(body)) + body]
     blobs: list[bytes] = []
-    for f in fields(message):
-        value = getattr(message, f.name)  # no deep copy: only read
-        if f.name in binary and value is not None:
-            fields_[f.name] = len(value)
+    for name in binary:
+        value = fields_[name]
+        if value is not None:
+            fields_[name] = len(value)
             if value:
                 blobs.append(value)
-        else:
-            fields_[f.name] = value
-    body = json.dumps({"type": message.TYPE, **fields_}, separators=(",", ":")).encode()
-    size = len(body) + (1 + sum(len(b) for b in blobs) if binary else 0)
+    body = json.dumps(fields_, separators=(",", ":")).encode()
+    size = len(body) + 1 + sum(len(b) for b in blobs)
     if size >= 1 << 32:
         raise ProtocolError(f"a frame of {size} bytes cannot be sent")
-    head = HEADER.pack(size) + body + (b"\0" if binary else b"")
-    return [head, *blobs]
+    return [HEADER.pack(size) + body + b"\0", *blobs]
 
 
 def encode(message: Message) -> bytes:
@@ -351,8 +353,12 @@ class FrameDecoder:
         """True while part of a frame has been fed but not completed."""
         return bool(self._head) or self._body is not None
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
         frames = []
+        if not self.in_frame and len(data) >= HEADER.size:  # the common case: a whole frame in one packet
+            (length,) = HEADER.unpack_from(data)
+            if length == len(data) - HEADER.size and length <= self.max_size:
+                return [_frame(data[HEADER.size :])]
         view = memoryview(data)
         while view:
             if self._body is None:
@@ -376,7 +382,8 @@ class FrameDecoder:
         return frames
 
 
-def _frame(body: bytearray) -> Frame:
+def _frame(body: bytes | bytearray) -> dict[str, Any]:
+    """A frame's JSON object; a Frame (with ``binary``) if it has a binary section."""
     end = body.find(b"\0")
     text = body if end < 0 else memoryview(body)[:end].tobytes()
     try:
@@ -385,10 +392,12 @@ def _frame(body: bytearray) -> Frame:
         raise ProtocolError(f"frame is not acceptable JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame is not a JSON object")
-    _check_depth(obj)
+    if text.count(b"[") + text.count(b"{") > MAX_DEPTH:  # else it cannot nest that deep
+        _check_depth(obj)
+    if end < 0:
+        return obj
     frame = Frame(obj)
-    if end >= 0:
-        frame.binary = memoryview(body)[end + 1 :]
+    frame.binary = memoryview(body)[end + 1 :]
     return frame
 
 
@@ -439,7 +448,8 @@ def parse(obj: dict[str, Any], *expected: type[M]) -> M:
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
-_BINARY: dict[type, frozenset[str]] = {}
+_BINARY: dict[type, tuple[str, ...]] = {}
+_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _hints(cls: type[Message]) -> dict[str, Any]:
@@ -450,13 +460,21 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
     return hints
 
 
-def _binary_fields(cls: type[Message]) -> frozenset[str]:
-    """The fields that travel in the binary section: those of type ``bytes`` (or None)."""
+def _binary_fields(cls: type[Message]) -> tuple[str, ...]:
+    """The fields that travel in the binary section, in order: those of type ``bytes`` (or None)."""
     names = _BINARY.get(cls)
     if names is None:
-        names = _BINARY[cls] = frozenset(
-            name for name, hint in _hints(cls).items() if hint is bytes or bytes in typing.get_args(hint)
+        hints = _hints(cls)
+        names = _BINARY[cls] = tuple(
+            name for name in _field_names(cls) if hints[name] is bytes or bytes in typing.get_args(hints[name])
         )
+    return names
+
+
+def _field_names(cls: type[Message]) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
     return names
 
 

@@ -82,6 +82,7 @@ class _RemoteBackend:
         self.channel: Channel | None = None
         self.supervisor_pid: int | None = None
         self.supervisor_fd: int | None = None  #: a pidfd of the supervisor (the spawner's child)
+        self._interrupted = False
         self._opening: Ready | Done | Failed | FileReply | None = None
 
     def start(self) -> None:
@@ -161,6 +162,7 @@ class _RemoteBackend:
         """Wake a run blocked in another thread (it ends with SandboxError); the
         supervisor sees the session end and tears the sandbox down."""
         if self.channel is not None:
+            self._interrupted = True  # the end of file we read next is our own, not the supervisor's
             with contextlib.suppress(OSError):
                 self.channel.sock.shutdown(socket.SHUT_RDWR)
 
@@ -171,27 +173,33 @@ class _RemoteBackend:
         every process of the sandbox (parent-death signals, the pid namespace), and the
         spawner removes its cgroups."""
         channel, self.channel = self.channel, None
+        ended = False  #: the supervisor closed the session: every process of the sandbox is gone
         try:
             if channel is not None:
                 with contextlib.suppress(OSError, ProtocolError):
                     channel.send(Close(), deadline=time.monotonic() + CLOSE_TIMEOUT)
                 deadline = time.monotonic() + CLOSE_TIMEOUT
-                with contextlib.suppress(EOFError, OSError, ProtocolError):
+                try:
                     while (left := deadline - time.monotonic()) > 0 and readable(channel.fileno(), left):
                         got = channel.read_packet()
                         if got is not None:
                             close_fds(got[1])
+                except EOFError:
+                    ended = not self._interrupted
+                except (OSError, ProtocolError):
+                    pass
                 channel.close()
         finally:
-            self._end_supervisor()
+            self._end_supervisor(ended)
 
-    def _end_supervisor(self) -> None:
-        """Wait (briefly: the session has ended) for the supervisor to exit; kill it if it does not."""
+    def _end_supervisor(self, ended: bool) -> None:
+        """Unless the supervisor ended the session itself, wait for it to exit, and kill it if
+        it does not (it is stopped, or wedged); its death takes the sandbox with it."""
         fd, self.supervisor_fd = self.supervisor_fd, None
         if fd is None:
             return
-        try:
-            if not readable(fd, 1.0):
+        try:  # after interrupt(), its exit is the only sign that it has torn the sandbox down
+            if not ended and not readable(fd, CLOSE_TIMEOUT if self._interrupted else 0):
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                 readable(fd, CLOSE_TIMEOUT)
