@@ -57,7 +57,6 @@ class _Outgoing:
     def __init__(self, parts: list[bytes], fds: list[int]) -> None:
         self.parts = collections.deque(memoryview(p) for p in parts)
         self.fds = fds
-        self.started = False
 
     def packet(self) -> list[memoryview]:
         """The next packet's pieces (not consumed until ``sent``)."""
@@ -76,8 +75,7 @@ class _Outgoing:
             self.parts[0] = self.parts[0][take:]
             if not self.parts[0]:
                 self.parts.popleft()
-        self.started = True
-        close_fds(self.fds)
+        close_fds(self.fds)  # they rode with the first packet
         self.fds = []
 
 
@@ -143,7 +141,7 @@ class Channel:
         while self._outgoing:
             frame = self._outgoing[0]
             ancillary = []
-            if not frame.started and frame.fds:
+            if frame.fds:  # not sent yet: they go with the first packet
                 ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", frame.fds))]
             try:
                 size = self.sock.sendmsg(frame.packet(), ancillary)

@@ -392,8 +392,9 @@ def _frame(body: bytes | bytearray) -> dict[str, Any]:
         raise ProtocolError(f"frame is not acceptable JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame is not a JSON object")
-    if text.count(b"[") + text.count(b"{") > MAX_DEPTH:  # else it cannot nest that deep
-        _check_depth(obj)
+    # Only counted when the brackets allow it: a frame with fewer cannot nest that deep.
+    if text.count(b"[") + text.count(b"{") > MAX_DEPTH and nesting(obj, MAX_DEPTH) > MAX_DEPTH:
+        raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels")
     if end < 0:
         return obj
     frame = Frame(obj)
@@ -401,17 +402,18 @@ def _frame(body: bytes | bytearray) -> dict[str, Any]:
     return frame
 
 
-def _check_depth(obj: object) -> None:
-    """Nesting deeper than MAX_DEPTH is refused, without recursion of our own."""
-    stack: list[tuple[object, int]] = [(obj, 1)]
+def nesting(value: object, limit: int) -> int:
+    """How deep lists and dicts nest in ``value`` (a value that is one counts 1), without
+    recursion of our own; the walk stops as soon as it is past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
     while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth >= MAX_DEPTH:
-                    raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels")
-                stack.append((child, depth + 1))
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def parse(obj: dict[str, Any], *expected: type[M]) -> M:

@@ -171,17 +171,16 @@ class RunResult:
     def from_dict(cls, data: dict[str, Any], output: tuple[bytes | None, bytes | None] | None = None) -> RunResult:
         """Inverse of ``to_dict(binary="base64")``, or of ``to_dict(binary="omit")`` with the
         ``output`` (stdout, stderr) that went beside it."""
-        if output is not None:
-            data = {**data, "stdout": None, "stderr": None}
-        result = cls(
+        stdout, stderr = output if output is not None else (_b64(data.get("stdout")), _b64(data.get("stderr")))
+        return cls(
             args=tuple(str(a) for a in data["args"]),
             status=Status(data["status"]),
             exit_code=int(data["exit_code"]),
             wall_s=float(data["wall_s"]),
             signal=None if data.get("signal") is None else int(data["signal"]),
             error=None if data.get("error") is None else str(data["error"]),
-            stdout=None if data.get("stdout") is None else base64.b64decode(data["stdout"]),
-            stderr=None if data.get("stderr") is None else base64.b64decode(data["stderr"]),
+            stdout=stdout,
+            stderr=stderr,
             stdout_truncated=bool(data.get("stdout_truncated")),
             stderr_truncated=bool(data.get("stderr_truncated")),
             cpu_s=float(data.get("cpu_s", 0.0)),
@@ -190,9 +189,10 @@ class RunResult:
             limits=str(data.get("limits", "")),
             seccomp=str(data.get("seccomp", "")),
         )
-        if output is not None:
-            result = dataclasses.replace(result, stdout=output[0], stderr=output[1])
-        return result
+
+
+def _b64(value: Any) -> bytes | None:
+    return None if value is None else base64.b64decode(value)
 
 
 def decode_output(data: bytes | bytearray) -> str:

@@ -44,6 +44,7 @@ from ._protocol import (
     Open,
     Ready,
     Run,
+    nesting,
 )
 from ._result import ExecutionResult, RunResult
 from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
@@ -536,20 +537,9 @@ def _json_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
         values = dict(json.loads(json.dumps(dict(inputs), allow_nan=False)))
     except (TypeError, ValueError, RecursionError) as exc:
         raise SpecError(option_name("inputs"), f"inputs must be JSON values: {str(exc)[:200]}") from None
-    if _depth(values) > VALUE_DEPTH + 1:  # the mapping itself is one level
+    if nesting(values, VALUE_DEPTH + 1) > VALUE_DEPTH + 1:  # the mapping itself is one level
         raise SpecError(option_name("inputs"), f"inputs nest deeper than {VALUE_DEPTH} levels")
     return values
-
-
-def _depth(value: object) -> int:
-    """How deep lists and dicts nest in ``value`` (without recursion of ours)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _argv(args: Sequence[str | os.PathLike[str]] | str) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 import nsbox
+from nsbox import SecurityError
 from nsbox._userns import HOST_ID_BASE, ID_RANGE, RANGE_SLOTS, mapping_for_host
 
 NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
@@ -331,3 +332,20 @@ def fingerprint(path: Path) -> tuple[Any, ...] | None:
     else:
         content = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
     return (content, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_size)
+
+
+def expect_refusal(
+    failures: list[str],
+    label: str,
+    call: Callable[[], Any],
+    refusal: type[BaseException] | tuple[type[BaseException], ...] = SecurityError,
+) -> None:
+    """Records (rather than stops at) a call that was not refused with ``refusal``."""
+    try:
+        value = call()
+    except refusal:
+        return
+    except Exception as exc:
+        failures.append(f"{label}: raised {type(exc).__name__}: {exc}")
+        return
+    failures.append(f"{label}: succeeded, returned {value!r:.120}")

@@ -235,17 +235,9 @@ def _open_store(directory: str) -> int | None:
         raise RootfsError(f"the data directory {data} cannot be opened: {exc.strerror}", _ELSEWHERE) from None
     try:
         _check_trusted(data_fd, data, "the data directory")
-        store = _open_dir_at(data_fd, os.path.basename(directory), directory, RootfsError)
+        return _trusted_dir_at(data_fd, os.path.basename(directory), directory, "the roots' directory", RootfsError)
     finally:
         os.close(data_fd)
-    if store is None:
-        return None
-    try:
-        _check_trusted(store, directory, "the roots' directory")
-    except BaseException:
-        os.close(store)
-        raise
-    return store
 
 
 def _load(store: int, directory: str, name: str) -> StoredRoot | None:
@@ -253,11 +245,10 @@ def _load(store: int, directory: str, name: str) -> StoredRoot | None:
     such folder, or it holds no manifest and tree (a half-written one); _Unusable if it may
     not be used."""
     folder = os.path.join(directory, name)
-    folder_fd = _open_dir_at(store, name, folder, _Unusable, name)
+    folder_fd = _trusted_dir_at(store, name, folder, f"the root {name!r}", _Unusable, name)
     if folder_fd is None:
         return None
     try:
-        _check_trusted(folder_fd, folder, f"the root {name!r}", _Unusable)
         text = _read_manifest(folder_fd, folder, name)
         if text is None:
             return None
@@ -266,13 +257,10 @@ def _load(store: int, directory: str, name: str) -> StoredRoot | None:
         except (ValueError, RecursionError):
             return None
         tree = os.path.join(folder, TREE)
-        tree_fd = _open_dir_at(folder_fd, TREE, tree, _Unusable, name)
+        tree_fd = _trusted_dir_at(folder_fd, TREE, tree, f"the root {name!r}'s tree", _Unusable, name)
         if tree_fd is None:
             return None
-        try:
-            _check_trusted(tree_fd, tree, f"the root {name!r}'s tree", _Unusable)
-        finally:
-            os.close(tree_fd)
+        os.close(tree_fd)
     finally:
         os.close(folder_fd)
     if not isinstance(manifest, dict):
@@ -323,6 +311,20 @@ def _check_trusted(fd: int, shown: str, what: str, error: type[RootfsError] = Ro
             "decides what a sandbox's root is; not used",
             f"`chmod go-w {shown}`, {_ELSEWHERE}",
         )
+
+
+def _trusted_dir_at(
+    dir_fd: int, entry: str, shown: str, what: str, error: type[RootfsError], name: str | None = None
+) -> int | None:
+    """``_open_dir_at``, then ``_check_trusted`` on what it opened (closed if it fails)."""
+    fd = _open_dir_at(dir_fd, entry, shown, error, name)
+    if fd is not None:
+        try:
+            _check_trusted(fd, shown, what, error)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
 
 
 def _open_dir_at(dir_fd: int, entry: str, shown: str, error: type[RootfsError], name: str | None = None) -> int | None:

@@ -42,7 +42,7 @@ import pytest
 
 import nsbox
 from nsbox import SecurityError
-from tests.conftest import call_within, fingerprint, session, sh
+from tests.conftest import call_within, expect_refusal, fingerprint, session, sh
 
 RESULT = b"RESULT FROM THE SANDBOX\n"
 CANARY = b"HOST-CANARY: must keep these bytes\n"
@@ -66,18 +66,6 @@ def tree(path: Path) -> dict[str, tuple[Any, ...] | None]:
             full = Path(root) / name
             found[str(full.relative_to(path))] = fingerprint(full)
     return found
-
-
-def expect_refusal(failures: list[str], label: str, call: Callable[[], Any]) -> None:
-    """Records (rather than stops at) a call that was not refused with SecurityError."""
-    try:
-        value = call()
-    except SecurityError:
-        return
-    except Exception as exc:
-        failures.append(f"{label}: raised {type(exc).__name__}: {exc}")
-        return
-    failures.append(f"{label}: succeeded, returned {value!r:.120}")
 
 
 def unblock_fifo(path: Path, thread: threading.Thread, writer_side: bool) -> None:

@@ -45,7 +45,7 @@ import pytest
 
 import nsbox
 from nsbox import SecurityError, SpecError
-from tests.conftest import call_within, fingerprint, session, sh
+from tests.conftest import call_within, expect_refusal, fingerprint, session, sh
 
 MiB = 1 << 20
 FILE_LIMIT = 64 * MiB
@@ -80,23 +80,6 @@ def restoring(path: Path) -> Iterator[None]:
         if (now.st_mode, now.st_uid, now.st_gid) != (st.st_mode, st.st_uid, st.st_gid):
             os.chown(path, st.st_uid, st.st_gid)
             os.chmod(path, stat.S_IMODE(st.st_mode))
-
-
-def expect_refusal(
-    failures: list[str],
-    label: str,
-    call: Callable[[], Any],
-    refusal: type[BaseException] | tuple[type[BaseException], ...] = SecurityError,
-) -> None:
-    """Records (rather than stops at) a call that was not refused with ``refusal``."""
-    try:
-        value = call()
-    except refusal:
-        return
-    except Exception as exc:
-        failures.append(f"{label}: raised {type(exc).__name__}: {exc}")
-        return
-    failures.append(f"{label}: succeeded, returned {value!r:.120}")
 
 
 def host_pid_of(token: str) -> int:
