@@ -30,7 +30,7 @@ from typing import NoReturn
 
 import prctl
 
-from . import _caps, _init, _launcher, _linux, _mount, _net, _rlimits, _userns, _uts
+from . import _caps, _init, _launcher, _linux, _mount, _net, _rlimits, _trace, _userns, _uts
 from ._channel import Channel
 from ._fds import close_all_but, close_fds, stdio_to_devnull
 from ._mount import RootPlan
@@ -58,8 +58,6 @@ _NAMESPACES = (
 )
 EXIT_SETUP_FAILED = 125
 _DEBUG = bool(os.environ.get("NSBOX_DEBUG"))
-#: NSBOX_DEBUG=steps: also each step's start (CLOCK_MONOTONIC) and duration on stderr, for profiling.
-_TRACE = os.environ.get("NSBOX_DEBUG") == "steps"
 
 
 @dataclass(frozen=True)
@@ -93,13 +91,11 @@ class _StepFailed(Exception):
 
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
-    started = time.monotonic() if _TRACE else 0.0
+    started = time.monotonic() if _trace.ENABLED else 0.0
     try:
         yield
-        if _TRACE:
-            took_ms = (time.monotonic() - started) * 1e3
-            with contextlib.suppress(OSError):
-                os.write(2, f"nsbox-step {os.getpid()} {started:.6f} {took_ms:.3f} {name}\n".encode())
+        if _trace.ENABLED:
+            _trace.record(name, started)
     except _StepFailed:
         raise
     except BaseException as exc:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import TypeVar
 
-from . import _child, _mount, _userns
+from . import _child, _mount, _trace, _userns
 from ._audit import AuditLog
 from ._cgroup import Cgroup, CgroupGuard
 from ._channel import Channel, readable, socketpair
@@ -267,7 +267,8 @@ class SandboxSetup:
 @contextlib.contextmanager
 def _setup_stage(stage: str, call: str) -> Iterator[None]:
     try:
-        yield
+        with _trace.timed(stage):
+            yield
     except OSError as exc:
         call = getattr(exc, "call", call)
         args = getattr(exc, "call_args", None) or str(exc.filename or "")

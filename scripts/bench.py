@@ -31,6 +31,8 @@ NSBOX_CLI = str(Path(sys.executable).with_name("nsbox"))
 UNSHARE = ["unshare", "-Upfnmiu", "-r", "--mount-proc", "/bin/true"]
 EXECUTE = "execute_code('pass') in a live NsSandbox"
 JUPYTER = "Jupyter kernel: execute 'pass' (ipykernel)"
+#: How many sandboxes the "at once" row asks for in the same instant.
+BURST = 50
 JUPYTER_INSTALL = f"{sys.executable} -m pip install -e '.[bench]' (make bench does)"
 
 
@@ -129,11 +131,48 @@ def pool_acquire(runs: int) -> list[float]:
     return samples
 
 
-def throughput(workers: int, seconds: float) -> float:
+def busy_cpu_ms() -> float:
+    """CPU time spent by the whole machine so far (every state but idle and iowait), in ms."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def burst(count: int) -> list[float]:
+    """``count`` sandboxes asked for at the same instant (a thread each): each one's time
+    from the common start until it is ready, in ms. They are closed afterwards, untimed."""
+    gate = threading.Barrier(count + 1)
+    ready: list[float] = []
+    sandboxes: list[nsbox.NsSandbox] = []
+    started = 0.0
+
+    def start() -> None:
+        sandbox = nsbox.NsSandbox()
+        gate.wait()
+        sandbox.start()
+        ready.append((time.perf_counter() - started) * 1000)
+        sandboxes.append(sandbox)
+
+    threads = [threading.Thread(target=start) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    started = time.perf_counter()
+    gate.wait()
+    for thread in threads:
+        thread.join()
+    for sandbox in sandboxes:
+        sandbox.close()
+    if len(ready) != count:
+        raise SystemExit(f"only {len(ready)} of {count} sandboxes started")
+    return sorted(ready)
+
+
+def throughput(workers: int, seconds: float) -> tuple[float, float]:
     """Sandboxes per second: ``workers`` threads each creating a sandbox, running /bin/true in
-    it and destroying it, over and over, for ``seconds``."""
+    it and destroying it, over and over, for ``seconds``; and the machine's CPU time per
+    sandbox meanwhile (ms: every process's and the kernel's, on all CPUs)."""
     done = [0] * workers
     stop = time.monotonic() + seconds
+    cpu_before = busy_cpu_ms()
 
     def work(i: int) -> None:
         while time.monotonic() < stop:
@@ -146,7 +185,7 @@ def throughput(workers: int, seconds: float) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.monotonic() - started)
+    return sum(done) / (time.monotonic() - started), (busy_cpu_ms() - cpu_before) / max(1, sum(done))
 
 
 def chart(rows: list[tuple[str, float]], path: str) -> None:
@@ -227,6 +266,9 @@ def main() -> int:
             processes, rss, pss = idle_memory(idle)
         per_second = {n: throughput(n, args.seconds) for n in (1, 2, 4)}
         print("  measured: throughput", file=sys.stderr)
+        burst(BURST)  # a warm-up: the spawner's first burst
+        at_once = burst(BURST)
+        print(f"  measured: {BURST} at once", file=sys.stderr)
     finally:
         live.close()
         if jupyter is not None:
@@ -247,8 +289,14 @@ def main() -> int:
     print(f"\nan idle sandbox: {processes} processes (supervisor, intermediate, init, launcher),", end=" ")
     print(f"RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
     print(
-        "new sandbox + /bin/true + close, per second: " + ", ".join(f"{v:.0f} with {n}" for n, v in per_second.items())
+        "new sandbox + /bin/true + close, per second: "
+        + ", ".join(f"{v:.0f} with {n}" for n, (v, _) in per_second.items())
+        + "; CPU per sandbox (whole machine): "
+        + ", ".join(f"{cpu:.1f} ms" for _, cpu in per_second.values())
     )
+    p50, p99 = statistics.median(at_once), statistics.quantiles(at_once, n=100)[-1]
+    last = at_once[-1]
+    print(f"{BURST} sandboxes asked for at once: ready after p50 {p50:.0f} ms, p99 {p99:.0f} ms, last {last:.0f} ms")
     medians = {label: statistics.median(samples) for label, samples in rows}
     versus_jupyter = medians[EXECUTE] / medians[JUPYTER] if JUPYTER in medians else None
     if versus_jupyter is not None:
@@ -258,7 +306,9 @@ def main() -> int:
     if args.json:
         idle_data = {"processes": processes, "rss_mib": rss, "pss_mib": pss}
         data = {"machine": platform.uname()._asdict(), "results": results, "idle_sandbox": idle_data,
-                "sandboxes_per_second": {str(n): v for n, v in per_second.items()},
+                "sandboxes_per_second": {str(n): v for n, (v, _) in per_second.items()},
+                "cpu_ms_per_sandbox": {str(n): cpu for n, (_, cpu) in per_second.items()},
+                "at_once": {"count": BURST, "p50_ms": p50, "p99_ms": p99, "last_ms": at_once[-1]},
                 "execute_code_to_jupyter": versus_jupyter}  # fmt: skip
         Path(args.json).write_text(json.dumps(data, indent=2))
         chart([(r["what"], r["median_ms"]) for r in results], str(Path(args.json).with_suffix(".png")))

@@ -1,6 +1,7 @@
 """cgroup v1: one hierarchy per controller (cpu and cpuacct may share one).
 
-Files, through cgroupspy's controllers where it has them (memory, cpu, cpuacct):
+Limits through cgroupspy's controllers where it has them (memory, cpu); the counters a
+run reads are read directly (``Counters``). Files:
 memory.limit_in_bytes and memory.memsw.limit_in_bytes (no swap beyond the limit, where
 swap accounting is on), memory.max_usage_in_bytes (reset per run by writing 0),
 memory.oom_control's oom_kill; pids.max and pids.events (cgroupspy has no pids
@@ -12,20 +13,19 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from typing import Any
 
-from cgroupspy.controllers import CpuAcctController, CpuController, MemoryController
+from cgroupspy.controllers import CpuController, MemoryController
 
 from ._base import (
     CPU_PERIOD_US,
     Cgroup,
     CgroupLimits,
+    Counters,
     Usage,
     cpu_quota_us,
     keyed,
     kill_procs,
     make_sandbox_dir,
-    read_text,
     remove_dir,
     sweep_stale,
     write_text,
@@ -48,6 +48,7 @@ class CgroupV1(Cgroup):
         self.name = name
         self.placements = dict(placements)  # controller -> placement; "cpu" brings "cpuacct"
         self.dirs: dict[str, str] = {}
+        self._counters = Counters()
 
     def create(self) -> None:
         try:
@@ -78,17 +79,17 @@ class CgroupV1(Cgroup):
             write_text(os.path.join(path, "cgroup.procs"), str(pid))
 
     def usage(self) -> Usage:
+        """Read twice per run: straight from the files, kept open (``Counters``)."""
         cpu_ns = peak = oom = pids = 0
         has_peak = False
+        read = self._counters.read
         if "cpuacct" in self.dirs:
-            cpu_ns = int(CpuAcctController(_Node(self.dirs["cpuacct"])).usage)
+            cpu_ns = int(read(os.path.join(self.dirs["cpuacct"], "cpuacct.usage")))
         if "memory" in self.dirs:
-            memory = MemoryController(_Node(self.dirs["memory"]))
-            peak, has_peak = int(memory.max_usage_in_bytes), True
-            control: Any = memory.oom_control
-            oom = int(control.get("oom_kill", 0)) if isinstance(control, dict) else 0
+            peak, has_peak = int(read(os.path.join(self.dirs["memory"], "memory.max_usage_in_bytes"))), True
+            oom = keyed(read(os.path.join(self.dirs["memory"], "memory.oom_control")), "oom_kill")
         if "pids" in self.dirs:
-            pids = keyed(read_text(os.path.join(self.dirs["pids"], "pids.events")), "max")
+            pids = keyed(read(os.path.join(self.dirs["pids"], "pids.events")), "max")
         return Usage(cpu_ns, peak if has_peak else None, oom, pids)
 
     def reset_peak(self) -> None:
@@ -100,6 +101,7 @@ class CgroupV1(Cgroup):
             kill_procs(path)
 
     def remove(self) -> None:
+        self._counters.close()
         for path in dict.fromkeys(self.dirs.values()):
             with contextlib.suppress(OSError):
                 remove_dir(path)

@@ -26,6 +26,7 @@ from ._base import (
     NSBOX_DIR,
     Cgroup,
     CgroupLimits,
+    Counters,
     Usage,
     cpu_quota_us,
     keyed,
@@ -49,6 +50,7 @@ class CgroupV2(Cgroup):
         self.controllers = controllers
         self.path: str | None = None
         self._peak_fd: int | None = None
+        self._counters = Counters()
 
     def create(self) -> None:
         own = self.placement.own_dir
@@ -83,14 +85,16 @@ class CgroupV2(Cgroup):
         write_text(self._file("cgroup.procs"), str(pid))
 
     def usage(self) -> Usage:
-        cpu_ns = keyed(read_text(self._file("cpu.stat")), "usage_usec") * 1000
+        """Read twice per run: straight from the files, kept open (``Counters``)."""
+        read = self._counters.read
+        cpu_ns = keyed(read(self._file("cpu.stat")), "usage_usec") * 1000
         peak = oom = pids = 0
         has_peak = False
         if "memory" in self.controllers:
             peak, has_peak = self._read_peak()
-            oom = keyed(read_text(self._file("memory.events")), "oom_kill")
+            oom = keyed(read(self._file("memory.events")), "oom_kill")
         if "pids" in self.controllers:
-            pids = keyed(read_text(self._file("pids.events")), "max")
+            pids = keyed(read(self._file("pids.events")), "max")
         return Usage(cpu_ns, peak if has_peak else None, oom, pids)
 
     def _read_peak(self) -> tuple[int, bool]:
@@ -131,6 +135,7 @@ class CgroupV2(Cgroup):
 
     def remove(self) -> None:
         self._close_peak()
+        self._counters.close()
         if self.path is not None:
             with contextlib.suppress(OSError):
                 remove_dir(self.path)

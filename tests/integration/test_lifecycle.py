@@ -163,6 +163,32 @@ def test_stdio_is_the_callers_for_exec() -> None:
     assert proc.stdout == b"piped in\n" and proc.stderr == b"to-err\n"
 
 
+def test_debug_steps_show_one_timeline_of_every_process() -> None:
+    """NSBOX_DEBUG=steps: the supervisor's stages and the sandbox's steps, each line with its
+    process, start and duration, so that sorted by start they read as one timeline."""
+    require_sandbox()
+    proc = subprocess.run(
+        [NSBOX_CLI, "exec", "--", "/bin/true"], env={**os.environ, "NSBOX_DEBUG": "steps"}, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    steps: dict[str, tuple[int, float, float]] = {}
+    for line in proc.stderr.decode().splitlines():
+        if line.startswith("nsbox-step "):
+            _, pid, start, took_ms, name = line.split(" ", 4)
+            steps[name] = (int(pid), float(start), float(took_ms))
+    supervisor = {"create the sandbox's cgroup", "write the sandbox's id maps", "put the sandbox in its cgroup"}
+    sandbox = {"unshare user, mount, pid, net, uts and ipc namespaces", "mount /proc", "load the seccomp filter"}
+    assert supervisor | sandbox <= set(steps), sorted(steps)
+    assert len({steps[name][0] for name in supervisor}) == 1  # the CLI is the supervisor
+    assert not {steps[name][0] for name in supervisor} & {steps[name][0] for name in sandbox}
+    maps, unshared = (
+        steps["write the sandbox's id maps"],
+        steps["unshare user, mount, pid, net, uts and ipc namespaces"],
+    )
+    assert unshared[1] + unshared[2] / 1e3 <= maps[1]  # the maps are written after the unshare, on one clock
+    assert all(took >= 0 for _, _, took in steps.values())
+
+
 def test_sigterm_to_the_cli_is_forwarded_to_the_payload() -> None:
     require_sandbox()
     proc = subprocess.Popen(
