@@ -30,6 +30,7 @@ from ._channel import Channel, socketpair
 from ._errors import ProtocolError
 from ._fds import child_wakeup, close_fds, drain
 from ._protocol import Spawn, Spawned, parse
+from ._protocol import warm as warm_protocol
 from ._seccomp import compile_filters
 from ._spec import Seccomp
 
@@ -81,6 +82,7 @@ def _preload() -> None:
     from . import _netpolicy, _proxy  # noqa: F401  # every spec parses its network policy
     from ._rootfs import _store  # noqa: F401  # --rootfs NAME
 
+    warm_protocol()
     gc.collect()
     gc.freeze()
 
