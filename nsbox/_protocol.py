@@ -20,10 +20,10 @@ import json
 import struct
 import types
 import typing
-from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import ProtocolError
+from ._record import record
 
 HEADER = struct.Struct(">I")
 #: Frames that come from inside the sandbox (the intermediate, init) are small by construction.
@@ -47,19 +47,19 @@ VALUE_DEPTH = MAX_DEPTH - 4
 RUN, KERNEL = 0, 1
 
 
-@dataclass(frozen=True)
+@record
 class Message:
     TYPE: ClassVar[str] = ""
 
 
 # --- front-end -> supervisor ------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class Open(Message):
     TYPE: ClassVar[str] = "open"
     spec: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class Run(Message):
     """A run. Stdio modes: ``fd`` (an fd rides along, in stdin/stdout/stderr order),
     ``devnull``, ``capture`` (stdout/stderr), ``stdout`` (stderr only: merge),
@@ -76,7 +76,7 @@ class Run(Message):
     input: bytes | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Execute(Message):
     """Python code for the session's kernel; ``inputs`` become variables first, and
     ``want_result`` asks for the JSON value of the variable ``result`` (execute_ai_code)."""
@@ -88,7 +88,7 @@ class Execute(Message):
     want_result: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class FileRequest(Message):
     """A workspace file operation (``_files``): ``op`` is read, write, list or remove;
     ``data`` the content to write."""
@@ -101,7 +101,7 @@ class FileRequest(Message):
     recursive: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Signal(Message):
     """Forward a signal to the current run (front-end -> supervisor -> init); from the
     supervisor to init, ``process`` says to which (RUN or KERNEL)."""
@@ -111,18 +111,18 @@ class Signal(Message):
     process: int = RUN
 
 
-@dataclass(frozen=True)
+@record
 class Close(Message):
     TYPE: ClassVar[str] = "close"
 
 
 # --- supervisor -> front-end ------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class Ready(Message):
     TYPE: ClassVar[str] = "ready"
 
 
-@dataclass(frozen=True)
+@record
 class Failed(Message):
     """``kind`` is ``setup``, ``spec`` or ``sandbox``; ``error`` the exception's fields."""
 
@@ -131,7 +131,7 @@ class Failed(Message):
     error: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class Done(Message):
     """A run's or an execution's result; its captured output rides as bytes."""
 
@@ -141,7 +141,7 @@ class Done(Message):
     stderr: bytes | None = None
 
 
-@dataclass(frozen=True)
+@record
 class FileReply(Message):
     """The answer to a FileRequest: read -> ``data``; list -> ``entries``."""
 
@@ -151,17 +151,17 @@ class FileReply(Message):
 
 
 # --- intermediate / init -> supervisor ----------------------------------------------------
-@dataclass(frozen=True)
+@record
 class Unshared(Message):
     TYPE: ClassVar[str] = "unshared"
 
 
-@dataclass(frozen=True)
+@record
 class Go(Message):
     TYPE: ClassVar[str] = "go"
 
 
-@dataclass(frozen=True)
+@record
 class InitStarted(Message):
     """The intermediate forked init; a pidfd of it rides along."""
 
@@ -169,7 +169,7 @@ class InitStarted(Message):
     pid: int
 
 
-@dataclass(frozen=True)
+@record
 class StepFailed(Message):
     TYPE: ClassVar[str] = "step_failed"
     stage: str
@@ -179,19 +179,19 @@ class StepFailed(Message):
     detail: str
 
 
-@dataclass(frozen=True)
+@record
 class Attached(Message):
     """Supervisor -> init: the intermediate and init are in the sandbox's cgroup now."""
 
     TYPE: ClassVar[str] = "attached"
 
 
-@dataclass(frozen=True)
+@record
 class InitReady(Message):
     TYPE: ClassVar[str] = "init_ready"
 
 
-@dataclass(frozen=True)
+@record
 class Exec(Message):
     """Supervisor -> init: start a process (RUN or KERNEL); three fds (stdin, stdout,
     stderr) ride along."""
@@ -203,14 +203,14 @@ class Exec(Message):
     process: int = RUN
 
 
-@dataclass(frozen=True)
+@record
 class Started(Message):
     TYPE: ClassVar[str] = "started"
     pid: int
     process: int = RUN
 
 
-@dataclass(frozen=True)
+@record
 class Exited(Message):
     """The payload was reaped. ``exec_errno`` is set when it never reached execve."""
 
@@ -221,7 +221,7 @@ class Exited(Message):
     process: int = RUN
 
 
-@dataclass(frozen=True)
+@record
 class KillRun(Message):
     """Supervisor -> init: kill every process of the sandbox but init itself."""
 
@@ -229,7 +229,7 @@ class KillRun(Message):
 
 
 # --- the Python kernel (nsbox/_guest/kernel.py, inside) <-> supervisor -------------------------
-@dataclass(frozen=True)
+@record
 class Cell(Message):
     """Supervisor -> kernel: execute ``code`` (see Execute). ``result_limit``: the most bytes
     the JSON of the variable ``result`` may take in the reply (a larger one is the cell's error)."""
@@ -242,13 +242,13 @@ class Cell(Message):
     result_limit: int = 1 << 20
 
 
-@dataclass(frozen=True)
+@record
 class KernelReady(Message):
     TYPE: ClassVar[str] = "kernel_ready"
     python: str
 
 
-@dataclass(frozen=True)
+@record
 class CellStarted(Message):
     """Kernel -> supervisor: cell ``number`` was received and now runs. A kernel that dies
     before saying so died of something else (a run's kill): the cell goes to a new one."""
@@ -257,7 +257,7 @@ class CellStarted(Message):
     number: int
 
 
-@dataclass(frozen=True)
+@record
 class CellDone(Message):
     """Kernel -> supervisor: how a cell ended. ``error`` has ``type``, ``message`` and
     ``traceback`` when the code raised; ``result`` is set when asked for and JSON-able.
@@ -272,14 +272,14 @@ class CellDone(Message):
 
 
 # --- front-end <-> spawner -----------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class Spawn(Message):
     """Fork a supervisor; the session socket's far end rides along."""
 
     TYPE: ClassVar[str] = "spawn"
 
 
-@dataclass(frozen=True)
+@record
 class Spawned(Message):
     """A pidfd of the supervisor rides along (the front-end ends it if it must)."""
 
@@ -421,28 +421,30 @@ def parse(obj: dict[str, Any], *expected: type[M]) -> M:
     bytes fields are taken from the frame's binary section, which they must fill exactly."""
     cls = _REGISTRY.get(obj.get("type"))  # type: ignore[arg-type]
     if cls is None or cls not in expected:
-        names = ", ".join(e.TYPE for e in expected)
-        raise ProtocolError(f"unexpected message {str(obj.get('type'))[:40]!r}; expected {names}")
+        wanted = ", ".join(e.TYPE for e in expected)
+        raise ProtocolError(f"unexpected message {str(obj.get('type'))[:40]!r}; expected {wanted}")
     hints = _hints(cls)
     binary = _binary_fields(cls)
     section = obj.binary if isinstance(obj, Frame) else memoryview(b"")
     offset = 0
     values = {}
-    for f in fields(cls):
-        if f.name not in obj:
-            if f.default is not MISSING:
+    names = _field_names(cls)
+    defaults: dict[str, Any] = cls.__record_defaults__  # type: ignore[attr-defined]
+    for name in names:
+        if name not in obj:
+            if name in defaults:
                 continue
-            raise ProtocolError(f"{cls.TYPE}: missing field {f.name!r}")
-        value = obj[f.name]
-        if f.name in binary and value is not None:  # its length; the bytes are in the section
+            raise ProtocolError(f"{cls.TYPE}: missing field {name!r}")
+        value = obj[name]
+        if name in binary and value is not None:  # its length; the bytes are in the section
             if not (_conforms(value, int) and 0 <= value <= len(section) - offset):
-                raise ProtocolError(f"{cls.TYPE}: field {f.name!r} has a bad length")
+                raise ProtocolError(f"{cls.TYPE}: field {name!r} has a bad length")
             length: int = value
             value, offset = section[offset : offset + length].tobytes(), offset + length
-        elif not _conforms(value, hints[f.name]):
-            raise ProtocolError(f"{cls.TYPE}: field {f.name!r} has the wrong type")
-        values[f.name] = value
-    if extra := set(obj) - {f.name for f in fields(cls)} - {"type"}:
+        elif not _conforms(value, hints[name]):
+            raise ProtocolError(f"{cls.TYPE}: field {name!r} has the wrong type")
+        values[name] = value
+    if extra := set(obj) - set(names) - {"type"}:
         raise ProtocolError(f"{cls.TYPE}: unknown field(s) {sorted(extra)[:5]}")
     if offset != len(section):
         raise ProtocolError(f"{cls.TYPE}: {len(section) - offset} bytes of the frame belong to no field")
@@ -459,7 +461,6 @@ def warm() -> None:
 
 _HINTS: dict[type, dict[str, Any]] = {}
 _BINARY: dict[type, tuple[str, ...]] = {}
-_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _hints(cls: type[Message]) -> dict[str, Any]:
@@ -482,10 +483,7 @@ def _binary_fields(cls: type[Message]) -> tuple[str, ...]:
 
 
 def _field_names(cls: type[Message]) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
-    return names
+    return cls.__record_fields__  # type: ignore[attr-defined,no-any-return]
 
 
 def _conforms(value: Any, hint: Any) -> bool:
