@@ -1,9 +1,10 @@
 """The ordered steps inside the namespaces: read top to bottom, the table of contents
 of a sandbox. Three processes run them, each forked from the one above:
 
-``intermediate_main``  forked by the supervisor; unshares the namespaces and waits
-                       while the supervisor writes its id maps; forks init; writes
-                       init's nested id maps; lives exactly as long as init
+``intermediate_main``  born in the new user, mount, net, uts and ipc namespaces
+                       (``_linux.fork_into``); waits while the supervisor writes its id
+                       maps; unshares the pid namespace; forks init; writes init's
+                       nested id maps; lives exactly as long as init
 ``init_main``          PID 1: builds the root, enters the nested user namespace,
                        then serves runs (``_init.serve``)
 ``payload_main``       forked by init per run; ends in execve
@@ -43,19 +44,13 @@ from ._protocol import (
     InitReady,
     InitStarted,
     StepFailed,
-    Unshared,
 )
 from ._spec import WORKSPACE, SandboxSpec
 from ._userns import IdMapping
 
-_NAMESPACES = (
-    _linux.CLONE_NEWUSER
-    | _linux.CLONE_NEWNS
-    | _linux.CLONE_NEWPID
-    | _linux.CLONE_NEWNET
-    | _linux.CLONE_NEWUTS
-    | _linux.CLONE_NEWIPC
-)
+#: The namespaces the intermediate is born in; the pid namespace comes after its id maps
+#: (it is its children's: init is PID 1 of it), the cgroup namespace with init.
+BORN_IN = _linux.CLONE_NEWUSER | _linux.CLONE_NEWNS | _linux.CLONE_NEWNET | _linux.CLONE_NEWUTS | _linux.CLONE_NEWIPC
 EXIT_SETUP_FAILED = 125
 _DEBUG = bool(os.environ.get("NSBOX_DEBUG"))
 
@@ -128,14 +123,9 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
             # Own session and process group: a kill(0, ...) from inside can never
             # reach the supervisor's group, nor the caller's terminal.
             os.setsid()
-        with step("drop supplementary groups"):
-            _userns.prepare_in_child()
-        with step("unshare user, mount, pid, net, uts and ipc namespaces"):
-            _linux.unshare(_NAMESPACES)
         with step("join a new session keyring"):
             _linux.join_new_session_keyring()
         with step("wait for the supervisor to write our id maps"):
-            sync.send(Unshared())
             _, source_fds = sync.recv(Go)  # as root, the bind sources come along
         with step("open the bind sources"):
             if not plan.mapping.privileged:  # with the caller's permissions, before our uid changes
@@ -149,6 +139,8 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
             prctl.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != plan.supervisor_pid:
                 os._exit(EXIT_SETUP_FAILED)
+        with step("unshare the pid namespace"):
+            _linux.unshare(_linux.CLONE_NEWPID)  # owned by A: we are its root now
         with step("set the hostname"):
             _uts.set_names_in_child(plan.spec.hostname)
         with step("bring up the loopback interface"):

@@ -232,9 +232,9 @@ def remedy_for(stage: str, call: str, err: int | None) -> str:
         )
     if err == _errno.ENOSYS:
         return f"this kernel lacks {call or 'a needed system call'}; nsbox needs Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]}+"
-    if call == "unshare" and err == _errno.ENOSPC:
+    if call in ("unshare", "clone") and err == _errno.ENOSPC:
         return "the user namespace limit is reached: sysctl -w user.max_user_namespaces=15000"
-    if call == "unshare" and err == _errno.EPERM:
+    if call in ("unshare", "clone") and err == _errno.EPERM:
         if os.geteuid() != 0:
             return (
                 "unprivileged user namespaces are disabled; run `nsbox check` for the sysctl to set "

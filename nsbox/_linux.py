@@ -61,8 +61,8 @@ RESOLVE_BENEATH = 0x08
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250, "rt_sigaction": 13, "seccomp": 317},
-    "aarch64": {"pivot_root": 41, "keyctl": 219, "rt_sigaction": 134, "seccomp": 277},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "rt_sigaction": 13, "seccomp": 317, "clone": 56},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "rt_sigaction": 134, "seccomp": 277, "clone": 220},
 }
 _NSIG = 64
 _SECCOMP_SET_MODE_FILTER = 1
@@ -116,6 +116,11 @@ _libc.setfsuid.argtypes = [ctypes.c_uint]
 _libc.setfsgid.argtypes = [ctypes.c_uint]
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.syscall.restype = ctypes.c_long
+# The same library through PyDLL, whose calls keep the GIL: for clone(2), which must copy
+# this process exactly as os.fork does, between the interpreter's own fork steps.
+_libc_holding_gil = ctypes.PyDLL(_libc._name, use_errno=True)
+_libc_holding_gil.syscall.restype = ctypes.c_long
+_SIGCHLD = 17
 
 
 class SyscallError(OSError):
@@ -151,6 +156,26 @@ def _syscall_number(name: str) -> int:
         return _SYSCALLS[_MACHINE][name]
     except KeyError:
         raise SyscallError(38, name, f"no syscall number known for machine {_MACHINE!r}") from None
+
+
+def fork_into(flags: int) -> int:
+    """fork(2), with the child born in the new namespaces ``flags`` names (clone(2) with no
+    stack of its own, which is what fork is): no moment in which it is a copy of us outside
+    them, and nothing to wait for before its id maps can be written. The interpreter's fork
+    steps run around it, as os.fork runs them; the caller must be single-threaded (glibc's
+    own fork handlers do not run: no other thread may hold a lock of its)."""
+    nr = _syscall_number("clone")
+    zero = ctypes.c_ulong(0)
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc_holding_gil.syscall(ctypes.c_long(nr), ctypes.c_ulong(flags | _SIGCHLD), zero, zero, zero, zero)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise SyscallError(err, "clone", hex(flags))
+    return int(pid)
 
 
 def unshare(flags: int) -> None:

@@ -152,11 +152,6 @@ class FileReply(Message):
 
 # --- intermediate / init -> supervisor ----------------------------------------------------
 @record
-class Unshared(Message):
-    TYPE: ClassVar[str] = "unshared"
-
-
-@record
 class Go(Message):
     TYPE: ClassVar[str] = "go"
 
@@ -291,7 +286,7 @@ M = TypeVar("M", bound=Message)
 _REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Open, Run, Execute, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Unshared, Go,
+        Open, Run, Execute, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Go,
         InitStarted, StepFailed, Attached, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady,
         CellStarted, CellDone, Spawn, Spawned,
     )

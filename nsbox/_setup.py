@@ -1,7 +1,8 @@
 """Setting a sandbox up, the supervisor's side: the table of contents of ``start``.
 
-Reserve a host id range (root), create the cgroup, fork the intermediate, open the
-namespaces we enter later, write the id maps, hand over the bind sources (root), put the
+Reserve a host id range (root), create the cgroup, start the intermediate already in its
+new namespaces (clone: nothing to wait for), open the namespaces we enter later, write the
+id maps while it sets itself up, hand over the bind sources (root), put the
 processes in the cgroup while init builds the root, take init's workspace handle, start
 the egress proxy, (subordinate ids) join the sandbox's user namespace, and keep no
 supplementary group the payload has not (the file API acts as the payload). Every failure
@@ -18,10 +19,10 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from . import _child, _mount, _trace, _userns
+from . import _child, _linux, _mount, _trace, _userns
 from ._audit import AuditLog
 from ._cgroup import Cgroup, CgroupGuard
 from ._channel import Channel, readable, socketpair
@@ -38,7 +39,6 @@ from ._protocol import (
     InitStarted,
     Message,
     StepFailed,
-    Unshared,
     parse,
 )
 from ._spec import SandboxSpec
@@ -99,8 +99,8 @@ class SandboxSetup:
             if self._guard is not None:
                 with _setup_stage("start the cgroup guard", "fork"):
                     self._guard.start()
-            pid, sync, ctl = self._fork_intermediate()
-            close_fds(self._await_setup(sync, Unshared)[1])
+            with _setup_stage("start the intermediate in new namespaces", "clone"):
+                pid, sync, ctl = self._fork_intermediate()
             # Opened now, while the intermediate is a dumpable copy of us: once init runs,
             # /proc/<pid>/ns and setns through its pidfd need ptrace access to a
             # non-dumpable process, which only root has. The egress proxy enters the net
@@ -114,7 +114,7 @@ class SandboxSetup:
                 if mapping.mode == "subordinate" or (allow and not mapping.privileged):
                     ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
             with _setup_stage("write the sandbox's id maps", "write"):
-                _userns.write_outer_maps_from_parent(pid, mapping)
+                self._unless_reported(lambda: _userns.write_outer_maps_from_parent(pid, mapping))
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -174,10 +174,25 @@ class SandboxSetup:
         self.audit.created(self.spec, self.cgroup.kind)
 
     def _fork_intermediate(self) -> tuple[int, Channel, Channel]:
-        """The intermediate's pid, and our ends of its setup (sync) and control channels."""
+        """The intermediate's pid, and our ends of its setup (sync) and control channels.
+        It is born in the sandbox's namespaces (``_child.BORN_IN``) without our
+        supplementary groups, which would stay host groups inside: as root they are set
+        aside for the clone and restored (A's setgroups is "deny" once its maps are written,
+        so the intermediate could not drop them itself)."""
         sync_parent, sync_child = socketpair()
         ctl_parent, ctl_child = socketpair()
-        pid = os.fork()
+        groups = os.getgroups() if os.geteuid() == 0 else None
+        try:
+            if groups:
+                os.setgroups([])
+            pid = _linux.fork_into(_child.BORN_IN)
+        except BaseException:
+            for sock in (sync_parent, sync_child, ctl_parent, ctl_child):
+                sock.close()
+            raise
+        finally:
+            if groups and os.getpid() == self.plan.supervisor_pid:
+                os.setgroups(groups)
         if pid == 0:
             sync_parent.close()
             ctl_parent.close()
@@ -189,6 +204,20 @@ class SandboxSetup:
         self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
         self.ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
         return pid, self._sync, self.ctl
+
+    def _unless_reported(self, stage: Callable[[], None]) -> None:
+        """A stage that acts on the intermediate: if it fails because the intermediate
+        failed first (and ended), the intermediate's own report is the cause."""
+        try:
+            stage()
+        except OSError:
+            if self._sync is not None and readable(self._sync.fileno()):
+                with contextlib.suppress(EOFError, ProtocolError, OSError):
+                    got = self._sync.read_packet()
+                    if got is not None and got[0].get("type") == StepFailed.TYPE:
+                        close_fds(got[1])
+                        raise self._step_error(parse(got[0], StepFailed)) from None
+            raise
 
     def _await_setup(self, channel: Channel, expected: type[M]) -> tuple[M, list[int]]:
         """The next setup message; a StepFailed from either child becomes SetupError."""

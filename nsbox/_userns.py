@@ -203,12 +203,6 @@ def write_maps_with_helpers(pid: int, mapping: IdMapping) -> None:
             raise _linux.SyscallError(errno.EPERM, tool, f"{' '.join(argv[1:])}: {message}")
 
 
-def prepare_in_child() -> None:
-    """Before unshare: drop supplementary groups, which would stay host groups inside."""
-    if os.geteuid() == 0:
-        os.setgroups([])
-
-
 def write_maps_from_parent(proc_dir_fd: int, uid_map: str, gid_map: str) -> None:
     """Write setgroups=deny and the maps of the process whose /proc dir is ``proc_dir_fd``.
 
