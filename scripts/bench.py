@@ -215,12 +215,17 @@ def chart(rows: list[tuple[str, float]], path: str) -> None:
 def idle_memory(sandbox: nsbox.NsSandbox) -> tuple[int, float, float]:
     """Processes of an idle sandbox (its supervisor and everything below it), their summed
     RSS and PSS in MiB (RSS counts pages the forked processes share once per process)."""
-    pids, todo = [], [sandbox._backend.supervisor_pid]  # type: ignore[attr-defined]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            todo += [int(c) for c in (task / "children").read_text().split()]
+    pids: list[int] = []
+    for _ in range(100):  # init forks the launcher once it is ready: wait until nothing new appears
+        time.sleep(0.05)
+        before, pids, todo = pids, [], [sandbox._backend.supervisor_pid]  # type: ignore[attr-defined]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        if len(pids) == len(before):
+            break
     rss = pss = 0
     for pid in pids:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -286,7 +291,7 @@ def main() -> int:
         print(f"{label:48} {len(samples):5d} {median:10.2f} {p90:8.2f} {median / baseline:8.2f}")
         results.append({"what": label, "runs": len(samples), "median_ms": median, "p90_ms": p90,
                         "ratio_to_bwrap": median / baseline})  # fmt: skip
-    print(f"\nan idle sandbox: {processes} processes (supervisor, intermediate, init, launcher),", end=" ")
+    print(f"\nan idle sandbox: {processes} processes (its supervisor and everything below it),", end=" ")
     print(f"RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
     print(
         "new sandbox + /bin/true + close, per second: "
