@@ -115,9 +115,8 @@ class Channel:
         A frame of one packet, with nothing queued before it, goes at once if it can."""
         parts = encode_parts(message)
         if not self._outgoing and len(parts) == 1 and len(parts[0]) <= PACKET:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
             try:
-                self.sock.sendmsg(parts, ancillary)
+                self.sock.sendmsg(parts, _rights(fds))
                 return
             except BlockingIOError:
                 pass
@@ -140,11 +139,8 @@ class Channel:
         OSError (EPIPE...) if the peer is gone."""
         while self._outgoing:
             frame = self._outgoing[0]
-            ancillary = []
-            if frame.fds:  # not sent yet: they go with the first packet
-                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", frame.fds))]
-            try:
-                size = self.sock.sendmsg(frame.packet(), ancillary)
+            try:  # fds not sent yet go with the first packet
+                size = self.sock.sendmsg(frame.packet(), _rights(frame.fds))
             except BlockingIOError:
                 return False
             frame.sent(size)
@@ -214,6 +210,11 @@ class Channel:
                 except ProtocolError:
                     close_fds(fds)
                     raise
+
+
+def _rights(fds: Sequence[int]) -> list[tuple[int, int, array.array[int]]]:
+    """The ancillary data that passes ``fds`` (SCM_RIGHTS), or none."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
 
 
 def _unpack_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

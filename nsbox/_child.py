@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,11 +85,9 @@ class _StepFailed(Exception):
 
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
-    started = time.monotonic() if _trace.ENABLED else 0.0
     try:
-        yield
-        if _trace.ENABLED:
-            _trace.record(name, started)
+        with _trace.timed(name):
+            yield
     except _StepFailed:
         raise
     except BaseException as exc:

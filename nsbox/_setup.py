@@ -19,7 +19,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 from . import _child, _linux, _mount, _trace, _userns
@@ -114,7 +114,13 @@ class SandboxSetup:
                 if mapping.mode == "subordinate" or (allow and not mapping.privileged):
                     ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
             with _setup_stage("write the sandbox's id maps", "write"):
-                self._unless_reported(lambda: _userns.write_outer_maps_from_parent(pid, mapping))
+                try:
+                    _userns.write_outer_maps_from_parent(pid, mapping)
+                except OSError as exc:  # the intermediate may have failed first: its report is the cause
+                    reported = self._report_on(self._sync)
+                    if reported is None:
+                        raise
+                    raise reported from exc
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -140,7 +146,7 @@ class SandboxSetup:
                     self.cgroup.attach(started.pid)
                 ctl.send(Attached(), deadline=time.monotonic() + SETUP_TIMEOUT)
             except (OSError, SetupError) as exc:  # init may have failed meanwhile: its report is the cause
-                reported = self._init_report()
+                reported = self._report_on(self.ctl)
                 if reported is None:
                     raise
                 raise reported from exc
@@ -181,17 +187,18 @@ class SandboxSetup:
         so the intermediate could not drop them itself)."""
         sync_parent, sync_child = socketpair()
         ctl_parent, ctl_child = socketpair()
-        groups = os.getgroups() if os.geteuid() == 0 else None
+        groups = os.getgroups() if os.geteuid() == 0 else []
+        if groups:
+            os.setgroups([])
+        pid = -1  # until the clone returns: in this process, restore the groups whatever happens
         try:
-            if groups:
-                os.setgroups([])
             pid = _linux.fork_into(_child.BORN_IN)
         except BaseException:
             for sock in (sync_parent, sync_child, ctl_parent, ctl_child):
                 sock.close()
             raise
         finally:
-            if groups and os.getpid() == self.plan.supervisor_pid:
+            if groups and pid != 0:  # ours again; the child keeps none
                 os.setgroups(groups)
         if pid == 0:
             sync_parent.close()
@@ -204,20 +211,6 @@ class SandboxSetup:
         self._sync = Channel(sync_parent, MAX_FRAME_FROM_SANDBOX)
         self.ctl = Channel(ctl_parent, MAX_FRAME_FROM_SANDBOX, accept_fds=False)
         return pid, self._sync, self.ctl
-
-    def _unless_reported(self, stage: Callable[[], None]) -> None:
-        """A stage that acts on the intermediate: if it fails because the intermediate
-        failed first (and ended), the intermediate's own report is the cause."""
-        try:
-            stage()
-        except OSError:
-            if self._sync is not None and readable(self._sync.fileno()):
-                with contextlib.suppress(EOFError, ProtocolError, OSError):
-                    got = self._sync.read_packet()
-                    if got is not None and got[0].get("type") == StepFailed.TYPE:
-                        close_fds(got[1])
-                        raise self._step_error(parse(got[0], StepFailed)) from None
-            raise
 
     def _await_setup(self, channel: Channel, expected: type[M]) -> tuple[M, list[int]]:
         """The next setup message; a StepFailed from either child becomes SetupError."""
@@ -255,20 +248,23 @@ class SandboxSetup:
     def _setup_failure(self, failure: StepFailed | str) -> SetupError:
         """Prefer init's own report: it is sent before init exits, so before the
         intermediate can notice and report the same failure less precisely."""
-        reported = self._init_report()
+        reported = self._report_on(self.ctl)
         if reported is not None:
             return reported
         if isinstance(failure, str):
             return SetupError("sandbox setup", detail=failure + self._exit_detail())
         return self._step_error(failure)
 
-    def _init_report(self) -> SetupError | None:
-        """The StepFailed init sent before it exited, if it did."""
+    def _report_on(self, channel: Channel | None) -> SetupError | None:
+        """The StepFailed a sandbox process sent on ``channel`` before it exited, if it did
+        (init on ``ctl``, the intermediate on ``sync``)."""
         with contextlib.suppress(EOFError, ProtocolError, OSError):
-            while self.ctl is not None and readable(self.ctl.fileno()):
-                got = self.ctl.read_packet()
-                if got is not None and got[0].get("type") == StepFailed.TYPE:
-                    return self._step_error(parse(got[0], StepFailed))
+            while channel is not None and readable(channel.fileno()):
+                got = channel.read_packet()
+                if got is not None:
+                    close_fds(got[1])
+                    if got[0].get("type") == StepFailed.TYPE:
+                        return self._step_error(parse(got[0], StepFailed))
         return None
 
     @staticmethod
