@@ -27,8 +27,13 @@ test: $(STAMP) lint
 rootless-test: $(STAMP)
 	NSBOX_TEST_STRICT=1 scripts/rootless-test.sh
 	NSBOX_TEST_STRICT=1 NSBOX_ROOTLESS_IDS=own scripts/rootless-test.sh -- -q tests/security \
-		tests/integration/test_isolation.py tests/integration/test_workloads.py tests/integration/test_rootless.py
+		tests/integration/test_isolation.py tests/integration/test_workloads.py tests/integration/test_rootless.py \
+		tests/integration/test_run_code.py
 
+# The root pass in the VM: the limits of runs and of run_code's programs (v2's counters).
+VM_TESTS := tests/integration/test_limits.py \
+	tests/security/test_run_code_isolation.py::test_a_program_at_a_limit_gets_its_verdict_and_the_next_runs \
+	tests/integration/test_run_code.py::test_a_programs_own_memory_limit_ends_it_and_is_lifted_after
 # The rootless pass in the VM: its limits (v2, a delegated subtree) and test_rootless.py.
 VM_ROOTLESS_TESTS := tests/integration/test_rootless.py tests/integration/test_limits.py \
 	-k 'test_rootless or memory_limit or process_limit or swap or accounting or cli_is_sigkilled'
@@ -36,7 +41,8 @@ VM_ROOTLESS_TESTS := tests/integration/test_rootless.py tests/integration/test_l
 # In the VM (software emulation: a sandbox's life takes ~1 s there) the leak test makes 100
 # sandboxes in a row, not the host's 500 (NSBOX_TEST_REPEAT): a cgroup left behind shows at once.
 vm-test: $(STAMP)
-	NSBOX_TEST_STRICT=1 NSBOX_TEST_REPEAT=$${NSBOX_TEST_REPEAT:-100} VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh
+	NSBOX_TEST_STRICT=1 NSBOX_TEST_REPEAT=$${NSBOX_TEST_REPEAT:-100} VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh -- \
+		.venv/bin/python -m pytest -q -p no:cacheprovider $(VM_TESTS)
 	NSBOX_TEST_STRICT=1 VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh -- \
 		scripts/rootless-test.sh -- -q $(VM_ROOTLESS_TESTS)
 
@@ -51,6 +57,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[dev,bench]'
 	$(PY) -m compileall -q nsbox  # what an installed package has (and PYTHONDONTWRITEBYTECODE would never write)
 	$(PY) scripts/bench.py --json bench-results.json
+	$(PY) scripts/bench_judge.py --json bench-judge.json
 
 deps:
 	scripts/install-deps.sh

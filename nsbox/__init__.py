@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         SpecError,
     )
     from ._files import FILE_LIMIT, FileInfo
+    from ._judge import Judge, JudgeResult, TestVerdict, Verdict
     from ._pool import AsyncSandboxPool, SandboxPool
     from ._result import ExecutionResult, RunResult, Status
     from ._rootfs import StoredRoot, build_rootfs, import_rootfs, list_rootfs, remove_rootfs
@@ -72,6 +73,7 @@ _MODULE_OF = {
     ),
     "FILE_LIMIT": "_files",
     "FileInfo": "_files",
+    **dict.fromkeys(("Judge", "JudgeResult", "TestVerdict", "Verdict"), "_judge"),
     "AsyncSandboxPool": "_pool",
     "SandboxPool": "_pool",
     "ExecutionResult": "_result",
@@ -109,6 +111,8 @@ __all__ = [
     "ExecutionResult",
     "FileInfo",
     "ImageError",
+    "Judge",
+    "JudgeResult",
     "Limits",
     "Mount",
     "NetworkPolicy",
@@ -128,6 +132,8 @@ __all__ = [
     "SpecError",
     "Status",
     "StoredRoot",
+    "TestVerdict",
+    "Verdict",
     "__version__",
     "build_rootfs",
     "execute_ai_code",

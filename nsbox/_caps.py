@@ -38,9 +38,36 @@ def clear_sets_in_child() -> None:
     prctl.cap_permitted.limit()
 
 
-def assert_none_in_child() -> None:
+#: What run_code's warm interpreter keeps (as uid 0 of the nested namespace, nothing else):
+#: enough to make a forked child the program uid and drop them for good (``_guest/warm.py``).
+WARM = (prctl.CAP_SETGID, prctl.CAP_SETUID, prctl.CAP_SETPCAP)
+
+
+def keep_only_in_child(last: int, keep: tuple[int, ...] = WARM) -> None:
+    """Every set down to ``keep`` (bounding, permitted, effective; ambient and inheritable
+    empty), then checked in /proc like ``assert_none_in_child``. An execve as uid 0 with
+    no_new_privs keeps exactly these (permitted cannot grow past what it was)."""
+    for cap in range(last + 1):
+        if cap not in keep:
+            _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+    _linux.clear_ambient_caps()
+    prctl.cap_inheritable.limit()
+    prctl.cap_effective.limit(*keep)
+    prctl.cap_permitted.limit(*keep)
+    mask = sum(1 << cap for cap in keep)
+    expected = {b"CapInh:": 0, b"CapPrm:": mask, b"CapEff:": mask, b"CapBnd:": mask, b"CapAmb:": 0}
+    for line in _status_lines():
+        field = line.split()[0] if line.strip() else b""
+        if field in expected and int(line.split()[1], 16) != expected[field]:
+            raise PermissionError(1, f"capabilities other than the warm interpreter's: {line.decode()}")
+
+
+def _status_lines() -> list[bytes]:
     with open("/proc/thread-self/status", "rb") as f:
-        status = f.read()
-    for line in status.splitlines():
+        return f.read().splitlines()
+
+
+def assert_none_in_child() -> None:
+    for line in _status_lines():
         if line.startswith(_CAP_FIELDS) and int(line.split()[1], 16) != 0:
             raise PermissionError(1, f"capabilities remain: {line.decode()}")

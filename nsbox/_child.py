@@ -7,7 +7,9 @@ of a sandbox. Three processes run them, each forked from the one above:
                        nested id maps; lives exactly as long as init
 ``init_main``          PID 1: builds the root, enters the nested user namespace,
                        then serves runs (``_init.serve``)
-``payload_main``       forked by init per run; ends in execve
+``payload_main``       forked by init per run; ends in execve. With ``warm``: run_code's
+                       warm interpreter, as a payload but uid 0 of the nested namespace
+                       with ``_caps.WARM`` (``_guest/warm.py``)
 
 Each step runs inside ``step(name)``: a failure becomes a StepFailed message naming the
 step, the system call, its arguments and errno, and the process exits 125. These
@@ -245,6 +247,7 @@ def init_main(
             ctl,
             lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe),
             (lambda sock: launcher_main(plan, sock)) if plan.launcher else None,
+            lambda request, fds, errpipe: payload_main(plan, request, fds, errpipe, warm=True),
         )
         os._exit(0)
     except BaseException as exc:  # a child must never unwind into the parent's code
@@ -280,9 +283,9 @@ def launcher_main(plan: SandboxPlan, sock: socket.socket) -> NoReturn:
 
 
 # --- the payload ---------------------------------------------------------------------------
-def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: int) -> NoReturn:
-    """Forked by init for one run. Every step before execve is reported through
-    ``errpipe`` (close-on-exec: EOF means execve succeeded)."""
+def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: int, warm: bool = False) -> NoReturn:
+    """Forked by init for one run (or ``warm``: for the warm interpreter). Every step before
+    execve is reported through ``errpipe`` (close-on-exec: EOF means execve succeeded)."""
     stage = "setsid"
     try:
         os.setsid()  # no controlling terminal: TIOCSTI cannot type into the caller's (CVE-2017-5226)
@@ -294,7 +297,7 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         stage = "chdir"
         os.chdir(request.cwd)
-        for stage, take in _payload_privilege(plan):  # noqa: B007  # the except clauses report `stage`
+        for stage, take in _payload_privilege(plan, warm):  # noqa: B007  # the except clauses report `stage`
             take()  # the seccomp filter last: from here on, only execve and error reporting
         stage = "execve"
         os.execvpe(request.argv[0], request.argv, request.env)  # nosec B606  # running the payload is the point
@@ -306,10 +309,13 @@ def payload_main(plan: SandboxPlan, request: Exec, stdio: list[int], errpipe: in
     os._exit(127)
 
 
-def _payload_privilege(plan: SandboxPlan) -> Iterator[tuple[str, Callable[[], object]]]:
+def _payload_privilege(plan: SandboxPlan, warm: bool = False) -> Iterator[tuple[str, Callable[[], object]]]:
     """The steps, in order, that leave a process with exactly a payload's privilege, each
     with the stage name a failure reports: a payload forked by init takes them before its
-    execve, the launcher once (every payload it starts inherits the result)."""
+    execve, the launcher once (every payload it starts inherits the result). ``warm``: the
+    warm interpreter's, which differ in two: it stays uid 0 with ``_caps.WARM`` (it makes
+    each program a payload of the program uid), and it is not the OOM killer's first
+    choice (its programs are, each by its own step)."""
 
     def first_for_the_oom_killer() -> None:
         # In the sandbox's cgroup and on the host, so that it takes the payload and not
@@ -332,8 +338,11 @@ def _payload_privilege(plan: SandboxPlan) -> Iterator[tuple[str, Callable[[], ob
             _linux.load_seccomp_filter(bpf)
 
     yield "set resource limits", lambda: _rlimits.apply_in_child(plan.rlimits)
-    yield "make the OOM killer's first choice", first_for_the_oom_killer
-    yield "drop capabilities", drop_capabilities
+    if warm:
+        yield "keep only the capabilities of the warm interpreter", lambda: _caps.keep_only_in_child(plan.last_cap)
+    else:
+        yield "make the OOM killer's first choice", first_for_the_oom_killer
+        yield "drop capabilities", drop_capabilities
     yield "join a new session keyring", _linux.join_new_session_keyring  # owned by the payload's uid
     yield "set the parent-death signal", lambda: prctl.set_pdeathsig(signal.SIGKILL)  # the uid change cleared it
     yield "set no_new_privs", lambda: prctl.set_no_new_privs(1)  # also what lets us load a filter unprivileged

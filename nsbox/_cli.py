@@ -54,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
         "command", nargs=argparse.REMAINDER, metavar="FILE.py [ARG...]", help="the script and its arguments"
     )
 
+    judge = commands.add_parser(
+        "judge",
+        help="run many programs or judge many submissions, each program in a fresh process",
+        description="Read programs or submissions as JSON lines from FILE.jsonl ('-': stdin) and write a result "
+        'for each, in order, as JSON lines. A line is {"code": ..., "language": python|bash|c|cpp, '
+        '"timeout": S, "stdin": ...} (run_code), or with "tests": [{"input": ..., "output": ...}] '
+        'and optionally "compare", "tolerance", "stop_on_failure" (judge). The limits are each sandbox\'s.',
+        usage="nsbox judge [options] FILE.jsonl",
+    )
+    judge.add_argument("--workers", metavar="N", type=int, default=2, help="sandboxes working at once (2)")
+    _sandbox_options(judge)
+    judge.add_argument("file", metavar="FILE.jsonl", help="one JSON object per line")
+
     check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     _rootfs_commands(commands)
@@ -179,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.json)
     if args.subcommand == "rootfs":
         return _rootfs(args)
+    if args.subcommand == "judge":
+        return _judge(args)
     return _exec(args)
 
 
@@ -214,6 +229,66 @@ def _exec(args: argparse.Namespace) -> int:
     if not _report(args.report, _report_data(result)):
         return EXIT_NSBOX_FAILURE
     return result.exit_code
+
+
+def _judge(args: argparse.Namespace) -> int:
+    try:
+        items = _json_lines(args.file)
+        with_tests = {"tests" in item for item in items}
+        if len(with_tests) > 1:
+            raise SpecError("FILE.jsonl", "every line has tests (submissions to judge) or none does (programs)")
+        spec = _spec_from_args(args)
+        from ._judge import Judge
+
+        shown = _progress(len(items))
+        with Judge(args.workers, spec=spec) as judge:
+            if with_tests == {True}:
+                lines = [r.to_dict() for r in judge.judge_many(items, progress=shown)]
+            else:
+                lines = [r.to_dict() for r in judge.run_code_many(items, progress=shown)]
+    except SpecError as exc:
+        print(f"nsbox: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NsboxError as exc:
+        print(f"nsbox: {exc}", file=sys.stderr)
+        return EXIT_NSBOX_FAILURE
+    for line in lines:
+        print(json.dumps(line))
+    return 0
+
+
+def _json_lines(path: str) -> list[dict[str, Any]]:
+    try:
+        text = (
+            sys.stdin.buffer.read()
+            if path == "-"
+            else read_host_file(path, 1 << 30, what="FILE.jsonl", follow_symlinks=True)
+        )
+    except (OSError, SecurityError) as exc:
+        raise SpecError("FILE.jsonl", f"cannot read {path!r}: {exc}") from None
+    items = []
+    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise SpecError("FILE.jsonl", f"line {number} is not JSON: {exc}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("code"), str):
+            raise SpecError("FILE.jsonl", f"line {number} is not an object with a string 'code'")
+        items.append(item)
+    return items
+
+
+def _progress(total: int) -> Any:
+    """A progress line on stderr, when it is a terminal."""
+
+    def show(done: int) -> None:
+        if sys.stderr.isatty():
+            end = "\n" if done == total else ""
+            print(f"\r{done}/{total} [{'#' * (30 * done // total):<30}]", end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 def _python_command(code: str | None, args: list[str]) -> tuple[list[str], bytes | None]:

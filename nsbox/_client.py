@@ -29,6 +29,7 @@ from ._spec import NetworkPolicy
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a client is used, not for the CLI
     import concurrent.futures
 
+    from ._judge import JudgeResult
     from ._pool import SandboxPool
 
 _T = TypeVar("_T")
@@ -165,6 +166,12 @@ class SandboxClient:
 
     async def install_packages(self, packages: Sequence[str], **kwargs: Any) -> RunResult:
         return await self._call(self.sandbox.install_packages, packages, **kwargs)
+
+    async def run_code(self, code: str, **kwargs: Any) -> RunResult:
+        return await self._call(self.sandbox.run_code, code, **kwargs)
+
+    async def judge(self, code: str, tests: Sequence[Any], **kwargs: Any) -> JudgeResult:
+        return await self._call(self.sandbox.judge, code, tests, **kwargs)
 
     async def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         if self.sandbox.closed:

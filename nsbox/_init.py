@@ -1,15 +1,17 @@
 """PID 1 of a sandbox: serves runs, reaps every zombie, forwards signals.
 
-At most one process of each kind the supervisor names (``RUN``, a command; ``KERNEL``,
-the session's Python kernel). An ``Exec`` goes to the launcher (``_launcher``: a process
-of ours at the payload's privilege, which posix_spawns the run and reports ``Started`` and
-``Exited``), or, for sandboxes whose rlimits would bind the launcher itself, forks the
-payload here (``payload_main``): then ``Started`` follows the fork, and ``Exited`` the reap,
-with the errno of a failed execve read from the payload's close-on-exec error pipe. Both
-reach the supervisor the same way. ``Signal`` goes to that process's group once it has
-one, ``KillRun`` kills every process of the sandbox but init (kill(-1) from PID 1 reaches
-exactly the processes of its pid namespace; the launcher too, which is forked again).
-When the supervisor's channel closes, init exits and the kernel kills whatever is left.
+At most one process of each kind the supervisor names (``RUN``, a command; ``KERNEL``, the
+session's Python kernel; ``WARM``, run_code's warm interpreter, which init always forks
+itself: ``warm_main`` leaves it the capabilities to make programs). Any other ``Exec`` goes
+to the launcher (``_launcher``: a process of ours at the payload's privilege, which
+posix_spawns the run and reports ``Started`` and ``Exited``), or, for sandboxes whose
+rlimits would bind the launcher itself, forks the payload here (``payload_main``): then
+``Started`` follows the fork, and ``Exited`` the reap, with the errno of a failed execve
+read from the payload's close-on-exec error pipe. Both reach the supervisor the same way.
+``Signal`` goes to that process's group once it has one, ``KillRun`` kills every process
+of the sandbox but init (kill(-1) from PID 1 reaches exactly the processes of its pid
+namespace; the launcher too, which is forked again). When the supervisor's channel closes,
+init exits and the kernel kills whatever is left.
 
 The launcher's frames are untrusted (it runs as the payload's uid): one that makes no
 sense ends it. Whatever it had started and not reported is reparented to us when it dies,
@@ -37,7 +39,19 @@ from ._channel import Channel, readable, socketpair
 from ._errors import ProtocolError
 from ._fds import child_wakeup, close_fds, drain
 from ._launcher import NOT_STARTED
-from ._protocol import KERNEL, MAX_FRAME_FROM_SANDBOX, RUN, Exec, Exited, KillRun, Signal, Started, StepFailed, parse
+from ._protocol import (
+    KERNEL,
+    MAX_FRAME_FROM_SANDBOX,
+    RUN,
+    WARM,
+    Exec,
+    Exited,
+    KillRun,
+    Signal,
+    Started,
+    StepFailed,
+    parse,
+)
 
 PayloadMain = Callable[[Exec, list[int], int], None]
 #: How long the launcher gets to take a run's request before it is killed and replaced.
@@ -113,7 +127,7 @@ def ignore_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain | None) -> None:
+def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain | None, warm_main: PayloadMain) -> None:
     wake_r, _ = child_wakeup()
     poller = select.poll()
     poller.register(ctl.fileno(), select.POLLIN)
@@ -142,10 +156,12 @@ def serve(ctl: Channel, payload_main: PayloadMain, launcher_main: LauncherMain |
             obj, fds = got
             message = parse(obj, Exec, Signal, KillRun)
             if isinstance(message, Exec):
-                if message.process in runs or message.process not in (RUN, KERNEL) or len(fds) != 3:
+                if message.process in runs or message.process not in (RUN, KERNEL, WARM) or len(fds) != 3:
                     close_fds(fds)
                     raise ProtocolError("exec of a process that is running, or without three stdio fds")
-                if launcher is None:
+                if message.process == WARM:
+                    runs[WARM] = _fork(ctl, message, fds, warm_main)
+                elif launcher is None:
                     runs[message.process] = _fork(ctl, message, fds, payload_main)
                 else:
                     runs[message.process] = _launch(ctl, runs, message, fds, launcher, poller)

@@ -1,11 +1,8 @@
 """The session's Python kernel, as the supervisor sees it.
 
-The kernel (``_guest/kernel.py``) is a payload started by init like a run, but it stays:
-the supervisor keeps its wire (a socket that is the kernel's stdin) and the read ends of
-its stdout and stderr pipes for as long as it lives. It is started on the first
-``execute_code`` and again after it died; the first call after a death reports
-``state_lost``. Everything it sends is untrusted: frames are parsed with a size cap, and
-its output is captured with the run's output limit.
+The kernel (``_guest/kernel.py``) is a guest (``_guests``): a payload started by init
+like a run that stays. It is started on the first ``execute_code`` and again after it
+died; the first call after a death reports ``state_lost``.
 
 A cell's timeout is answered first with SIGINT to the kernel's process group (the cell
 gets KeyboardInterrupt and the state is kept); if the cell has not ended INTERRUPT_GRACE
@@ -16,7 +13,7 @@ cell's frame is queued on the wire and sent as the kernel takes it, from the sam
 loop that keeps the deadlines and hears the front-end, so a kernel that never reads costs
 a timeout, never a hung supervisor. Output stays bytes until the front-end shows it.
 
-This module holds the kernel's state, drives a cell through the supervisor's channels
+This module makes the kernel's guest, drives a cell through the supervisor's channels
 (``execute``), and decides its verdict.
 """
 
@@ -25,30 +22,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import select
 import signal
 import time
 from typing import TYPE_CHECKING
 
-from ._channel import Channel, readable, socketpair
+from . import _guest, _guests
 from ._errors import ProtocolError, SandboxError
-from ._fds import close_fds
-from ._protocol import KERNEL, Cell, CellDone, CellStarted, Exec, Execute, Exited, KernelReady, KillRun, Signal, parse
+from ._guests import Guest
+from ._protocol import KERNEL, Cell, CellDone, CellStarted, Execute, Exited, KernelReady, KillRun, Signal
 from ._result import Executed, ExecutionResult, RunResult, Status
 from ._spec import WORKSPACE
-from ._stdio import DRAIN_LIMIT, Capture
+from ._stdio import Capture
 from ._watch import Watch
 
 if TYPE_CHECKING:
     from ._supervisor import Events, Supervisor
 
 #: The guest kernel's text, read once (the spawner imports this module before forking).
-with open(os.path.join(os.path.dirname(__file__), "_guest", "kernel.py"), encoding="utf-8") as _source:
-    KERNEL_SOURCE = _source.read()
+KERNEL_SOURCE = _guest.source("kernel")
 KERNEL_ARGV = ("python3", "-c", KERNEL_SOURCE)
-#: How long python3 may take to start and say it is ready.
-KERNEL_START_TIMEOUT = 30.0
+
+
+def new_kernel(output_limit: int) -> Guest:
+    """A session's kernel (not started: the first execution starts it)."""
+    return Guest(KERNEL_ARGV, KERNEL, WORKSPACE, output_limit, result_limit(output_limit) + REPLY_ROOM)
+
+
 #: After the KeyboardInterrupt of a timeout, how long the cell gets to end before the
 #: kernel (and every process of the sandbox) is killed.
 INTERRUPT_GRACE = 0.1
@@ -64,61 +64,6 @@ def result_limit(output_limit: int) -> int:
     return max(output_limit, MIN_RESULT_LIMIT)
 
 
-class Kernel:
-    def __init__(self, output_limit: int) -> None:
-        self.output_limit = output_limit
-        self.wire: Channel | None = None
-        self.stdout_fd: int | None = None
-        self.stderr_fd: int | None = None
-        self._child_fds: list[int] = []
-        self.running = False
-        #: A kernel died since the last one started: the next execution says state_lost.
-        self.lost = False
-        self.last_exit: Exited | None = None  #: how the last kernel ended, as init saw it
-        self.cells = 0  #: cells sent to this session's kernels, to number them
-
-    def exec_request(self, env: dict[str, str]) -> tuple[Exec, list[int]]:
-        """The Exec that starts a kernel, and the fds that ride along (its stdio)."""
-        self.close()
-        ours, theirs = socketpair()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
-        self.wire = Channel(ours, result_limit(self.output_limit) + REPLY_ROOM, accept_fds=False)
-        self.stdout_fd, self.stderr_fd = out_r, err_r
-        self._child_fds = [theirs.detach(), out_w, err_w]
-        self.running = True
-        self.last_exit = None
-        return Exec(list(KERNEL_ARGV), env, WORKSPACE, KERNEL), list(self._child_fds)
-
-    def close_child_fds(self) -> None:
-        """Once init has its copies: EOF on our ends must be able to arrive."""
-        close_fds(self._child_fds)
-        self._child_fds = []
-
-    def captures(self) -> tuple[Capture, Capture]:
-        if self.stdout_fd is None or self.stderr_fd is None:
-            raise RuntimeError("the kernel is not running")
-        return Capture(self.stdout_fd, self.output_limit), Capture(self.stderr_fd, self.output_limit)
-
-    def exited(self, message: Exited | None) -> None:
-        """The kernel process is gone (reaped by init, or the sandbox was killed)."""
-        if self.running:
-            self.lost = True
-            self.last_exit = message
-        self.running = False
-
-    def close(self) -> None:
-        self.close_child_fds()
-        if self.wire is not None:
-            self.wire.close()
-            self.wire = None
-        close_fds([fd for fd in (self.stdout_fd, self.stderr_fd) if fd is not None])
-        self.stdout_fd = self.stderr_fd = None
-        self.running = False
-
-
 def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Events | None) -> Executed:
     """Drive one cell: start the kernel if needed, send it, watch the deadlines (SIGINT
     first, then the kill), capture the output, and decide the verdict. A kernel that
@@ -130,7 +75,7 @@ def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Ev
     state_lost = sup.kernel.lost
     for _ in range(2):
         if not sup.kernel.running:
-            _start(sup, events)
+            _guests.start(sup, sup.kernel, KernelReady, events)
         outcome = _cell(sup, request, Watch(started, timeout, sup.spec.limits, sup.usage, sup.usage()), events)
         if outcome is not None:
             lost = outcome.result.state_lost or state_lost
@@ -156,11 +101,11 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         poller.register(events.fileno(), select.POLLIN)
     try:
         if wire is not None and sent:
-            sup.kernel.cells += 1
+            sup.kernel.requests += 1
             limit = result_limit(sup.kernel.output_limit)
             poller.register(wire.fileno(), select.POLLIN | select.POLLOUT)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-                wire.queue(Cell(sup.kernel.cells, request.code, request.inputs, request.want_result, limit))
+                wire.queue(Cell(sup.kernel.requests, request.code, request.inputs, request.want_result, limit))
         while sup.alive and sup.kernel.running and (reply is None or killing):
             now = time.monotonic()
             if watch.kill_by is None and watch.exceeded(now):
@@ -187,9 +132,9 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
                     if watch.kill_by is None:
                         raise SandboxError("the sandbox died during the execution")
                 elif wire is not None and fd == wire.fileno():
-                    got = _serve_wire(wire, mask, poller)
-                    if got is None or got.number != sup.kernel.cells:
-                        continue  # stale, or forged by a cell
+                    got = _guests.serve_wire(wire, mask, poller, CellStarted, CellDone)
+                    if not isinstance(got, CellStarted | CellDone) or got.number != sup.kernel.requests:
+                        continue  # none, stale, or forged by a cell
                     if isinstance(got, CellStarted):
                         acknowledged = True
                     else:
@@ -216,7 +161,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         raise SandboxError("the sandbox's init stopped answering") from None
     if sent and not (acknowledged or reply or killing) and sup.alive and not sup.kernel.running:
         return None
-    drain(*output)
+    _guests.drain(*output)
     used = sup.usage().since(watch.before)
     result = verdict(
         reply if sup.kernel.running else None,
@@ -234,76 +179,6 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         seccomp=sup.spec.seccomp.kind,
     )
     return Executed(result, bytes(output[0].data), bytes(output[1].data))
-
-
-def _serve_wire(wire: Channel, mask: int, poller: select.poll) -> CellStarted | CellDone | None:
-    """Send what the kernel takes of a queued cell; read its reply."""
-    if mask & select.POLLOUT:
-        try:
-            if wire.flush():
-                poller.modify(wire.fileno(), select.POLLIN)
-        except (BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-            poller.modify(wire.fileno(), select.POLLIN)
-    if not mask & ~select.POLLOUT:
-        return None
-    try:
-        got = wire.read_packet()
-    except (EOFError, ConnectionResetError):
-        poller.unregister(wire.fileno())  # the kernel is ending; init's Exited follows
-        return None
-    message = None if got is None else parse(got[0], CellStarted, CellDone)
-    return message if isinstance(message, CellStarted | CellDone) else None
-
-
-def _start(sup: Supervisor, events: Events | None) -> None:
-    """Start the kernel and wait until it is ready. If it cannot start, its Exited
-    (kernel.running False) makes the caller's loop end at once with the reason."""
-    if sup.ctl is None or sup.intermediate_fd is None:
-        raise SandboxError("the sandbox is not running")
-    exec_request, fds = sup.kernel.exec_request(sup.spec.payload_env())
-    try:
-        sup.send_init(exec_request, fds)
-    finally:
-        sup.kernel.close_child_fds()
-    wire = sup.kernel.wire
-    assert wire is not None  # nosec B101  # set by exec_request
-    deadline = time.monotonic() + KERNEL_START_TIMEOUT
-    poller = select.poll()
-    for fd in (sup.ctl.fileno(), sup.intermediate_fd, wire.fileno()):
-        poller.register(fd, select.POLLIN)
-    if events is not None:
-        poller.register(events.fileno(), select.POLLIN)
-    while (left := deadline - time.monotonic()) > 0:
-        if not sup.kernel.running:
-            return  # it could not start: the caller reports why
-        for fd, _ in poller.poll(left * 1000):
-            if fd == sup.ctl.fileno():
-                sup.read_init()
-            elif fd == sup.intermediate_fd:
-                sup.close()
-                raise SandboxError("the sandbox died while its Python kernel started")
-            elif events is not None and fd == events.fileno():
-                events.read()  # no cell to forward a signal to yet; the session's end is raised
-            else:
-                try:
-                    got = wire.read_packet()
-                except EOFError:
-                    poller.unregister(fd)
-                    continue
-                if got is not None:
-                    parse(got[0], KernelReady)
-                    return
-    sup.send_init(Signal(signal.SIGKILL, KERNEL))
-    raise SandboxError(f"the Python kernel did not start within {KERNEL_START_TIMEOUT:g} s")
-
-
-def drain(*captures: Capture) -> None:
-    """What the cell wrote before its reply is in the pipes already; take it without
-    waiting (a process it left running may go on writing: that goes to the next cell)."""
-    for capture in captures:
-        for _ in range(DRAIN_LIMIT // (1 << 16)):
-            if not (readable(capture.fd) and capture.read()):
-                break
 
 
 def verdict(

@@ -17,7 +17,8 @@ The ``*_in_child`` functions run in init, in this order (``_child.py`` calls the
                                is no moment at which it is writable
 6. ``mount_proc_in_child``     while /.old/proc is still visible: the kernel lets a user
                                namespace mount proc only where one is fully visible
-7. ``mount_dev_in_child``     a tmpfs with the six harmless host devices, devpts, shm
+7. ``mount_dev_in_child``      a tmpfs with the six harmless host devices, devpts, shm,
+                               mqueue (the sandbox's own ipc namespace's)
 8. ``mask_proc_in_child``      /dev/null over dangerous files, empty tmpfs over dangerous
                                dirs, read-only binds over /proc/sys and friends
    ``mount_scratch_in_child``  /tmp and /workspace
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from . import _linux
 from ._errors import SpecError
 from ._hostfiles import canonical_path
-from ._spec import PAYLOAD_USER, TMP, WORKSPACE, SandboxSpec, option_name
+from ._spec import PAYLOAD_USER, PROGRAM_GID, PROGRAM_UID, PROGRAM_USER, TMP, WORKSPACE, SandboxSpec, option_name
 
 OLD_ROOT = "/.old"
 #: The kernel passes at most 253 fds in one message (SCM_MAX_FD).
@@ -67,6 +68,7 @@ PROC_MASKED_FILES = (
 )  # fmt: skip
 PROC_MASKED_DIRS = ("acpi", "asound", "scsi", "driver", "dynamic_debug")
 PROC_READONLY = ("sys", "bus", "fs", "irq")
+_MQUEUE = "/dev/mqueue"
 _SHM = "/dev/shm"  # nosec B108  # the sandbox's own /dev/shm, a fresh size-capped tmpfs
 _NOSUID_NODEV = _linux.MS_NOSUID | _linux.MS_NODEV
 _RO_ATTRS = _linux.MOUNT_ATTR_RDONLY | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
@@ -177,9 +179,10 @@ def _generated_etc(hostname: str) -> list[tuple[str, bytes]]:
     passwd = (
         "root:x:0:0:root:/root:/usr/sbin/nologin\n"
         f"{PAYLOAD_USER}:x:1000:1000:nsbox sandbox:{WORKSPACE}:/bin/sh\n"
+        f"{PROGRAM_USER}:x:{PROGRAM_UID}:{PROGRAM_GID}:nsbox run_code:{TMP}:/bin/sh\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     )
-    group = f"root:x:0:\n{PAYLOAD_USER}:x:1000:\nnogroup:x:65534:\n"
+    group = f"root:x:0:\n{PAYLOAD_USER}:x:1000:\n{PROGRAM_USER}:x:{PROGRAM_GID}:\nnogroup:x:65534:\n"
     hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
     nsswitch = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nprotocols: files\nservices: files\n"
     return [
@@ -328,6 +331,8 @@ def mount_dev_in_child(sources: dict[str, int]) -> None:
     _linux.mount("devpts", "/dev/pts", "devpts", flags, "newinstance,ptmxmode=0666,mode=0620")
     os.mkdir(_SHM, 0o755)
     _linux.mount("tmpfs", _SHM, "tmpfs", _NOSUID_NODEV | _linux.MS_NOEXEC, "mode=1777,size=64m")
+    os.mkdir(_MQUEUE, 0o755)  # the sandbox's own ipc namespace's POSIX message queues, listed
+    _linux.mount("mqueue", _MQUEUE, "mqueue", _NOSUID_NODEV | _linux.MS_NOEXEC)
 
 
 def mount_scratch_in_child(plan: RootPlan) -> None:

@@ -43,8 +43,9 @@ MAX_DEPTH = 64
 #: How deep a value given or returned by code (execute_ai_code's inputs and result) may
 #: nest: what the frames that carry it (Execute, Cell, CellDone, Done) leave of MAX_DEPTH.
 VALUE_DEPTH = MAX_DEPTH - 4
-#: The processes init serves at once, named by the supervisor: a run, and the Python kernel.
-RUN, KERNEL = 0, 1
+#: The processes init serves at once, named by the supervisor: a run, the Python kernel, and
+#: the warm interpreter of run_code (forked by init itself: it starts as the programs' master).
+RUN, KERNEL, WARM = 0, 1, 2
 
 
 @record
@@ -86,6 +87,21 @@ class Execute(Message):
     timeout: float | None
     inputs: dict[str, Any] | None = None
     want_result: bool = False
+
+
+@record
+class RunCode(Message):
+    """One program in a fresh process (``NsSandbox.run_code``): ``files`` maps names in its
+    working directory to their content, base64 (as ``Program``, which carries them on)."""
+
+    TYPE: ClassVar[str] = "run_code"
+    language: str
+    code: str
+    timeout: float | None
+    stdin: bytes | None = None
+    files: dict[str, str] | None = None
+    compile_only: bool = False  #: a compiled language's build only (judge: compiled once, then each test)
+    memory: int | None = None  #: bytes the program may add to what the sandbox uses when it starts
 
 
 @record
@@ -266,6 +282,59 @@ class CellDone(Message):
     result: Any = None
 
 
+# --- the warm interpreter (nsbox/_guest/warm.py, inside) <-> supervisor ----------------------
+@record
+class Program(Message):
+    """Supervisor -> warm interpreter: run one program (see RunCode); ``stdin`` is base64."""
+
+    TYPE: ClassVar[str] = "program"
+    number: int
+    language: str
+    code: str
+    stdin: str | None = None
+    files: dict[str, str] | None = None
+    compile_only: bool = False
+
+
+@record
+class StopProgram(Message):
+    """Supervisor -> warm interpreter: end program ``number`` now (a limit was reached)."""
+
+    TYPE: ClassVar[str] = "stop_program"
+    number: int
+
+
+@record
+class ProgramStarted(Message):
+    """Warm interpreter -> supervisor: it took program ``number``. A warm interpreter that
+    dies before saying so died between programs: a new one takes the program."""
+
+    TYPE: ClassVar[str] = "program_started"
+    number: int
+
+
+@record
+class WarmReady(Message):
+    TYPE: ClassVar[str] = "warm_ready"
+    python: str
+
+
+@record
+class ProgramDone(Message):
+    """Warm interpreter -> supervisor: program ``number`` ended with ``wait_status``, and
+    every process of its uid is gone (``clean``; when false the warm interpreter exits and
+    the supervisor clears the sandbox's processes). ``cpu_s`` and ``memory_peak_bytes`` are its getrusage. ``stage``
+    is "compile" when a compiled language's build failed (or was all that was asked)."""
+
+    TYPE: ClassVar[str] = "program_done"
+    number: int
+    wait_status: int
+    clean: bool
+    cpu_s: float = 0.0
+    memory_peak_bytes: int = 0
+    stage: str = "run"
+
+
 # --- front-end <-> spawner -----------------------------------------------------------------
 @record
 class Spawn(Message):
@@ -286,9 +355,9 @@ M = TypeVar("M", bound=Message)
 _REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Open, Run, Execute, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Go,
+        Open, Run, Execute, RunCode, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Go,
         InitStarted, StepFailed, Attached, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady,
-        CellStarted, CellDone, Spawn, Spawned,
+        CellStarted, CellDone, Program, StopProgram, ProgramStarted, WarmReady, ProgramDone, Spawn, Spawned,
     )
 }  # fmt: skip
 

@@ -59,6 +59,10 @@ class RunResult:
     oom_killed: bool = False
     limits: str = ""  #: how memory/cpu/pids were enforced: cgroup v1, cgroup v2, cgroup v1+v2, rlimit-only
     seccomp: str = ""  #: the syscall filter: default, custom or unconfined (no filter: debugging only)
+    #: run_code only: "warm" (forked from the sandbox's warm interpreter) or "cold" (a new warm
+    #: interpreter was started first: the first program, or the one after a program left
+    #: something the sweep could not remove)
+    path: str | None = None
 
     @property
     def returncode(self) -> int:
@@ -155,6 +159,8 @@ class RunResult:
             "limits": self.limits,
             "seccomp": self.seccomp,
         }
+        if self.path is not None:
+            data["path"] = self.path
         for name in ("stdout", "stderr"):
             value: bytes | None = getattr(self, name)
             if binary == "omit":
@@ -188,6 +194,7 @@ class RunResult:
             oom_killed=bool(data.get("oom_killed")),
             limits=str(data.get("limits", "")),
             seccomp=str(data.get("seccomp", "")),
+            path=None if data.get("path") is None else str(data["path"]),
         )
 
 

@@ -12,6 +12,7 @@ only for a single-threaded one-shot caller: the CLI.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -25,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._channel import Channel, readable
 from ._errors import ExecutionFailed, ProtocolError, RunFailed, SandboxError, SecurityError, SetupError, SpecError
@@ -44,12 +45,16 @@ from ._protocol import (
     Open,
     Ready,
     Run,
+    RunCode,
     nesting,
 )
 from ._result import ExecutionResult, RunResult
-from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_timeout
+from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_size, parse_timeout
 from ._stdio import check_stdio_fd
 from ._supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from ._judge import JudgeResult
 
 StdioArg = int | IO[Any] | None
 _T = TypeVar("_T")
@@ -72,6 +77,7 @@ class _Backend(Protocol):
     def start(self) -> None: ...
     def run(self, request: Run, fds: list[int]) -> RunResult: ...
     def execute(self, request: Execute) -> ExecutionResult: ...
+    def run_code(self, request: RunCode) -> RunResult: ...
     def file_op(self, request: FileRequest) -> FileReply: ...
     def interrupt(self) -> None: ...
     def close(self) -> None: ...
@@ -105,6 +111,11 @@ class _RemoteBackend:
         done = self._done(self._receive(Done, Failed))
         return ExecutionResult.from_dict(done.result, (done.stdout, done.stderr))
 
+    def run_code(self, request: RunCode) -> RunResult:
+        self._send(request)
+        done = self._done(self._receive(Done, Failed))
+        return RunResult.from_dict(done.result, (done.stdout, done.stderr))
+
     def file_op(self, request: FileRequest) -> FileReply:
         self._send(request)
         message = self._receive(FileReply, Failed)
@@ -113,7 +124,7 @@ class _RemoteBackend:
             raise ProtocolError(f"expected a file reply, got {message.TYPE!r}")
         return message
 
-    def _send(self, request: Run | Execute | FileRequest, fds: list[int] | None = None) -> None:
+    def _send(self, request: Run | Execute | RunCode | FileRequest, fds: list[int] | None = None) -> None:
         if self.channel is None:
             raise SandboxError("the sandbox is closed")
         try:
@@ -226,6 +237,9 @@ class _LocalBackend:
 
     def execute(self, request: Execute) -> ExecutionResult:
         return _forwarding(lambda events: self.supervisor.execute(request, events)).decoded()
+
+    def run_code(self, request: RunCode) -> RunResult:
+        return _forwarding(lambda events: self.supervisor.run_code(request, events))
 
     def file_op(self, request: FileRequest) -> FileReply:
         return self.supervisor.file_op(request)
@@ -390,6 +404,71 @@ class NsSandbox:
             raise SpecError(option_name("code"), f"code and inputs take {size} bytes; at most {REQUEST_LIMIT}")
         limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
         return self._call(lambda backend: backend.execute(Execute(code, limit, inputs, want_result)))
+
+    # -- programs, each in a fresh process ------------------------------------------------------
+    def run_code(
+        self,
+        code: str,
+        *,
+        language: str = "python",
+        stdin: bytes | str | None = None,
+        timeout: float | None = _UNSET,
+        memory: int | str | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+    ) -> RunResult:
+        """Run one program (``language``: python or bash) in a fresh process that no earlier
+        program touched, and wait for it: a Python program is forked from the sandbox's warm
+        interpreter (it pays a fork, not an interpreter's start) and runs as ``__main__``.
+        It runs as a uid of its own in a new directory in /tmp holding ``files`` (relative
+        names), with ``stdin`` as its standard input and its output captured. When it ends,
+        every process, file and IPC object it left is gone. ``path`` in the result says
+        whether it was forked from a warm interpreter that was running ("warm") or one was
+        started for it ("cold"). ``memory`` (e.g. "64M") is what the program may add to what
+        the sandbox uses when it starts; past it, it ends as ``oom`` (default: the sandbox's
+        own limit is all). Never raises for the program's own failure."""
+        if not isinstance(code, str):
+            raise SpecError(option_name("code"), "code must be a string")
+        data = stdin.encode() if isinstance(stdin, str) else None if stdin is None else bytes(stdin)
+        encoded = {
+            str(name): base64.b64encode(value.encode() if isinstance(value, str) else bytes(value)).decode("ascii")
+            for name, value in (files or {}).items()
+        }
+        size = len(code.encode("utf-8", "surrogatepass")) + len(data or b"") + sum(map(len, encoded.values()))
+        if size > REQUEST_LIMIT:
+            raise SpecError(option_name("code"), f"code, stdin and files take {size} bytes; at most {REQUEST_LIMIT}")
+        limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
+        extra = None if memory is None else parse_size(memory, "memory")
+        request = RunCode(language, code, limit, data, encoded or None, memory=extra)
+        return self._call(lambda backend: backend.run_code(request))
+
+    def _compile(self, code: str, language: str, timeout: float) -> RunResult:
+        """Compile ``code`` (c, cpp) for the run_code calls that follow, without running it."""
+        request = RunCode(language, code, timeout, compile_only=True)
+        return self._call(lambda backend: backend.run_code(request))
+
+    def judge(
+        self,
+        code: str,
+        tests: Sequence[Mapping[str, Any] | tuple[str | bytes, str | bytes]],
+        *,
+        language: str = "python",
+        timeout: float | None = _UNSET,
+        memory: int | str | None = None,
+        compare: str = "exact",
+        tolerance: float = 1e-6,
+        stop_on_failure: bool = False,
+    ) -> JudgeResult:
+        """Judge one submission: ``tests`` are ``{"input": ..., "output": ...}`` mappings or
+        (input, expected output) pairs. A c or cpp source is compiled once; then each test
+        runs in a fresh process (run_code) and its stdout is compared (``compare``: exact,
+        tokens, or floats within ``tolerance``). Verdicts per test (accepted, wrong_answer,
+        time_limit, memory_limit, output_limit, runtime_error) and for the submission (its
+        first failed test's, or compile_error). ``memory`` is each test's, as run_code's.
+        ``stop_on_failure`` stops at the first."""
+        from ._judge import Rules, judge
+
+        limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
+        return judge(self, code, tests, Rules(language, limit, memory, compare, tolerance, stop_on_failure))
 
     # -- files of the workspace ----------------------------------------------------------------
     def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:

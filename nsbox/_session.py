@@ -26,6 +26,7 @@ from ._protocol import (
     Open,
     Ready,
     Run,
+    RunCode,
     Signal,
     parse,
 )
@@ -74,7 +75,7 @@ def serve_session(sock: socket.socket) -> None:
         channel.send(Ready())
         events = _SessionEvents(channel)
         while True:
-            message, fds = channel.recv(Run, Execute, FileRequest, Close, Signal)
+            message, fds = channel.recv(Run, Execute, RunCode, FileRequest, Close, Signal)
             if isinstance(message, Close):
                 close_fds(fds)
                 return
@@ -107,6 +108,9 @@ def _serve(supervisor: Supervisor, message: Message, fds: list[int], events: _Se
         result = supervisor.run(message, fds, events)
         return Done(result.to_dict(binary="omit"), result.stdout, result.stderr)
     close_fds(fds)
+    if isinstance(message, RunCode):
+        result = supervisor.run_code(message, events)
+        return Done(result.to_dict(binary="omit"), result.stdout, result.stderr)
     if isinstance(message, Execute):
         executed = supervisor.execute(message, events)
         return Done(executed.result.to_dict(output=False), executed.stdout, executed.stderr)

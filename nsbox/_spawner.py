@@ -79,7 +79,7 @@ def _preload() -> None:
     import encodings.ascii  # noqa: F401  # the cgroup files are read as ASCII
     import pwd  # noqa: F401  # rootless: the user's name for /etc/subuid
 
-    from . import _netpolicy, _proxy  # noqa: F401  # every spec parses its network policy
+    from . import _netpolicy, _programs, _proxy  # noqa: F401  # every spec parses its network policy; run_code
     from ._rootfs import _store  # noqa: F401  # --rootfs NAME
 
     warm_protocol()

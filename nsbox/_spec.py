@@ -36,6 +36,11 @@ TMP = "/tmp"  # nosec B108  # inside the sandbox: its own private, size-capped t
 PAYLOAD_UID = 1000
 PAYLOAD_GID = 1000
 PAYLOAD_USER = "sandbox"
+#: run_code's programs run as a uid of their own (nothing else does: the sweep after each
+#: program removes whatever it owns), and its sweeper's real uid is one no process has.
+PROGRAM_UID = PROGRAM_GID = 1001
+PROGRAM_USER = "program"
+SWEEPER_UID = 1002
 
 #: Targets that nsbox itself owns inside the sandbox (/.old holds the host's root while
 #: the sandbox's is built).

@@ -32,11 +32,13 @@ from ._child import SandboxPlan
 from ._errors import ProtocolError, SandboxError, SecurityError, SpecError
 from ._fds import close_fds
 from ._files import Workspace
-from ._kernel import Kernel
+from ._guests import Guest
+from ._kernel import new_kernel
 from ._protocol import (
     KERNEL,
     MAX_FRAME_TO_INIT,
     RUN,
+    WARM,
     Exec,
     Execute,
     Exited,
@@ -45,6 +47,7 @@ from ._protocol import (
     KillRun,
     Message,
     Run,
+    RunCode,
     Signal,
     Started,
     frame_size,
@@ -105,7 +108,8 @@ class Supervisor(SandboxSetup):
         self._sync: Channel | None = None
         self.ctl: Channel | None = None
         self._id_range_hold: socket.socket | None = None
-        self.kernel = Kernel(limits.output_limit)
+        self.kernel = new_kernel(limits.output_limit)
+        self._warm: Guest | None = None  #: run_code's (``warm``), made on first use
         self._proxy_pid: int | None = None
         self._proxy_fd: int | None = None  #: a pidfd of the egress proxy (network "allow")
         self._root_hold: int | None = None  #: a shared flock on a stored root (--rootfs NAME)
@@ -240,6 +244,30 @@ class Supervisor(SandboxSetup):
         self.audit.execution(executed.result)
         return executed
 
+    # -- programs (run_code) -------------------------------------------------------------------
+    @property
+    def warm(self) -> Guest:
+        """The warm interpreter's guest (imported on first use: ``nsbox exec`` never needs it)."""
+        if self._warm is None:
+            from ._programs import new_warm
+
+            self._warm = new_warm(self.spec.limits.output_limit)
+        return self._warm
+
+    def run_code(self, request: RunCode, events: Events | None = None) -> RunResult:
+        """One program in a fresh process forked from the warm interpreter (``_programs``).
+        Never raises for the program's own failure; SandboxError if the sandbox dies."""
+        from . import _programs
+
+        try:
+            timeout = self.spec.limits.timeout if request.timeout is None else parse_timeout(request.timeout)
+            result = _programs.run_code(self, request, timeout, events)
+        except SpecError as exc:
+            self.audit.refused("run_code", str(exc))
+            raise
+        self.audit.run(result)
+        return result
+
     # -- files of the workspace --------------------------------------------------------------
     def file_op(self, request: FileRequest) -> FileReply:
         """A workspace file operation; SecurityError for a path that leaves the workspace or
@@ -270,7 +298,7 @@ class Supervisor(SandboxSetup):
             return Usage()
 
     def read_init(self) -> Message | None:
-        """The next message from init; the kernel's end is noted whenever it arrives."""
+        """The next message from init; a guest's end is noted whenever it arrives."""
         if self.ctl is None:
             return None
         try:
@@ -280,6 +308,8 @@ class Supervisor(SandboxSetup):
         message = None if got is None else parse(got[0], Started, Exited)
         if isinstance(message, Exited) and message.process == KERNEL:
             self.kernel.exited(message)
+        elif isinstance(message, Exited) and message.process == WARM:
+            self.warm.exited(message)
         return message
 
     # -- teardown ----------------------------------------------------------------------
@@ -316,8 +346,11 @@ class Supervisor(SandboxSetup):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._proxy_pid, 0)
             self._proxy_pid = None
-        self.kernel.exited(None)  # with the sandbox (if it had not ended already)
-        self.kernel.close()
+        for guest in (self.kernel, self._warm):
+            if guest is None:
+                continue
+            guest.exited(None)  # with the sandbox (if it had not ended already)
+            guest.close()
         if self.workspace is not None:
             self.workspace.close()
             self.workspace = None

@@ -80,6 +80,15 @@ def require_sandbox() -> None:
         pytest.skip(reason)
 
 
+def require_run_code() -> None:
+    """run_code gives its programs a uid of their own, which a sandbox that maps a single id
+    does not have: own mode refuses it, and ``test_own_mode_refuses_run_code`` checks that.
+    Every other run_code test skips there, saying so."""
+    require_sandbox()
+    if OWN_IDS:
+        pytest.skip("own mode refuses run_code (test_own_mode_refuses_run_code)")
+
+
 def require_root(reason: str) -> None:
     """A test that needs root for a reason of its own (``reason``, e.g. it builds network
     hosts with veth pairs). The rootless run skips it, saying why; elsewhere, strict mode

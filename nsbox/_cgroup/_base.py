@@ -8,6 +8,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from .._errors import SpecError
+
 NSBOX_DIR = "nsbox"
 
 
@@ -60,6 +62,11 @@ class Cgroup(ABC):
     def reset_peak(self) -> None: ...
 
     @abstractmethod
+    def limit_memory(self, extra: int | None) -> None:
+        """Memory limited to what is in use now plus ``extra`` bytes (never above the
+        sandbox's limit), for one of run_code's programs; None: the sandbox's limit again."""
+
+    @abstractmethod
     def kill(self) -> None:
         """SIGKILL every process in the cgroup (a safety net: the pid namespace's end
         takes them all anyway)."""
@@ -84,6 +91,10 @@ class NullCgroup(Cgroup):
 
     def reset_peak(self) -> None:
         pass
+
+    def limit_memory(self, extra: int | None) -> None:
+        if extra is not None:
+            raise SpecError("memory", "a program's own memory limit needs cgroups (they are off)")
 
     def kill(self) -> None:
         pass
@@ -120,6 +131,10 @@ class CgroupSet(Cgroup):
     def reset_peak(self) -> None:
         for part in self.parts:
             part.reset_peak()
+
+    def limit_memory(self, extra: int | None) -> None:
+        for part in self.parts:
+            part.limit_memory(extra)
 
     def kill(self) -> None:
         for part in self.parts:

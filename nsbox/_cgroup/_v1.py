@@ -26,6 +26,7 @@ from ._base import (
     keyed,
     kill_procs,
     make_sandbox_dir,
+    read_text,
     remove_dir,
     sweep_stale,
     write_text,
@@ -95,6 +96,21 @@ class CgroupV1(Cgroup):
     def reset_peak(self) -> None:
         if "memory" in self.dirs:
             MemoryController(_Node(self.dirs["memory"])).max_usage_in_bytes = 0
+
+    def limit_memory(self, extra: int | None) -> None:
+        if "memory" not in self.dirs:
+            return
+        directory = self.dirs["memory"]
+        limit = self.limits.memory
+        if extra is not None:
+            limit = min(limit, int(read_text(os.path.join(directory, "memory.usage_in_bytes"))) + extra)
+        # memory + swap may never be below memory alone: lowered after it, raised before it
+        memsw = os.path.join(directory, "memory.memsw.limit_in_bytes")
+        files = [os.path.join(directory, "memory.limit_in_bytes")]
+        if os.path.exists(memsw):
+            files = [*files, memsw] if extra is not None else [memsw, *files]
+        for path in files:
+            write_text(path, str(limit))
 
     def kill(self) -> None:
         for path in dict.fromkeys(self.dirs.values()):

@@ -120,6 +120,14 @@ class CgroupV2(Cgroup):
             return
         self._peak_fd = fd
 
+    def limit_memory(self, extra: int | None) -> None:
+        if "memory" not in self.controllers:
+            return
+        limit = self.limits.memory
+        if extra is not None:
+            limit = min(limit, int(read_text(self._file("memory.current"))) + extra)
+        write_text(self._file("memory.max"), str(limit))
+
     def _close_peak(self) -> None:
         if self._peak_fd is not None:
             os.close(self._peak_fd)

@@ -1,14 +1,14 @@
 """nsbox's Python kernel: runs INSIDE a sandbox, under the sandbox's own python3.
 
 Standard library only (the sandbox's Python may not be the one nsbox runs under, and
-nsbox is not installed inside): the supervisor passes this file's text as ``python3 -c``.
+nsbox is not installed inside): the supervisor passes this file's text as ``python3 -c``
+(``nsbox._guest.source``).
 It is a payload like any other, with the same limits, filter and identity; the
 supervisor trusts nothing it says (every frame is parsed with size caps).
 
-Wire: fd 0 is a socket to the supervisor when we start; it is moved to a high fd and fd 0
-becomes /dev/null. Frames are a 4-byte big-endian length and UTF-8 JSON, as in
-``nsbox._protocol``: we send ``kernel_ready`` once, then for each ``cell`` received
-``cell_started`` at once and ``cell_done`` when it ends. The code's output goes to fds
+Wire (``wire.py``): fd 0 is a socket to the supervisor when we start. We send
+``kernel_ready`` once, then for each ``cell`` received ``cell_started`` at once and
+``cell_done`` when it ends. The code's output goes to fds
 1 and 2 (pipes the supervisor captures), so subprocesses' output is captured too.
 
 A cell runs in one persistent namespace (registered as ``__main__``, so pickling and
@@ -25,49 +25,17 @@ import json
 import linecache
 import os
 import signal
-import socket
-import struct
 import sys
 import traceback
 import types
 from typing import Any
 
-HEADER = struct.Struct(">I")
-MAX_FRAME = 256 * 1024 * 1024
-PACKET = 64 * 1024  # as nsbox._channel.PACKET
+from nsbox._guest.wire import take_stdin
+
 MAX_REPR = 100_000
 MAX_VALUE_DEPTH = 60  # as nsbox._protocol.VALUE_DEPTH: a frame nests at most 64 deep
 PACKAGES = "/workspace/.packages"  # where install_packages puts them (pip --target)
 _SIGINT = {signal.SIGINT}
-
-
-class Wire:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def send(self, obj: dict[str, Any]) -> None:
-        body = json.dumps(obj, separators=(",", ":")).encode()
-        data = HEADER.pack(len(body)) + body
-        for start in range(0, len(data), PACKET):  # a SOCK_SEQPACKET socket: one packet per send
-            self.sock.send(data[start : start + PACKET])
-
-    def recv(self) -> Any:
-        """The next frame, or None at EOF (the supervisor closed the session)."""
-        while len(self.buffer) < HEADER.size or len(self.buffer) < HEADER.size + self._length():
-            chunk = self.sock.recv(PACKET)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        end = HEADER.size + self._length()
-        body, self.buffer = self.buffer[HEADER.size : end], self.buffer[end:]
-        return json.loads(body)
-
-    def _length(self) -> int:
-        length: int = HEADER.unpack_from(self.buffer)[0]
-        if length > MAX_FRAME:
-            raise SystemExit("frame too large")
-        return length
 
 
 def short_repr(value: object) -> str:
@@ -158,11 +126,7 @@ def discard_pending_interrupt() -> None:
 
 def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
-    wire_fd = os.dup(0)  # close-on-exec: the cells' subprocesses do not get it
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    wire = Wire(socket.socket(fileno=wire_fd))
+    wire = take_stdin()  # the cells' subprocesses do not get it
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     sys.path.insert(1, PACKAGES)

@@ -134,7 +134,7 @@ out["passwd_users"] = [l.split(":")[0] for l in open("/etc/passwd")]
 out["shadow"] = os.path.exists("/etc/shadow")
 """)
     ).json()
-    assert out["passwd_users"] == ["root", "sandbox", "nobody"]
+    assert out["passwd_users"] == ["root", "sandbox", "program", "nobody"]  # program: run_code's uid
     assert not out["shadow"]
     assert "passwd" in out["etc"] and "ssh" not in out["etc"] and "sudoers" not in out["etc"]
     assert len(out["etc"]) < 30
@@ -156,6 +156,7 @@ out["shm"] = attempt(lambda: open("/dev/shm/ok", "w").write("x"))
     ).json()
     assert out["chr"] == ["full", "null", "random", "tty", "urandom", "zero"]
     assert set(out["dev"]) == {"fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout"} | {
+        "mqueue",
         "tty",
         "urandom",
         "zero",

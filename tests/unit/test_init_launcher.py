@@ -36,7 +36,12 @@ def init() -> Iterator[Callable[[Callable[[socket.socket], None]], Channel]]:
         if pid == 0:  # init's loop; it exits when our end closes
             ours.close()
             try:
-                _init.serve(Channel(theirs, MAX_FRAME_TO_INIT), lambda *_: os._exit(127), launcher_main)
+                _init.serve(
+                    Channel(theirs, MAX_FRAME_TO_INIT),
+                    lambda *_: os._exit(127),
+                    launcher_main,
+                    lambda *_: os._exit(127),
+                )
             finally:
                 os._exit(0)
         theirs.close()
