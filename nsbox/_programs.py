@@ -3,29 +3,33 @@
 The warm interpreter (``_guest/warm.py``) is a guest (``_guests``) that init forks with
 just the capabilities to turn a forked child into a program of the program uid. It is
 started by the first run_code (that program's ``path`` is "cold") and kept; every later
-program is a fork of it ("warm"): a Python program pays a fork, not an interpreter's
-start. Each program runs as the program uid, in a fresh directory in /tmp; when it ends,
-the warm interpreter's sweep kills every process of that uid and removes every file and
-IPC object it owns, before it reports the end (``ProgramDone``).
+program is a fork of its fork server ("warm"): a Python program pays a fork, not an
+interpreter's start. Each program runs as the program uid, in a fresh directory in /tmp,
+with stdout and stderr pipes of its own made here; when it ends, a sweep kills every
+process of that uid before the end is reported (``ProgramDone``), then removes every file
+and IPC object it owns before the next program.
 
 Limits: the wall-clock timeout and the sandbox's CPU time are kept here; a program's own
 ``memory`` lowers the sandbox's memory limit to what is in use when it starts plus that
-much, for as long as it runs (the program is the OOM killer's first choice in it). When one is
-reached, the warm interpreter is told to stop the program (its sweep kills it). Every
-process of the sandbox is killed (``KillRun``; the session's kernel too) when the program's
-end does not come within KILL_GRACE of that, when the sweep could not finish (the warm
-interpreter then exits), or when the warm interpreter breaks the protocol; the next
+much, for as long as it runs (the program is the OOM killer's first choice in it). When
+a limit is reached, the warm interpreter is told to stop the program (the sweep kills
+it). Every process of the sandbox is killed (``KillRun``; the session's kernel too) when
+the program's end does not come within KILL_GRACE of that, when no process of the
+program uid could be killed, or when the warm interpreter breaks the protocol; the next
 program starts a new warm interpreter. If init does not report even that in time, the
 sandbox is closed.
 
 Programs need a uid of their own, so a sandbox that maps a single id (rootless without
-a subordinate range: "own" mode) refuses run_code.
+a subordinate range: "own" mode) refuses run_code. A warm interpreter that exits because
+what a program left could not be removed (UNCLEAN) is replaced; one that cannot start for
+that reason ends the sandbox (SandboxError): no program runs beside such a trace.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING
 from . import _guest, _guests
 from ._channel import Channel, readable
 from ._errors import ProtocolError, SandboxError, SpecError
+from ._fds import close_fds
 from ._guests import Guest
 from ._protocol import (
     MAX_FRAME_FROM_SANDBOX,
@@ -60,6 +65,8 @@ if TYPE_CHECKING:
 LANGUAGES = ("python", "bash", "c", "cpp")
 #: ``-I``: no user site, no script directory, no PYTHON* variables in the warm interpreter;
 #: ``-S``: it adds the site directories itself (``_guest/warm.py``).
+#: The warm interpreter's exit code when what a program left cannot be removed (EXIT_UNCLEAN).
+UNCLEAN = 3
 WARM_ARGV = ("python3", "-I", "-S", "-c", _guest.source("warm"), str(PROGRAM_UID), str(SWEEPER_UID))
 
 
@@ -89,6 +96,8 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
             path = "cold"
         if not sup.warm.running:
             exited = sup.warm.last_exit
+            if exited is not None and os.waitstatus_to_exitcode(exited.wait_status) == UNCLEAN:
+                raise SandboxError("what an earlier program left in this sandbox cannot be removed: it runs no more")
             error = "the warm interpreter could not start"
             if exited is not None and exited.exec_errno is not None:
                 error += f" ({exited.exec_stage}: errno {exited.exec_errno})"
@@ -96,12 +105,12 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
         before = sup.usage()
         sup.cgroup.reset_peak()
         watch = Watch(started, timeout, sup.spec.limits, sup.usage, before)
-        sup.cgroup.limit_memory(request.memory)
         try:
+            _limit_memory(sup, request.memory)
             done, taken = _program(sup, request, watch, events)
         finally:
             if request.memory is not None and sup.alive:
-                sup.cgroup.limit_memory(None)
+                _limit_memory(sup, None)
         if done is not None or taken or watch.killed_for is not None or not sup.alive:
             break
         # It ended between programs (its Exited was on the way): a new one takes this one.
@@ -127,7 +136,7 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
             seccomp=sup.spec.seccomp.kind,
             path=path,
         )
-    return RunResult.decide(
+    result = RunResult.decide(
         args,
         wall,
         wait_status,
@@ -144,6 +153,16 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
         seccomp=sup.spec.seccomp.kind,
         path=path,
     )
+    if reply is None and watch.killed_for is None and not used.oom_kills:
+        return dataclasses.replace(result, error="the warm interpreter ended during the program")
+    return result
+
+
+def _limit_memory(sup: Supervisor, extra: int | None) -> None:
+    try:
+        sup.cgroup.limit_memory(extra)
+    except OSError as exc:
+        raise SandboxError(f"the program's memory limit could not be set: {exc.strerror}") from None
 
 
 class _Done:
@@ -158,12 +177,16 @@ def _program(sup: Supervisor, request: RunCode, watch: Watch, events: Events | N
     assert sup.ctl is not None and sup.intermediate_fd is not None  # nosec B101  # checked by run_code
     wire = sup.warm.wire
     assert wire is not None  # nosec B101  # it is running
-    output = sup.warm.captures()
+    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(2)]  # this program's own stdout and stderr
+    for read_end, _ in pipes:
+        os.set_blocking(read_end, False)
+    output = (Capture(pipes[0][0], sup.warm.output_limit), Capture(pipes[1][0], sup.warm.output_limit))
+    own = sup.warm.captures()  # the warm interpreter's own messages: read so that it never blocks
     sup.warm.requests += 1
     number = sup.warm.requests
     stdin = None if request.stdin is None else base64.b64encode(request.stdin).decode("ascii")
     poller = select.poll()
-    for fd in (sup.ctl.fileno(), sup.intermediate_fd, *(c.fd for c in output)):
+    for fd in (sup.ctl.fileno(), sup.intermediate_fd, *(c.fd for c in (*output, *own))):
         poller.register(fd, select.POLLIN)
     poller.register(wire.fileno(), select.POLLIN | select.POLLOUT)
     if events is not None:
@@ -172,7 +195,9 @@ def _program(sup: Supervisor, request: RunCode, watch: Watch, events: Events | N
     cleared = taken = False
     try:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-            wire.queue(Program(number, request.language, request.code, stdin, request.files, request.compile_only))
+            program = Program(number, request.language, request.code, stdin, request.files, request.compile_only)
+            wire.queue(program, [write_end for _, write_end in pipes])
+        close_fds([write_end for _, write_end in pipes])
         while sup.alive and sup.warm.running and reply is None:
             now = time.monotonic()
             if watch.kill_by is None and watch.exceeded(now):
@@ -201,17 +226,20 @@ def _program(sup: Supervisor, request: RunCode, watch: Watch, events: Events | N
                     if events.read():  # a signal for the program (Ctrl-C): it ends, as a kill
                         _stop(wire, number, poller)
                 else:
-                    for capture in output:
+                    for capture in (*output, *own):
                         if fd == capture.fd and not capture.read():
                             poller.unregister(fd)
     except ProtocolError:  # the warm interpreter talks nonsense: _clear ends it
         reply = None
     except (BrokenPipeError, ConnectionResetError):
+        close_fds([c.fd for c in output])
         sup.close()
         raise SandboxError("the sandbox's init stopped answering") from None
     if reply is None:
+        close_fds([c.fd for c in output])
         return None, taken
     _guests.drain(*output)
+    close_fds([c.fd for c in output])
     return _Done(reply, output), taken
 
 

@@ -1,40 +1,50 @@
 """The warm interpreter of run_code: runs INSIDE a sandbox, under the sandbox's own python3.
 
-Init forks it (``_child.payload_main`` with ``warm``) under the payload's rlimits, no_new_privs and seccomp
-filter, but as uid 0 of the sandbox's user namespace holding exactly CAP_SETUID,
-CAP_SETGID and CAP_SETPCAP: what it takes to turn a forked child into a program and take
-those away again. It imports what programs commonly use once, then for each ``program``
-frame forks a child that becomes the program (``_become_program``):
+Init forks it (``_child.payload_main`` with ``warm``) under the payload's rlimits,
+no_new_privs and seccomp filter, but as uid 0 of the sandbox's user namespace holding
+exactly CAP_SETUID, CAP_SETGID and CAP_SETPCAP: what it takes to turn a forked child into
+a program and take those away again. Three kinds of process of ours, all forked before
+any program's request exists anywhere in them:
 
-* its own session; stdin the request's bytes (a memfd), stdout and stderr ours (the
-  supervisor's pipes), every other fd closed; the signal dispositions python3 starts with
-  (a bash or compiled program gets SIGINT, SIGPIPE and SIGXFSZ back at their defaults);
-* the program uid and gid (argv: 1001), with no capability in any set, the bounding set
-  included, and the OOM killer's first choice;
-* a new empty directory in /tmp as its working directory, with the request's files;
-* Python code runs as ``__main__`` of this forked interpreter (so it pays a fork, not an
-  interpreter's start); bash is exec'd on the code's file; C and C++ are compiled once per
-  source (by such a child: the compiler runs as the program uid) into a memfd that we seal
-  and keep, and exec'd from it.
+* **this one** (the handler): loads what programs commonly import, then forks the fork
+  server and takes the supervisor's ``program`` frames. It hands each request to a child
+  that waits for it, answers ``program_started`` and ``program_done``, and keeps the
+  compiled programs (sealed memfds). Its memory holds requests; nothing is forked from it
+  after the fork server.
+* **the fork server**: forked right after start-up, it never sees a request (its commands
+  are one byte). It forks each program's process ahead of need and each sweeper, reaps
+  them and reports their ends, so every program starts from memory no earlier program's
+  request or data ever touched.
+* **a program's process** becomes the program before its request exists
+  (``_become_program``): its own session; every fd but its request's socket closed; the
+  program uid and gid (argv: 1001) with no capability in any set, the bounding set
+  included; the OOM killer's first choice. It is forked while the last program's sweep
+  still runs, and waits: its request comes once the sweep is over. Then it takes a new
+  empty directory in /tmp as its working directory and HOME, its stdout and stderr (pipes
+  of this program's own, from the supervisor), stdin (the request's bytes, in a memfd), its
+  files, and runs the program: Python as ``__main__`` of this forked interpreter, with the signal
+  dispositions python3 starts with (so it pays a fork, not an interpreter's start); bash
+  exec'd on the code's file; C and C++ compiled once per source and files (by such a
+  process: the compiler runs as the program uid) into a memfd that the handler seals and
+  keeps, and exec'd from it (a bash or compiled program gets SIGINT, SIGPIPE and SIGXFSZ
+  back at their defaults).
 
-The child is forked ahead of need, right after the last program's sweep, and takes all of
-these steps but the last while nothing waits for it.
-
-A program cannot reach this process: another uid (no signal, no ptrace, no
+A program cannot reach any of these: another uid (no signal, no ptrace, no
 /proc/PID/mem; ptrace is refused by the filter anyway), and whatever it changes of the
-interpreter (builtins, sys.modules, signals, rlimits, environment, cwd) is its forked copy.
+interpreter (builtins, sys.modules, signals, rlimits, environment, cwd) is its own copy.
 
-After a program ends, or when the supervisor says ``stop_program``, the sweeper (a child
-of ours from the start, with real and saved uid SWEEPER (argv: 1002, a uid no process
-has) and effective uid the program's) kills every process of the program uid (kill(-1) until none is left: daemons
-included), then removes every file and directory the program uid owns under /tmp,
-/dev/shm, /workspace and /dev/mqueue, and every System V IPC object it owns. Programs
-cannot signal it (its real and saved uid are not theirs), and it signals nothing else
-(kill(2) needs the target's real or saved uid to be one of its own). ``program_done``
-goes out after the kill (``clean``: no process of the uid is left), the rest of the sweep
-after it. If either part fails, this process exits, and the supervisor clears the
-sandbox's processes; the next program starts a new warm interpreter, whose sweeper first
-removes what is left (the slow path).
+After a program ends, or when the supervisor says ``stop_program``, its sweeper (one per
+program, forked ahead of need, with real and saved uid SWEEPER (argv: 1002, a uid no process has) and
+effective uid the program's) kills every process of the program uid (kill(-1) until
+/proc shows none alive: daemons included). Programs cannot signal it (its real and saved
+uid are not theirs), and it signals nothing else (kill(2) needs the target's real or saved
+uid to be one of its own). ``program_done`` goes out then (``clean``: no process of the
+uid is left). Then the sweeper removes every file and directory the program uid owns
+under /tmp, /dev/shm, /workspace and /dev/mqueue (through directory fds, never a path
+that could lead elsewhere, however deep the tree) and every System V IPC object it owns,
+while the next program's process is forked. If a sweep fails, this process exits (code
+EXIT_UNCLEAN); the supervisor then clears the sandbox's processes, and the next warm
+interpreter sweeps first and refuses to start (the same code) if it cannot.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ import select
 import signal
 import socket
 import stat
+import struct
 import subprocess  # nosec B404  # runs the sandbox's compiler: fixed argv
 import sys
 import tempfile
@@ -62,15 +73,22 @@ from typing import Any
 from nsbox._guest.wire import PACKET, Wire, take_stdin
 
 #: What programs commonly import, loaded once here (a program pays nothing for them).
-PRELOAD = (*("collections", "functools", "itertools", "math", "re", "typing"),)
+PRELOAD = ("collections", "functools", "itertools", "math", "re", "typing")
 SWEPT = ("/tmp", "/dev/shm", "/workspace", "/dev/mqueue")  # nosec B108  # the sandbox's own tmpfs and mqueue mount
 SWEEP_TIMEOUT = 2.0
-#: The compilers of the compiled languages (each program's source is compiled once per
-#: warm interpreter; MAX_BUILDS are kept), and the name of the source file for each.
-COMPILERS = {"c": ("gcc", "-O2", "-std=gnu17", "-pipe", "-lm"), "cpp": ("g++", "-O2", "-std=gnu++17", "-pipe")}
+#: How deep a swept tree is walked with directory fds held; deeper directories of the
+#: program uid are moved up first.
+MAX_DEPTH = 64
+#: The compilers of the compiled languages, and the name of the source file for each.
+COMPILERS = {"c": ("gcc", "-O2", "-std=gnu17", "-pipe"), "cpp": ("g++", "-O2", "-std=gnu++17", "-pipe")}
 SOURCE_NAMES = {"python": "main.py", "bash": "main.sh", "c": "main.c", "cpp": "main.cpp"}
-MAX_BUILDS = 32
+#: Compiled programs kept: at most this many, and this many bytes (the oldest go first).
+MAX_BUILDS, MAX_BUILD_BYTES = 32, 256 << 20
 PACKAGES = "/workspace/.packages"  # where install_packages puts them (pip --target)
+#: Our exit code when what a program left could not be removed.
+EXIT_UNCLEAN = 3
+_ENDED = struct.Struct("!iiqq")  # pid, wait status, CPU microseconds, peak RSS in KiB
+_PID = struct.Struct("!i")
 _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, _PR_CAPBSET_DROP = 4, 1, 24
 _CAP_SETGID, _CAP_SETUID, _CAP_SETPCAP = 6, 7, 8
 _IPC_RMID = 0
@@ -83,148 +101,179 @@ def _prctl(*args: int) -> None:
         raise OSError(err, f"prctl{args}: {os.strerror(err)}")
 
 
-class Sweeper:
-    """The sweeper: a child of ours for good, with real and saved uid SWEEPER and effective
-    uid the program's (see the module's docstring). Asked over a pipe: ``k`` kills every
-    process of the program uid, ``c`` removes its files and IPC objects; it answers one
-    byte, ``y`` for done. It sweeps once as it starts (what an earlier warm interpreter
-    could not remove)."""
+# --- the handler ---------------------------------------------------------------------------
+class Forks:
+    """The handler's end of the fork server: ``program()`` is the next program's process
+    (pid, its request socket, its compiler-output memfd), ``sweep(phase)`` runs a sweeper
+    to its end; ``ended`` holds the children that ended, by pid (wait status, rusage)."""
 
     def __init__(self, uid: int, sweeper_uid: int) -> None:
-        ask_r, self._ask = os.pipe2(os.O_CLOEXEC)
-        self._answer, answer_w = os.pipe2(os.O_CLOEXEC)
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 2
-            try:
-                gc.disable()
-                os.setresgid(sweeper_uid, uid, sweeper_uid)
-                os.setresuid(sweeper_uid, uid, sweeper_uid)  # no capability is left
-                _serve_sweeps(uid, ask_r, answer_w)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(ask_r)
-        os.close(answer_w)
+        """Its children (a program's waiting process among them) are not killed with it:
+        a parent-death signal to another uid needs CAP_KILL. The next warm interpreter's
+        first sweep ends them."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _serve_forks(theirs, uid, sweeper_uid)
+        theirs.close()
+        self.sock = ours
+        self.ended: dict[int, tuple[int, float, int]] = {}
 
-    def ask(self, what: bytes) -> bool:
-        """``what`` done? (``b""``: the answer of its first sweep.)"""
-        try:
-            os.write(self._ask, what)
-            return os.read(self._answer, 1) == b"y"
-        except OSError:  # it died: nothing is known to be clean
-            return False
+    def program(self) -> tuple[int, socket.socket, int]:
+        self.sock.send(b"p")
+        pid, fds = self._forked()
+        if pid <= 0 or len(fds) != 2:
+            sys.exit(EXIT_UNCLEAN)  # at the process limit after a sweep: something is left
+        return pid, socket.socket(fileno=fds[0]), fds[1]
+
+    def sweep(self) -> tuple[int, bool]:
+        """Start a sweep: (the sweeper's pid, whether every process of the program uid is
+        gone). Its end says whether the files and IPC objects went too (``finished``)."""
+        self.sock.send(b"s")
+        pid, fds = self._forked()
+        if pid <= 0 or len(fds) != 1:
+            return -1, False
+        with open(fds[0], "rb", buffering=0) as progress:
+            return pid, progress.read(1) == b"y"
+
+    def finished(self, pid: int) -> bool:
+        return pid > 0 and self.wait(pid)[0] == 0
+
+    def wait(self, pid: int) -> tuple[int, float, int]:
+        while pid not in self.ended:
+            self.read()
+        return self.ended.pop(pid)
+
+    def read(self) -> tuple[int, list[int]] | None:
+        """One report of the fork server: an end goes to ``ended``; the answer to a command
+        (a pid and the fds with it) is returned."""
+        data, fds, _, _ = socket.recv_fds(self.sock, 64, 2)
+        if not data:
+            raise SystemExit("the fork server is gone")
+        if data[:1] == b"x":
+            pid, status, cpu_us, rss_kib = _ENDED.unpack(data[1:])
+            self.ended[pid] = (status, cpu_us / 1e6, rss_kib * 1024)
+            return None
+        return _PID.unpack(data[1:])[0], fds
+
+    def _forked(self) -> tuple[int, list[int]]:
+        while (answer := self.read()) is None:
+            pass
+        return answer
 
 
 class Warm:
-    def __init__(self, wire: Wire, program_uid: int, sweeper: Sweeper) -> None:
+    def __init__(self, wire: Wire, forks: Forks) -> None:
         self.wire = wire
-        self.uid = program_uid
-        self.sweeper = sweeper
-        #: the forked child that waits for the next program: (pid, its socket, its memfd)
+        self.forks = forks
+        #: the process that waits for the next program: (pid, its socket, its memfd)
         self.next: tuple[int, socket.socket, int] | None = None
-        self.builds: dict[str, int] = {}  #: compiled programs, sealed memfds, by their source's hash
+        self.builds: dict[str, int] = {}  #: compiled programs, sealed memfds, by source and files
 
     def serve(self) -> None:
-        self.fork_next()
+        self.next = self.forks.program()
         while True:
-            request = self.wire.recv()
-            if request is None or request.get("type") != "program":
+            request, fds = self.wire.recv_with_fds()
+            if request is None or request.get("type") != "program" or len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
                 return
-            if not self.run(request):
-                return
+            try:
+                clean = self.run(request, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            if not clean:
+                sys.exit(EXIT_UNCLEAN)
 
-    def fork_next(self) -> None:
-        """The next program's process, forked now (while nothing waits for it): it takes
-        the program's identity and directory at once, then waits for the program. Its
-        memfd (fd 4 there) is where a compiler's output goes."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        output = os.memfd_create("program", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        pid = os.fork()
-        if pid == 0:
-            _program_main(theirs.fileno(), output, self.uid)
-        theirs.close()
-        self.next = (pid, ours, output)
-
-    def run(self, request: dict[str, Any]) -> bool:
-        """One program, compiled first if its language needs it and this source was not;
-        False if it left something the sweep could not remove (then we exit)."""
+    def run(self, request: dict[str, Any], output: list[int]) -> bool:
+        """One program (``output``: its stdout and stderr), compiled first if its language
+        needs it and this source was not; False if a sweep failed."""
         number = request.get("number")
+        while select.select([self.forks.sock], [], [], 0)[0]:  # news of the fork server first:
+            self.forks.read()  # if it is gone, we exit before taking the program (a new one will)
         self.wire.send({"type": "program_started", "number": number})
         language = request.get("language", "")
         binary: int | None = None
         if language in COMPILERS:
-            key = hashlib.sha256(f"{language}\0{request.get('code', '')}".encode("utf-8", "surrogatepass")).hexdigest()
+            key = _build_key(request)
             binary = self.builds.get(key)
-            compiled: dict[str, Any] = {"wait_status": 0, "clean": True}  # nothing to do: it is built
             if binary is None:
-                built, done = self.execute(dict(request, op="compile"), None)
-                if done is None:
+                built, compiled, sweeper = self.execute(dict(request, op="compile"), output, None)
+                if built is None or request.get("compile_only"):
+                    self.reply(number, "compile", compiled)
+                    if built is not None and self.remember(key, built) not in self.builds.values():
+                        os.close(built)  # too large to keep
+                    return self.finish(sweeper)
+                if not self.finish(sweeper):
                     return False
-                if built is None:  # it failed, or was stopped
-                    self.reply(number, "compile", done)
-                    return True
-                binary, compiled = self.remember(key, built), done
-            if request.get("compile_only"):
-                self.reply(number, "compile", compiled)
+                binary = self.remember(key, built)
+            elif request.get("compile_only"):
+                self.reply(number, "compile", {"wait_status": 0, "clean": True})  # nothing to do: it is built
                 return True
-        _, done = self.execute(dict(request, op="run"), binary)
-        if done is None:
-            return False
+        _, done, sweeper = self.execute(dict(request, op="run"), output, binary)
         self.reply(number, "run", done)
-        return True
+        if binary is not None and binary not in self.builds.values():
+            os.close(binary)  # too large to keep
+        return self.finish(sweeper)
 
-    def execute(self, request: dict[str, Any], binary: int | None) -> tuple[int | None, dict[str, Any] | None]:
-        """Hand ``request`` to the waiting child (with ``binary`` to exec), wait for its end
-        or a stop, sweep, and fork the next child. Returns (the child's memfd if it
-        compiled, its end); the end is None if the sweep failed (then it was reported)."""
-        assert self.next is not None  # nosec B101  # forked after every program
-        (pid, sock, output), self.next = self.next, None
+    def execute(
+        self, request: dict[str, Any], output: list[int], binary: int | None
+    ) -> tuple[int | None, dict[str, Any], int]:
+        """Hand ``request`` (with ``output`` and ``binary`` to exec) to the waiting process,
+        wait for its end or a stop, and have every process of the program uid killed.
+        Returns (the compiler's output, if it compiled; its end; the sweeper, still
+        removing what the program left)."""
+        assert self.next is not None  # nosec B101  # forked after every sweep
+        (pid, sock, memfd), self.next = self.next, None
         number = request.get("number")
-        pidfd = os.pidfd_open(pid)
-        with contextlib.suppress(OSError):  # it failed before (its stderr says why)
+        with contextlib.suppress(OSError), sock:  # it failed before: its end says how
             data = json.dumps(request).encode()
-            socket.send_fds(sock, [data[:PACKET]], [] if binary is None else [binary])
+            socket.send_fds(sock, [data[:PACKET]], [*output, *([] if binary is None else [binary])])
             sock.sendall(data[PACKET:])
-        sock.close()  # the program reads to the end
         poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
+        poller.register(self.forks.sock.fileno(), select.POLLIN)
         poller.register(self.wire.sock.fileno(), select.POLLIN)
         stopped = False
-        while not stopped:
-            if pidfd in dict(poller.poll()):
-                break
-            frame = self.wire.recv()  # None: the supervisor is gone (so are we, after the sweep)
-            stopped = frame is None or (frame.get("type") == "stop_program" and frame.get("number") == number)
-        os.close(pidfd)
+        while pid not in self.forks.ended and not stopped:
+            for fd, _ in poller.poll():
+                if fd == self.forks.sock.fileno():
+                    self.forks.read()
+                else:
+                    frame = self.wire.recv()  # None: the supervisor is gone (so are we, after the sweep)
+                    stopped = frame is None or (frame.get("type") == "stop_program" and frame.get("number") == number)
+        sweeper, killed = self.forks.sweep()  # the program too, when stopped
+        status, cpu_s, rss = (
+            self.forks.wait(pid) if killed or pid in self.forks.ended else (int(signal.SIGKILL), 0.0, 0)
+        )
         if stopped:
-            killed = self.sweeper.ask(b"k")  # it too: then it is a zombie, reaped next
-            got, status, usage = os.wait4(pid, 0 if killed else os.WNOHANG)
-        else:
-            got, status, usage = os.wait4(pid, 0)  # first: a zombie of ours would count as alive
-            killed = self.sweeper.ask(b"k")
-        done = {
-            "wait_status": status if got == pid and not stopped else int(signal.SIGKILL),
-            "clean": killed,
-            "cpu_s": usage.ru_utime + usage.ru_stime if got == pid else 0.0,
-            "memory_peak_bytes": usage.ru_maxrss * 1024 if got == pid else 0,
-        }
-        built = output if request.get("op") == "compile" and not stopped and status == 0 else None
-        if built is None:
-            os.close(output)
-        if not (killed and self.sweeper.ask(b"c")):
-            self.reply(number, request.get("op", "run"), done)
-            return None, None  # the supervisor clears what is left; the next warm interpreter sweeps
-        self.fork_next()
-        return built, done
+            status = int(signal.SIGKILL)
+        done = {"wait_status": status, "clean": killed, "cpu_s": cpu_s, "memory_peak_bytes": rss}
+        if request.get("op") == "compile" and status == 0 and not stopped:
+            return memfd, done, sweeper
+        os.close(memfd)
+        return None, done, sweeper
+
+    def finish(self, sweeper: int) -> bool:
+        """The next program's process forked while the sweeper removes what the last one
+        left (it makes nothing of its own before its request, which waits for the sweep);
+        False if something could not be removed."""
+        self.next = self.forks.program()
+        return self.forks.finished(sweeper)
 
     def remember(self, key: str, built: int) -> int:
-        """Seal the compiler's output (no one can change it now) and keep it; the oldest
-        build goes when there are MAX_BUILDS."""
-        fcntl.fcntl(
-            built, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-        )
-        if len(self.builds) >= MAX_BUILDS:
+        """Seal the compiler's output (no one can change it now) and keep it, unless it is
+        too large; the oldest builds go past MAX_BUILDS or MAX_BUILD_BYTES."""
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(built, fcntl.F_ADD_SEALS, seals)
+        size = os.fstat(built).st_size
+        if size > MAX_BUILD_BYTES // 4:
+            return built  # run once, not kept
+        while self.builds and (
+            len(self.builds) >= MAX_BUILDS
+            or size + sum(os.fstat(fd).st_size for fd in self.builds.values()) > MAX_BUILD_BYTES
+        ):
             os.close(self.builds.pop(next(iter(self.builds))))
         self.builds[key] = built
         return built
@@ -233,12 +282,130 @@ class Warm:
         self.wire.send({"type": "program_done", "number": number, "stage": stage, **done})
 
 
-def _program_main(sock_fd: int, output: int, uid: int) -> None:
-    """The forked child: become the program, wait for it, compile or run it, exit with its
-    status. Never returns."""
+def _build_key(request: dict[str, Any]) -> str:
+    """What a build depends on: the language, the source and every file beside it."""
+    digest = hashlib.sha256()
+    files = sorted((request.get("files") or {}).items())
+    for part in (request.get("language", ""), request.get("code", ""), *(x for item in files for x in item)):
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(_PID.pack(len(data)) + data)
+    return digest.hexdigest()
+
+
+# --- the fork server -------------------------------------------------------------------------
+def _serve_forks(sock: socket.socket, uid: int, sweeper_uid: int) -> None:
+    """Fork on command (``p``: a program's process; ``s``: a sweep), answer ``f`` + its pid
+    (and a program's socket and memfd, or the read end of a sweeper's progress pipe; pid
+    -1: the fork failed), and report each child's end (``x``). A sweeper is forked ahead of need and waits, as we
+    are, for its phase: a program that fills the process limit cannot keep it from
+    starting. Never returns."""
+    code = 2
     try:
-        workdir = _become_program(sock_fd, output, uid)
-        request, binary = _receive(3)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        sweeper = _fork_sweeper(uid, sweeper_uid)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                    _report_ended(sock)
+                    continue
+                command = sock.recv(16)
+                if not command:
+                    code = 0
+                    return
+                if command == b"p":
+                    _fork_program(sock, uid)
+                elif command == b"s":
+                    sweeper = sweeper or _fork_sweeper(uid, sweeper_uid)
+                    if sweeper is None:
+                        sock.send(b"f" + _PID.pack(-1))
+                        continue
+                    pid, start, progress = sweeper
+                    os.write(start, b"s")
+                    os.close(start)
+                    socket.send_fds(sock, [b"f" + _PID.pack(pid)], [progress])
+                    os.close(progress)
+                    sweeper = _fork_sweeper(uid, sweeper_uid)
+    finally:
+        os._exit(code)
+
+
+def _fork_program(sock: socket.socket, uid: int) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    memfd = os.memfd_create("program", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        pid = os.fork()
+    except OSError:  # at the process limit
+        sock.send(b"f" + _PID.pack(-1))
+    else:
+        if pid == 0:
+            _program_main(theirs.fileno(), memfd, uid)
+        socket.send_fds(sock, [b"f" + _PID.pack(pid)], [ours.fileno(), memfd])
+    finally:
+        ours.close()
+        theirs.close()
+        os.close(memfd)
+
+
+def _fork_sweeper(uid: int, sweeper_uid: int) -> tuple[int, int, int] | None:
+    """A sweeper that waits for its start on a pipe: (pid, the start pipe's write end, the
+    read end of its progress pipe); None if the fork failed (the process limit: the next
+    sweep tries again)."""
+    start_r, start_w = os.pipe2(os.O_CLOEXEC)
+    progress_r, progress_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (start_r, start_w, progress_r, progress_w):
+            os.close(fd)
+        return None
+    if pid == 0:
+        _sweeper_main(uid, sweeper_uid, start_r, progress_w)
+    os.close(start_r)
+    os.close(progress_w)
+    return pid, start_w, progress_r
+
+
+def _report_ended(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        cpu_us = int((usage.ru_utime + usage.ru_stime) * 1e6)
+        sock.send(b"x" + _ENDED.pack(pid, status, cpu_us, usage.ru_maxrss))
+
+
+# --- a program's process ---------------------------------------------------------------------
+def _program_main(sock_fd: int, memfd: int, uid: int) -> None:
+    """Forked by the fork server: become the program, wait for it, compile or run it, exit
+    with its status. Never returns. A failure before the request is reported with it (on
+    the program's own stderr); no code of the request runs then."""
+    try:
+        failure: BaseException | None = None
+        try:
+            _become_program(sock_fd, memfd, uid)
+        except BaseException as exc:
+            failure = exc
+        request, fds = _receive(3)
+        for target, fd in zip((1, 2), fds[:2], strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+        if failure is not None:
+            _show(failure, failure.__traceback__)
+            os._exit(127)
+        workdir = tempfile.mkdtemp(prefix="program-", dir="/tmp")  # nosec B108  # the sandbox's own /tmp
+        os.chdir(workdir)
+        os.environ["HOME"] = workdir
         stdin = _memfd(base64.b64decode(request.get("stdin") or ""))
         os.dup2(stdin, 0)
         os.close(stdin)
@@ -254,30 +421,33 @@ def _program_main(sock_fd: int, output: int, uid: int) -> None:
         if language != "python":
             for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):  # Python's own choices
                 signal.signal(sig, signal.SIG_DFL)
-            if binary is not None:
-                os.execve(binary, ["main"], os.environ)  # nosec B606  # the program's own, compiled here
+            if len(fds) > 2:
+                os.execve(fds[2], ["main"], os.environ)  # nosec B606  # the program's own, compiled here
             os.execv("/bin/bash", ["bash", path])  # nosec B606  # running the program is the point
         os._exit(_run_python(code, path))
-    except BaseException as exc:  # a child must never unwind into the warm interpreter's loop
+    except BaseException as exc:  # a child must never unwind into the fork server's loop
         _show(exc, exc.__traceback__)
         os._exit(127)
 
 
-def _receive(fd: int) -> tuple[dict[str, Any], int | None]:
-    """The request from the warm interpreter, and the fd of a compiled program with it."""
+def _receive(fd: int) -> tuple[dict[str, Any], list[int]]:
+    """The request from the handler, with the program's stdout, stderr and, compiled, the
+    fd it is exec'd from."""
     sock = socket.socket(fileno=fd)
-    data, fds, _, _ = socket.recv_fds(sock, PACKET, 1)
+    data, fds, _, _ = socket.recv_fds(sock, PACKET, 3)
     chunks = [data]
     while chunk := sock.recv(PACKET):
         chunks.append(chunk)
     sock.close()
+    if len(fds) < 2:
+        raise OSError(22, "no stdout and stderr came with the request")
     for fd in fds:
-        os.set_inheritable(fd, False)  # the program is exec'd from it; it does not keep it
-    return json.loads(b"".join(chunks)), (fds[0] if fds else None)
+        os.set_inheritable(fd, False)
+    return json.loads(b"".join(chunks)), fds
 
 
 def _compile(language: str, path: str, workdir: str) -> int:
-    """Run the compiler; its output goes to fd 4 (the memfd the warm interpreter keeps)."""
+    """Run the compiler; its output goes to fd 4 (the memfd the handler keeps)."""
     out = os.path.join(workdir, "main")
     argv = [*COMPILERS[language], "-o", out, path, "-lm"]
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)  # nosec B603  # the compiler, fixed argv
@@ -288,13 +458,13 @@ def _compile(language: str, path: str, workdir: str) -> int:
     return 0
 
 
-def _become_program(sock_fd: int, output: int, uid: int) -> str:
-    """The steps, in order; see the module's docstring. Returns the working directory.
+def _become_program(sock_fd: int, memfd: int, uid: int) -> None:
+    """The steps, in order; see the module's docstring.
     Signal dispositions stay as python3 sets them (SIGPIPE and SIGXFSZ ignored, SIGINT
     KeyboardInterrupt): a Python program sees what ``python3 main.py`` would."""
     os.setsid()
-    os.dup2(sock_fd, 3)  # the request's socket, closed before the program runs
-    os.dup2(output, 4, inheritable=False)  # a compiler's output
+    os.dup2(sock_fd, 3, inheritable=False)  # the request's socket, closed before the program runs
+    os.dup2(memfd, 4, inheritable=False)  # a compiler's output
     os.closerange(5, os.sysconf("SC_OPEN_MAX"))
     _prctl(_PR_SET_DUMPABLE, 1)  # /proc/self is ours for the write (still uid 0)
     with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
@@ -309,10 +479,6 @@ def _become_program(sock_fd: int, output: int, uid: int) -> str:
         for line in f:
             if line.startswith(b"Cap") and int(line.split()[1], 16) != 0:
                 raise PermissionError(f"capabilities remain: {line.decode().strip()}")
-    workdir = tempfile.mkdtemp(prefix="program-", dir="/tmp")  # nosec B108  # the sandbox's own /tmp
-    os.chdir(workdir)
-    os.environ["HOME"] = workdir
-    return workdir
 
 
 def _run_python(source: str, path: str) -> int:
@@ -396,20 +562,25 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-# --- the sweeper (real and saved uid SWEEPER, effective the program's) -----------------------
-def _serve_sweeps(uid: int, ask: int, answer: int) -> None:
-    clean = _kill_all(uid) and _remove_all(uid)
-    os.write(answer, b"y" if clean else b"n")
-    while what := os.read(ask, 1):
-        done = _kill_all(uid) if what == b"k" else _remove_all(uid)
-        os.write(answer, b"y" if done else b"n")
-
-
-def _remove_all(uid: int) -> bool:
-    clean = True
-    for top in SWEPT:
-        clean &= _remove_owned(top, uid)
-    return _remove_ipc(uid) and clean
+# --- the sweeper -------------------------------------------------------------------------------
+def _sweeper_main(uid: int, sweeper_uid: int, start: int, progress: int) -> None:
+    """Wait (as the fork server is) for the start, take the sweeper's ids, kill every
+    process of the program uid and say so on ``progress`` (``y``), then remove its files
+    and IPC objects; exit 0 if everything went. Never returns."""
+    code = 2
+    try:
+        for low, high in ((3, min(start, progress)), (min(start, progress) + 1, max(start, progress))):
+            os.closerange(low, high)  # the fork server's socket and pipes: it alone answers for them
+        os.closerange(max(start, progress) + 1, os.sysconf("SC_OPEN_MAX"))
+        if os.read(start, 1):
+            gc.disable()
+            os.setresgid(sweeper_uid, uid, sweeper_uid)
+            os.setresuid(sweeper_uid, uid, sweeper_uid)  # all nonzero: no capability is left
+            killed = _kill_all(uid)
+            os.write(progress, b"y" if killed else b"n")
+            code = 0 if killed and _remove_all(uid) else 1
+    finally:
+        os._exit(code)
 
 
 def _kill_all(uid: int) -> bool:
@@ -446,42 +617,120 @@ def _any_alive(uid: int) -> bool:
     return False
 
 
-def _remove_owned(top: str, uid: int) -> bool:
-    """Remove everything under ``top`` owned by ``uid``; look into every other directory."""
+def _remove_all(uid: int) -> bool:
     clean = True
-    try:
-        entries = list(os.scandir(top))
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False  # a directory we cannot read could hold the program's files
-    for entry in entries:
+    for top in SWEPT:
         try:
-            info = entry.stat(follow_symlinks=False)
+            fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
-        if info.st_uid == uid:
-            clean &= _remove_tree(entry.path, info)
-        elif stat.S_ISDIR(info.st_mode):
-            clean &= _remove_owned(entry.path, uid)
+        except OSError:
+            clean = False
+            continue
+        try:
+            clean &= _sweep_tree(fd, uid)
+        finally:
+            os.close(fd)
+    return _remove_ipc(uid) and clean
+
+
+class _Dir:
+    """A directory being swept: its fd, the names in it still to look at, whether the
+    program uid owns it (then it goes too, once empty), and where a subtree too deep to
+    walk is moved up to (the directory above the first one of the uid's)."""
+
+    def __init__(self, fd: int, name: str, owned: bool, base: _Dir | None) -> None:
+        self.fd = fd
+        self.name = name
+        self.names = os.listdir(fd)
+        self.owned = owned
+        self.base = base if owned else self
+
+
+def _sweep_tree(top: int, uid: int) -> bool:
+    """Everything under the directory ``top`` (an fd) that ``uid`` owns, removed; the other
+    directories searched. By directory fds and names, without recursion: no path is
+    built (so none grows too long or leads through a symlink), and a tree deeper than
+    MAX_DEPTH is flattened by moving its deep directories up first. A directory of
+    another uid that the program uid could enter but we cannot list makes it unclean (it
+    could hide what a program left); one it could not enter is skipped."""
+    clean = True
+    stack = [_Dir(os.dup(top), "", owned=False, base=None)]
+    moved = 0
+    while stack:
+        here = stack[-1]
+        if not here.names:
+            stack.pop()
+            os.close(here.fd)
+            if here.owned and stack:
+                clean &= _gone(os.rmdir, here.name, stack[-1].fd)
+            continue
+        name = here.names.pop()
+        try:
+            info = os.stat(name, dir_fd=here.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        is_dir = stat.S_ISDIR(info.st_mode)
+        if info.st_uid == uid and not is_dir:
+            clean &= _gone(os.unlink, name, here.fd)
+            continue
+        if not is_dir:
+            continue
+        owned = info.st_uid == uid
+        if len(stack) >= MAX_DEPTH:
+            base = here.base
+            if owned and base is not None and base is not here:  # move it up, walk it from there
+                moved += 1
+                try:
+                    os.rename(name, f".nsbox-deep-{moved}", src_dir_fd=here.fd, dst_dir_fd=base.fd)
+                    base.names.append(f".nsbox-deep-{moved}")
+                except OSError:
+                    clean = False
+            else:
+                clean = False  # another uid's tree this deep: not walked
+            continue
+        child = _open_dir(here.fd, name, owned)
+        if child is None:
+            clean &= owned is False and not _enterable(here.fd, name)
+            continue
+        stack.append(_Dir(child, name, owned, here.base))
     return clean
 
 
-def _remove_tree(path: str, info: os.stat_result) -> bool:
-    """Ours: a directory is made searchable first (the program may have chmod'ed it 000)."""
+def _open_dir(parent: int, name: str, owned: bool) -> int | None:
+    """The directory ``name``, opened without following a symlink; one of the program
+    uid's is made searchable first (a program may have left it mode 000)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        if stat.S_ISDIR(info.st_mode):
-            os.chmod(path, 0o700)
-            for entry in os.scandir(path):
-                if not _remove_tree(entry.path, entry.stat(follow_symlinks=False)):
-                    return False
-            os.rmdir(path)
-        else:
-            os.unlink(path)
+        return os.open(name, flags, dir_fd=parent)
+    except PermissionError:
+        if not owned:
+            return None
+    except OSError:
+        return None
+    try:
+        handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            os.chmod(f"/proc/self/fd/{handle}", 0o700)  # the inode we hold, not a path
+        finally:
+            os.close(handle)
+        return os.open(name, flags, dir_fd=parent)
+    except OSError:
+        return None
+
+
+def _enterable(parent: int, name: str) -> bool:
+    """Whether the program uid can search the directory (we are it, effectively)."""
+    return os.access(name, os.X_OK, dir_fd=parent, effective_ids=True, follow_symlinks=False)
+
+
+def _gone(remove: Any, name: str, parent: int) -> bool:
+    try:
+        remove(name, dir_fd=parent)
     except FileNotFoundError:
         pass
     except OSError:
-        return False  # e.g. another uid's file in a directory of ours: the slow path clears it
+        return False
     return True
 
 
@@ -513,7 +762,8 @@ def _add_site_packages() -> None:
     """What ``site`` puts on sys.path (the interpreter runs with -S), and the packages of
     install_packages; the directories that .pth files name are added, their ``import``
     lines are not run (they could load anything into every program: a fork gets slower
-    with each page we hold)."""
+    with each page we hold), and a .pth that is not a regular file is not read (the
+    workspace's user could leave a FIFO there)."""
     import site
 
     for directory in [*site.getsitepackages(), PACKAGES]:
@@ -521,28 +771,42 @@ def _add_site_packages() -> None:
             continue
         sys.path.append(directory)
         for name in sorted(os.listdir(directory)):
-            if not name.endswith(".pth"):
-                continue
-            with contextlib.suppress(OSError, UnicodeDecodeError), open(os.path.join(directory, name)) as f:
-                for line in f.read().splitlines():
-                    path = os.path.join(directory, line.rstrip())
-                    if line.strip() and not line.startswith(("#", "import ", "import\t")) and os.path.isdir(path):
-                        sys.path.append(path)
+            if name.endswith(".pth"):
+                sys.path.extend(_pth_directories(directory, name))
+
+
+def _pth_directories(directory: str, name: str) -> list[str]:
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        lines = f.read(1 << 20).decode("utf-8", "replace").splitlines()
+    found = []
+    for line in lines:
+        path = os.path.join(directory, line.rstrip())
+        if line.strip() and not line.startswith(("#", "import ", "import\t")) and os.path.isdir(path):
+            found.append(path)
+    return found
 
 
 def main() -> None:
     program_uid, sweeper_uid = (int(arg) for arg in sys.argv[1:])
     wire = take_stdin()
     _prctl(_PR_SET_DUMPABLE, 0)
-    sweeper = Sweeper(program_uid, sweeper_uid)
-    if not sweeper.ask(b""):  # its first sweep
-        raise SystemExit("what an earlier program left could not be removed")
-    _add_site_packages()
-    for name in PRELOAD:
+    for name in PRELOAD:  # before the site directories: only the standard library's
         __import__(name)
+    _add_site_packages()
     gc.freeze()  # what is here now is never scanned again: a collection in a fork copies nothing
+    forks = Forks(program_uid, sweeper_uid)  # now: no request has been in this memory yet
+    sweeper, killed = forks.sweep()  # what an earlier warm interpreter could not remove
+    if not (killed and forks.finished(sweeper)):
+        sys.stderr.write("nsbox: what an earlier program left in this sandbox cannot be removed\n")
+        sys.exit(EXIT_UNCLEAN)
     wire.send({"type": "warm_ready", "python": sys.version.split()[0]})
-    Warm(wire, program_uid, sweeper).serve()
+    Warm(wire, forks).serve()
 
 
 if __name__ == "__main__":

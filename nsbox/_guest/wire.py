@@ -31,15 +31,27 @@ class Wire:
             self.sock.send(data[start : start + PACKET])
 
     def recv(self) -> Any:
-        """The next frame, or None at EOF (the supervisor closed the session)."""
+        """The next frame, or None at EOF (the supervisor closed the session). Fds that
+        came with it are closed."""
+        frame, fds = self.recv_with_fds()
+        for fd in fds:
+            os.close(fd)
+        return frame
+
+    def recv_with_fds(self) -> tuple[Any, list[int]]:
+        """The next frame (None at EOF) and the fds that came with it (SCM_RIGHTS)."""
+        fds: list[int] = []
         while len(self.buffer) < HEADER.size or len(self.buffer) < HEADER.size + self._length():
-            chunk = self.sock.recv(PACKET)
+            chunk, more, _, _ = socket.recv_fds(self.sock, PACKET, 8)
+            for fd in more:
+                os.set_inheritable(fd, False)
+            fds += more
             if not chunk:
-                return None
+                return None, fds
             self.buffer += chunk
         end = HEADER.size + self._length()
         body, self.buffer = self.buffer[HEADER.size : end], self.buffer[end:]
-        return json.loads(body)
+        return json.loads(body), fds
 
     def _length(self) -> int:
         length: int = HEADER.unpack_from(self.buffer)[0]

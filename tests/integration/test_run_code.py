@@ -17,7 +17,7 @@ import pytest
 
 import nsbox
 from nsbox import SandboxError, SpecError, Status
-from tests.conftest import OWN_IDS, require_run_code, require_sandbox
+from tests.conftest import OWN_IDS, require_run_code, require_sandbox, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +153,16 @@ def _host_pid(inner: int, pid_namespace: str) -> int | None:
     return None
 
 
+def _ended(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 def test_a_warm_interpreter_that_died_between_programs_is_replaced() -> None:
-    """Killed from outside (the OOM killer could): the next program is not lost with it."""
+    """Its fork server killed from outside (the OOM killer could): the next program is not
+    lost with it (it goes to a new warm interpreter, whose first sweep ends what is left)."""
     require_run_code()
     with nsbox.NsSandbox() as box:
         seen = box.run_code("import os; print(os.getppid(), os.readlink('/proc/self/ns/pid'))").stdout or b""
@@ -163,6 +171,7 @@ def test_a_warm_interpreter_that_died_between_programs_is_replaced() -> None:
         assert warm is not None, "the premise: the warm interpreter is found on the host"
         assert Path(f"/proc/{warm}/cmdline").read_bytes().startswith(b"python3\0-I\0-S\0-c\0")
         os.kill(warm, signal.SIGKILL)
+        assert wait_until(lambda: _ended(warm)), "the premise: it is gone before the next program"
         after = box.run_code("print('still here')")
         assert after.ok and after.stdout == b"still here\n" and after.path == "cold", after
 

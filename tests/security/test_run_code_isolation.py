@@ -164,6 +164,15 @@ attempt("mem", lambda: open(f"/proc/{warm}/mem", "rb").read(1))
 attempt("stop", lambda: os.kill(warm, signal.SIGSTOP))
 attempt("kill", lambda: os.kill(warm, signal.SIGKILL))
 attempt("kill all", lambda: os.kill(-1, signal.SIGKILL))
+others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+reniced = []
+for pid in others:  # the warm interpreter's processes, the launcher, init: none may be slowed
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
+        reniced.append(pid)
+    except OSError:
+        pass
+tried["reniced"] = reniced
 child = os.fork()
 if child == 0:
     signal.pause()
@@ -182,6 +191,7 @@ def test_a_program_cannot_trace_read_stop_or_kill_the_warm_interpreter(sandbox: 
     assert (tried["stop own child"], tried["kill own child"]) == ("ok", "ok"), "the premise: signals work"
     assert tried["ptrace"] == "EPERM" and tried["mem"] in ("EACCES", "EPERM"), tried
     assert (tried["stop"], tried["kill"]) == ("EPERM", "EPERM"), tried
+    assert tried["reniced"] == [], "no process of another uid can be reniced"
     after = sandbox.run_code("import os; print(os.getppid())")
     assert after.ok and after.path == "warm", after
     assert int(after.stdout or b"0") == tried["warm"], "the same warm interpreter forks the next program"
@@ -206,3 +216,93 @@ def test_a_program_at_a_limit_gets_its_verdict_and_the_next_runs(code: str, expe
         assert result.status is expected, result
         after = box.run_code("print('next')")
         assert after.ok and after.stdout == b"next\n", after
+
+
+#: Reads every readable mapping of its own process and says which of NEEDLES (pairs of
+#: halves: a whole needle is never in its memory unless it came from elsewhere) it finds.
+MEMORY_SCAN = r"""
+import ctypes, sys
+mine = sys.stdin.read()  # its own input: the premise that the scan finds what is there
+found = set()
+with open("/proc/self/maps") as maps:  # read in place (a program is not dumpable: no /proc/self/mem)
+    regions = [line.split() for line in maps]
+for fields in regions:
+    if fields[1][0] != "r" or (len(fields) > 5 and fields[5].startswith("[v")):
+        continue
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    data = ctypes.string_at(start, end - start)
+    for number, (head, tail) in enumerate(NEEDLES):
+        at = data.find(head.encode())
+        while at >= 0:
+            if data[at + len(head) : at + len(head) + len(tail)] == tail.encode():
+                found.add(number)
+            at = data.find(head.encode(), at + 1)
+print(sorted(found))
+"""
+
+
+def test_no_program_finds_an_earlier_programs_code_or_input_in_its_memory(sandbox: nsbox.NsSandbox) -> None:
+    code_half, input_half, own_half = "c0de" * 4, "1nput" * 4, "0wn" * 5
+    head = "nsbox-secret-"
+    sandbox.run_code(f"print({head + code_half!r})", stdin=head + input_half, files={"f": head + input_half})
+    needles = f"NEEDLES = [({head!r}, {code_half!r}), ({head!r}, {input_half!r}), ({head!r}, {own_half!r})]\n"
+    scan = sandbox.run_code(needles + MEMORY_SCAN, stdin=head + own_half)
+    assert scan.ok, scan
+    assert scan.stdout == b"[2]\n", "the premise (its own input, 2) is found; the earlier program's code and input not"
+
+
+def test_a_programs_changes_to_its_stdout_pipe_do_not_reach_the_next(sandbox: nsbox.NsSandbox) -> None:
+    fiddle = (
+        "import fcntl, os\nfcntl.fcntl(1, fcntl.F_SETFL, os.O_NONBLOCK)\nfcntl.fcntl(1, 1031, 4096)  # F_SETPIPE_SZ"
+    )
+    assert sandbox.run_code(fiddle).ok
+    big = sandbox.run_code("import sys, time\ntime.sleep(0.2)\nsys.stdout.write('y' * (1 << 20))")
+    assert big.ok and big.stdout == b"y" * (1 << 20), (big.status, big.stderr)
+
+
+def test_a_deep_unreadable_tree_is_swept_and_the_warm_interpreter_stays(sandbox: nsbox.NsSandbox) -> None:
+    deep = (
+        "import os\n"
+        "os.mkdir('/tmp/deep'); os.chdir('/tmp/deep')\n"
+        "for i in range(1200):\n"
+        "    os.mkdir('d' * 200); os.chdir('d' * 200)\n"  # some 240,000 characters of path
+        "open('bottom', 'w').write('x')\n"
+        "os.chdir('/tmp'); os.chmod('/tmp/deep', 0)\n"
+    )
+    assert sandbox.run_code(deep, timeout=60).ok
+    after = sandbox.run_code("import os; print(os.path.lexists('/tmp/deep'))")
+    assert after.ok and after.stdout == b"False\n" and after.path == "warm", after
+
+
+def test_what_the_sandbox_user_leaves_does_not_stop_the_sweep(sandbox: nsbox.NsSandbox) -> None:
+    """uid 1000 (runs, the kernel) may leave private directories, and a FIFO where the warm
+    interpreter reads .pth files as it starts: programs go on, forked from a warm interpreter."""
+    setup = "mkdir -m 700 /tmp/mine && mkdir -p /workspace/.packages && mkfifo /workspace/.packages/x.pth"
+    assert sandbox.run(["sh", "-c", setup]).ok
+    first = sandbox.run_code("print('a')", timeout=20)
+    second = sandbox.run_code("print('b')")
+    assert first.ok and second.ok and second.path == "warm", (first, second)
+
+
+def test_a_build_depends_on_the_files_beside_the_source(sandbox: nsbox.NsSandbox) -> None:
+    harness = '#include <stdio.h>\n#include "solution.h"\nint main(){printf("%d\\n", answer());}'
+    one = sandbox.run_code(harness, language="c", files={"solution.h": "int answer(void){return 1;}"})
+    two = sandbox.run_code(harness, language="c", files={"solution.h": "int answer(void){return 2;}"})
+    assert (one.stdout, two.stdout) == (b"1\n", b"2\n"), (one, two)
+
+
+def test_what_no_sweep_can_remove_ends_run_code_in_that_sandbox(sandbox: nsbox.NsSandbox) -> None:
+    """A file of a program's left where the sweep cannot reach it (the sandbox user takes
+    away the write permission of the directory it is in, between the program's end and the
+    sweep): the warm interpreter goes, and the next one refuses to start on it, so no
+    program runs beside the trace; the call says so and the sandbox ends (SandboxError: a
+    Judge replaces it)."""
+    watcher = "mkdir -m 777 /tmp/box; (while [ ! -e /tmp/box/f ]; do sleep 0.01; done; chmod 755 /tmp/box) &"
+    assert sandbox.run(["sh", "-c", watcher]).ok
+    left = sandbox.run_code("import time\nopen('/tmp/box/f', 'w').write('trace')\ntime.sleep(0.5)")
+    assert left.ok, left
+    assert sandbox.run(["cat", "/tmp/box/f"], capture_output=True).stdout == b"trace", "the premise: it is there"
+    with pytest.raises(nsbox.SandboxError, match="cannot be removed"):
+        sandbox.run_code("print(open('/tmp/box/f').read())")
+    with pytest.raises(nsbox.SandboxError):
+        sandbox.run(["true"])  # the sandbox ended with it
