@@ -21,21 +21,21 @@ any program's request exists anywhere in them:
   included; the OOM killer's first choice. It is forked while the last program's sweep
   still runs, and waits: its request comes once the sweep is over. Then it takes a new
   empty directory in /tmp as its working directory and HOME, its stdout and stderr (pipes
-  of this program's own, from the supervisor), stdin (the request's bytes, in a memfd), its
-  files, and runs the program: Python as ``__main__`` of this forked interpreter, with the signal
-  dispositions python3 starts with (so it pays a fork, not an interpreter's start); bash
-  exec'd on the code's file; C and C++ compiled once per source and files (by such a
-  process: the compiler runs as the program uid) into a memfd that the handler seals and
-  keeps, and exec'd from it (a bash or compiled program gets SIGINT, SIGPIPE and SIGXFSZ
-  back at their defaults).
+  of this program's own, from the supervisor), stdin (the request's bytes, in a memfd),
+  its files, and runs the program: Python as ``__main__`` of this forked interpreter, with
+  the signal dispositions python3 starts with (so it pays a fork, not an interpreter's
+  start); bash exec'd on the code's file; C and C++ compiled once per source and files (by
+  such a process: the compiler runs as the program uid) into a memfd that the handler
+  seals and keeps, and exec'd from it (a bash or compiled program gets SIGINT, SIGPIPE and
+  SIGXFSZ back at their defaults).
 
 A program cannot reach any of these: another uid (no signal, no ptrace, no
 /proc/PID/mem; ptrace is refused by the filter anyway), and whatever it changes of the
 interpreter (builtins, sys.modules, signals, rlimits, environment, cwd) is its own copy.
 
 After a program ends, or when the supervisor says ``stop_program``, its sweeper (one per
-program, forked ahead of need, with real and saved uid SWEEPER (argv: 1002, a uid no process has) and
-effective uid the program's) kills every process of the program uid (kill(-1) until
+program, forked ahead of need, with real and saved uid SWEEPER (argv: 1002, a uid no
+process has) and effective uid the program's) kills every process of the program uid (kill(-1) until
 /proc shows none alive: daemons included). Programs cannot signal it (its real and saved
 uid are not theirs), and it signals nothing else (kill(2) needs the target's real or saved
 uid to be one of its own). ``program_done`` goes out then (``clean``: no process of the
@@ -296,9 +296,9 @@ def _build_key(request: dict[str, Any]) -> str:
 def _serve_forks(sock: socket.socket, uid: int, sweeper_uid: int) -> None:
     """Fork on command (``p``: a program's process; ``s``: a sweep), answer ``f`` + its pid
     (and a program's socket and memfd, or the read end of a sweeper's progress pipe; pid
-    -1: the fork failed), and report each child's end (``x``). A sweeper is forked ahead of need and waits, as we
-    are, for its phase: a program that fills the process limit cannot keep it from
-    starting. Never returns."""
+    -1: the fork failed), and report each child's end (``x``). A sweeper is forked ahead of
+    need and waits, as we are, for its start: a program that fills the process limit
+    cannot keep it from starting. Never returns."""
     code = 2
     try:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -391,9 +391,15 @@ def _program_main(sock_fd: int, memfd: int, uid: int) -> None:
     with its status. Never returns. A failure before the request is reported with it (on
     the program's own stderr); no code of the request runs then."""
     try:
+        os.dup2(sock_fd, 3, inheritable=False)  # the request's socket, closed before the program runs
+        os.dup2(memfd, 4, inheritable=False)  # a compiler's output
+        os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+    except BaseException:
+        os._exit(127)  # nothing of ours is safe to use: the handler sees it end
+    try:
         failure: BaseException | None = None
         try:
-            _become_program(sock_fd, memfd, uid)
+            _become_program(uid)
         except BaseException as exc:
             failure = exc
         request, fds = _receive(3)
@@ -458,14 +464,11 @@ def _compile(language: str, path: str, workdir: str) -> int:
     return 0
 
 
-def _become_program(sock_fd: int, memfd: int, uid: int) -> None:
-    """The steps, in order; see the module's docstring.
+def _become_program(uid: int) -> None:
+    """The steps after the fds, in order; see the module's docstring.
     Signal dispositions stay as python3 sets them (SIGPIPE and SIGXFSZ ignored, SIGINT
     KeyboardInterrupt): a Python program sees what ``python3 main.py`` would."""
     os.setsid()
-    os.dup2(sock_fd, 3, inheritable=False)  # the request's socket, closed before the program runs
-    os.dup2(memfd, 4, inheritable=False)  # a compiler's output
-    os.closerange(5, os.sysconf("SC_OPEN_MAX"))
     _prctl(_PR_SET_DUMPABLE, 1)  # /proc/self is ours for the write (still uid 0)
     with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
         f.write("1000")
