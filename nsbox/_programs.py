@@ -63,10 +63,10 @@ if TYPE_CHECKING:
 #: The languages run_code takes; each needs its interpreter or compiler (gcc, g++) in the
 #: sandbox's root.
 LANGUAGES = ("python", "bash", "c", "cpp")
-#: ``-I``: no user site, no script directory, no PYTHON* variables in the warm interpreter;
-#: ``-S``: it adds the site directories itself (``_guest/warm.py``).
 #: The warm interpreter's exit code when what a program left cannot be removed (EXIT_UNCLEAN).
 UNCLEAN = 3
+#: ``-I``: no user site, no script directory, no PYTHON* variables in the warm interpreter;
+#: ``-S``: it adds the site directories itself (``_guest/warm.py``).
 WARM_ARGV = ("python3", "-I", "-S", "-c", _guest.source("warm"), str(PROGRAM_UID), str(SWEEPER_UID))
 
 
@@ -116,6 +116,8 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
         # It ended between programs (its Exited was on the way): a new one takes this one.
     wall = time.monotonic() - started
     stdout, stderr = done.output if done is not None else (None, None)
+    out = None if stdout is None else bytes(stdout.data)
+    err = None if stderr is None else bytes(stderr.data)
     if done is None or not done.reply.clean:
         _clear(sup)
     used = sup.usage().since(before)
@@ -129,8 +131,8 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
             code,
             wall,
             error=f"compilation failed (the compiler exited {code})",
-            stdout=None if stdout is None else bytes(stdout.data),
-            stderr=None if stderr is None else bytes(stderr.data),
+            stdout=out,
+            stderr=err,
             cpu_s=reply.cpu_s,
             limits=sup.cgroup.kind,
             seccomp=sup.spec.seccomp.kind,
@@ -142,8 +144,8 @@ def run_code(sup: Supervisor, request: RunCode, timeout: float | None, events: E
         wait_status,
         killed_for=watch.killed_for,
         pids_hit=used.pids_max_hits > 0,
-        stdout=None if stdout is None else bytes(stdout.data),
-        stderr=None if stderr is None else bytes(stderr.data),
+        stdout=out,
+        stderr=err,
         stdout_truncated=stdout is not None and stdout.dropped > 0,
         stderr_truncated=stderr is not None and stderr.dropped > 0,
         cpu_s=reply.cpu_s if reply is not None else used.cpu_ns / 1e9,
