@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     _sandbox_options(judge)
     judge.add_argument("file", metavar="FILE.jsonl", help="one JSON object per line")
 
+    # Its options are its own (nsbox/serve/_command.py): main() hands its arguments over unparsed.
+    commands.add_parser("serve", help="serve sandboxes over HTTP (the serve extra: pip install 'nsbox[serve]')")
     check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     _rootfs_commands(commands)
@@ -187,7 +189,12 @@ def entry() -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["serve"]:
+        from .serve import main as serve
+
+        return serve(given[1:])
+    args = _parser().parse_args(given)
     if args.subcommand == "check":
         return _check(args.json)
     if args.subcommand == "rootfs":

@@ -35,7 +35,7 @@ COMPARISONS = ("exact", "tokens", "floats")
 #: The arguments a program (run_code) and a submission (judge) may have, as mappings.
 PROGRAM_KEYS = frozenset(("code", "language", "stdin", "timeout", "memory", "files"))
 SUBMISSION_KEYS = frozenset(
-    ("code", "tests", "language", "timeout", "memory", "compare", "tolerance", "stop_on_failure")
+    ("code", "tests", "language", "timeout", "memory", "compare", "tolerance", "stop_on_failure", "compile_timeout")
 )
 #: How long a compilation may take.
 COMPILE_TIMEOUT = 60.0
@@ -119,6 +119,7 @@ class Rules:
     compare: str = "exact"
     tolerance: float = 1e-6
     stop_on_failure: bool = False
+    compile_timeout: float | None = COMPILE_TIMEOUT
 
 
 def judge(
@@ -130,7 +131,7 @@ def judge(
         raise SpecError("compare", f"{rules.compare!r} is not one of {', '.join(COMPARISONS)}")
     compiled = None
     if rules.language in COMPILED:
-        compiled = sandbox._compile(code, rules.language, COMPILE_TIMEOUT)
+        compiled = sandbox._compile(code, rules.language, rules.compile_timeout)
         if not compiled.ok:
             message = (compiled.stderr or b"").decode("utf-8", "replace") or compiled.error
             return JudgeResult(Verdict.COMPILE_ERROR, (), compiled, message)

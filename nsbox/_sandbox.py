@@ -441,7 +441,7 @@ class NsSandbox:
         request = RunCode(language, code, limit, data, encoded or None, memory=extra)
         return self._call(lambda backend: backend.run_code(request))
 
-    def _compile(self, code: str, language: str, timeout: float) -> RunResult:
+    def _compile(self, code: str, language: str, timeout: float | None) -> RunResult:
         """Compile ``code`` (c, cpp) for the run_code calls that follow, without running it."""
         request = RunCode(language, code, timeout, compile_only=True)
         return self._call(lambda backend: backend.run_code(request))
@@ -457,6 +457,7 @@ class NsSandbox:
         compare: str = "exact",
         tolerance: float = 1e-6,
         stop_on_failure: bool = False,
+        compile_timeout: float = 60.0,
     ) -> JudgeResult:
         """Judge one submission: ``tests`` are ``{"input": ..., "output": ...}`` mappings or
         (input, expected output) pairs. A c or cpp source is compiled once; then each test
@@ -464,11 +465,13 @@ class NsSandbox:
         tokens, or floats within ``tolerance``). Verdicts per test (accepted, wrong_answer,
         time_limit, memory_limit, output_limit, runtime_error) and for the submission (its
         first failed test's, or compile_error). ``memory`` is each test's, as run_code's.
-        ``stop_on_failure`` stops at the first."""
+        ``stop_on_failure`` stops at the first; ``compile_timeout`` bounds the compilation.
+        With no tests, only the compilation (its result is ``compile``)."""
         from ._judge import Rules, judge
 
         limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
-        return judge(self, code, tests, Rules(language, limit, memory, compare, tolerance, stop_on_failure))
+        rules = Rules(language, limit, memory, compare, tolerance, stop_on_failure, parse_timeout(compile_timeout, "compile_timeout"))
+        return judge(self, code, tests, rules)
 
     # -- files of the workspace ----------------------------------------------------------------
     def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:

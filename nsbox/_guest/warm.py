@@ -394,6 +394,10 @@ def _program_main(sock_fd: int, memfd: int, uid: int) -> None:
         os.dup2(sock_fd, 3, inheritable=False)  # the request's socket, closed before the program runs
         os.dup2(memfd, 4, inheritable=False)  # a compiler's output
         os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+        # The fork server's SIGCHLD wake-up, whose pipe was just closed: a program (or the
+        # compiler's) child would otherwise print "Exception ignored ... wakeup fd" at its end.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     except BaseException:
         os._exit(127)  # nothing of ours is safe to use: the handler sees it end
     try:

@@ -1,0 +1,83 @@
+"""The request bodies of the session API (unknown fields are refused, naming them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nsbox import NsSandbox
+
+from ._fusion import Refused
+from ._options import ServeOptions
+
+#: Longest argv, in arguments.
+MAX_ARGS = 4096
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SandboxRequest(Strict):
+    """A session's spec: SandboxSpec's fields a client may set, within the server's maxima.
+    Binds, the seccomp policy, the network and the audit log are the server's, not a request's."""
+
+    memory: int | str | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    timeout: float | None = None
+    workspace_size: int | str | None = None
+    rootfs: str | None = None
+    env: dict[str, str] | None = None
+
+    def sandbox(self, options: ServeOptions) -> NsSandbox:
+        """An NsSandbox of this spec (not started); Refused for a field past a maximum."""
+        if self.rootfs is not None and (not self.rootfs or "/" in self.rootfs or self.rootfs.startswith(".")):
+            raise Refused("rootfs", "the name of a stored root (nsbox rootfs list); a request names no host folder")
+        given = self.model_dump(exclude_none=True)
+        sandbox = NsSandbox(
+            **{"memory": options.default_memory, "timeout": options.default_timeout, **given},
+            audit_log=options.audit_log,
+        )
+        limits = sandbox.spec.limits
+        for field, value, most in (
+            ("memory", limits.memory, options.max_memory),
+            ("cpus", limits.cpus, options.max_cpus),
+            ("pids", limits.pids, options.max_pids),
+            ("workspace_size", sandbox.spec.workspace_size, options.max_workspace),
+        ):
+            if value > most:
+                raise Refused(field, f"{value:g} is above this server's maximum, {most:g}")
+        if limits.timeout is None or limits.timeout > options.max_timeout:
+            raise Refused("timeout", f"at most {options.max_timeout:g} s on this server")
+        return sandbox
+
+
+class RunRequest(Strict):
+    args: list[str] = Field(min_length=1, max_length=MAX_ARGS)
+    stdin: str | None = None  #: text given as standard input
+    timeout: float | None = None
+    env: dict[str, str] | None = None
+    cwd: str = "/workspace"
+
+
+class ExecuteRequest(Strict):
+    code: str
+    timeout: float | None = None
+    inputs: dict[str, Any] | None = None  #: execute_ai_code: JSON values as variables
+    want_result: bool = False  #: execute_ai_code: answer the variable ``result``
+
+
+class PackagesRequest(Strict):
+    packages: list[str] = Field(min_length=1, max_length=256)
+    timeout: float | None = None
+
+
+def capped_timeout(value: float | None, options: ServeOptions, field: str = "timeout") -> float:
+    """A request's timeout: the server's default if none, Refused past its maximum."""
+    if value is None:
+        return options.default_timeout
+    if not 0 < value <= options.max_timeout:
+        raise Refused(field, f"{value:g} s; this server takes more than 0 up to {options.max_timeout:g} s")
+    return value

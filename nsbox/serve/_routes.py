@@ -1,0 +1,190 @@
+"""The routes of ``nsbox serve``: one-shot runs, sessions, operations.
+
+One-shot (``/run_code``, ``/v1/run_code_batch``) wait for a worker in a bounded queue; a
+session's calls run in the server's threads while the session counts as active (not idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from nsbox import ExecutionFailed, SandboxError
+
+from ._app import Refusal, Server, sse
+from ._auth import Principal
+from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse
+from ._models import ExecuteRequest, PackagesRequest, RunRequest, SandboxRequest, capped_timeout
+from ._sessions import Session
+
+
+def add(app: FastAPI, server: Server) -> None:
+    options = server.options
+    Who = Depends(server.principal)
+
+    # -- operations ------------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "sessions": len(server.sessions), "queue": server._slots().waiting}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(who: Principal = Who) -> str:
+        return server.metrics.render()
+
+    # -- one-shot ----------------------------------------------------------------------------------
+    @app.post("/run_code", response_model=RunCodeResponse)
+    async def run_code(body: RunCodeRequest, who: Principal = Who) -> RunCodeResponse:
+        """SandboxFusion's /run_code (see the README for the mapping)."""
+        return (await _one_shot(server, [body], "run_code"))[0]
+
+    @app.post("/v1/run_code_batch")
+    async def run_code_batch(body: RunCodeBatch, who: Principal = Who) -> dict[str, list[RunCodeResponse]]:
+        if len(body.requests) > options.max_batch:
+            raise Refusal(422, "requests", f"{len(body.requests)} programs; at most {options.max_batch} in one batch")
+        return {"results": await _one_shot(server, body.requests, "run_code_batch")}
+
+    # -- sessions --------------------------------------------------------------------------------
+    @app.post("/v1/sandboxes", status_code=201)
+    async def create(body: SandboxRequest, who: Principal = Who) -> dict[str, Any]:
+        session = await server.sessions.create(who, body.sandbox(options))
+        return session.describe(options)
+
+    @app.get("/v1/sandboxes")
+    async def listing(who: Principal = Who) -> dict[str, Any]:
+        return {"sandboxes": [s.describe(options) for s in server.sessions.owned(who)]}
+
+    @app.get("/v1/sandboxes/{session_id}")
+    async def describe(session_id: str, who: Principal = Who) -> dict[str, Any]:
+        return server.session(who, session_id).describe(options)
+
+    @app.delete("/v1/sandboxes/{session_id}", status_code=204)
+    async def destroy(session_id: str, who: Principal = Who) -> Response:
+        await server.sessions.destroy(server.session(who, session_id))
+        return Response(status_code=204)
+
+    @app.post("/v1/sandboxes/{session_id}/run")
+    async def run(session_id: str, body: RunRequest, request: Request, who: Principal = Who) -> Any:
+        kwargs: dict[str, Any] = {"capture_output": True, "cwd": body.cwd, "env": body.env, "input": body.stdin}
+        if body.timeout is not None:
+            kwargs["timeout"] = capped_timeout(body.timeout, options)
+        session = server.session(who, session_id)
+        call = _in(server, session, "run", lambda s: s.run(body.args, **kwargs).to_dict("base64"))
+        return await _answer(call, request)
+
+    @app.post("/v1/sandboxes/{session_id}/execute")
+    async def execute(session_id: str, body: ExecuteRequest, request: Request, who: Principal = Who) -> Any:
+        kwargs: dict[str, Any] = {}
+        if body.timeout is not None:
+            kwargs["timeout"] = capped_timeout(body.timeout, options)
+        session = server.session(who, session_id)
+
+        def executed(sandbox: Any) -> dict[str, Any]:
+            if not (body.want_result or body.inputs is not None):
+                return dict(sandbox.execute_code(body.code, **kwargs).to_dict())
+            try:
+                return {"result": sandbox.execute_ai_code(body.code, body.inputs, **kwargs)}
+            except ExecutionFailed as exc:
+                return {"failed": exc.result.to_dict()}
+
+        return await _answer(_in(server, session, "execute", executed), request)
+
+    @app.post("/v1/sandboxes/{session_id}/packages")
+    async def packages(session_id: str, body: PackagesRequest, who: Principal = Who) -> dict[str, Any]:
+        kwargs = {} if body.timeout is None else {"timeout": capped_timeout(body.timeout, options)}
+        session = server.session(who, session_id)
+        result: dict[str, Any] = await _in(
+            server, session, "packages", lambda s: s.install_packages(body.packages, **kwargs).to_dict("base64")
+        )
+        return result
+
+    @app.get("/v1/sandboxes/{session_id}/files")
+    async def files(session_id: str, path: str = ".", who: Principal = Who) -> dict[str, Any]:
+        session = server.session(who, session_id)
+        entries = await _in(server, session, "files", lambda s: s.list_files(path))
+        return {"entries": [{"name": e.name, "type": e.type, "size": e.size, "mode": e.mode} for e in entries]}
+
+    @app.get("/v1/sandboxes/{session_id}/files/{path:path}")
+    async def read(session_id: str, path: str, who: Principal = Who) -> Response:
+        session = server.session(who, session_id)
+        data = await _in(server, session, "files", lambda s: s.read_file(path))
+        return Response(data, media_type="application/octet-stream")
+
+    @app.put("/v1/sandboxes/{session_id}/files/{path:path}", status_code=204)
+    async def write(session_id: str, path: str, request: Request, mode: int = 0o644, who: Principal = Who) -> Response:
+        if not 0 <= mode <= 0o777:
+            raise Refusal(422, "mode", f"{mode:o}: permission bits only (0 to 0777)")
+        session = server.session(who, session_id)
+        data = await request.body()
+        await _in(server, session, "files", lambda s: s.write_file(path, data, mode=mode))
+        return Response(status_code=204)
+
+    @app.delete("/v1/sandboxes/{session_id}/files/{path:path}", status_code=204)
+    async def remove(session_id: str, path: str, recursive: bool = False, who: Principal = Who) -> Response:
+        session = server.session(who, session_id)
+        await _in(server, session, "files", lambda s: s.remove(path, recursive=recursive))
+        return Response(status_code=204)
+
+
+async def _one_shot(server: Server, requests: list[RunCodeRequest], endpoint: str) -> list[RunCodeResponse]:
+    oneshot = server._oneshot()
+    for body in requests:
+        oneshot.check(body)
+    started = time.monotonic()
+    async with server._slots().slot(endpoint):
+        answers: list[RunCodeResponse] = await server.call(oneshot.answer_many, requests)
+    for answer in answers:
+        server.metrics.ran(endpoint, answer.status, time.monotonic() - started)
+    return answers
+
+
+async def _in(server: Server, session: Session, endpoint: str, call: Any) -> Any:
+    """``call(sandbox)`` in a thread, the session active meanwhile; a dead sandbox ends the session (410)."""
+    started = time.monotonic()
+    async with server.sessions.using(session):
+        try:
+            result = await server.call(call, session.sandbox)
+        except SandboxError as exc:
+            await server.sessions.destroy(session)
+            raise Refusal(410, "id", f"the session's sandbox ended: {exc}") from None
+    status = result.get("status", "ok") if isinstance(result, dict) else "ok"
+    server.metrics.ran(endpoint, str(status), time.monotonic() - started)
+    return result
+
+
+async def _answer(call: Any, request: Request) -> Any:
+    """The result as JSON, or (``Accept: text/event-stream``) as server-sent events: ``started``;
+    when the call ends, ``stdout`` and ``stderr`` (``{"text": ...}``, if there was any) and
+    ``result`` (the JSON answer); ``error`` instead if it was refused. (The engine hands a
+    call's output over when it ends: the events come then, not while the code runs.)"""
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return await call
+
+    async def events() -> AsyncIterator[tuple[str, Any]]:
+        task = asyncio.ensure_future(call)
+        yield "started", {}
+        try:
+            result = await task
+        except Refusal as exc:
+            yield "error", {"status": exc.status, "field": exc.field, "msg": exc.message}
+            return
+        for stream in ("stdout", "stderr"):
+            text = _text(result, stream)
+            if text:
+                yield stream, {"text": text}
+        yield "result", result
+
+    return sse(events())
+
+
+def _text(result: dict[str, Any], stream: str) -> str:
+    """A result's output as text: execute's is text, run's base64."""
+    value = result.get(stream) if isinstance(result, dict) else None
+    if not isinstance(value, str) or "args" not in result:
+        return value if isinstance(value, str) else ""
+    return base64.b64decode(value).decode("utf-8", "replace")
