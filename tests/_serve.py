@@ -4,7 +4,7 @@
 token file when tokens are given) and yields a ``Served``: ``request(method, path, body)``
 over HTTP (stdlib ``http.client``: what any client sends), the log lines it wrote (JSON
 objects), and ``stop()``: SIGTERM, and its exit code. Leaving the block stops it if the test
-did not, and checks that nothing of its sandboxes is left.
+did not, and checks that no process of it (its sandboxes') is left.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.conftest import NSBOX_CLI, sandbox_processes, wait_until
+from tests.conftest import NSBOX_CLI, wait_until
+from tests.integration._session_api import descendants
 
 START_TIMEOUT = 60.0
 
@@ -44,6 +45,7 @@ class Served:
         self.port = int(port)
         self.tokens = tokens
         self.lines: list[str] = []
+        self.left_behind: set[int] = set()
 
     @property
     def token(self) -> str | None:
@@ -86,7 +88,9 @@ class Served:
         return found
 
     def stop(self, timeout: float = 90.0) -> int:
+        """SIGTERM; its exit code (0: drained and shut down)."""
         if self.process.poll() is None:
+            self.left_behind.update(descendants(self.process.pid))
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
@@ -110,6 +114,7 @@ def served(*args: str, tokens: dict[str, str] | None = None, env: dict[str, str]
         )
         assert process.stderr is not None
         url: list[str] = []
+        left_behind: set[int] = set()  #: the server's processes (its sandboxes' among them), at its end
         lines: list[str] = []
         ready = threading.Event()
 
@@ -131,9 +136,11 @@ def served(*args: str, tokens: dict[str, str] | None = None, env: dict[str, str]
             assert url and process.poll() is None, "nsbox serve failed:\n" + "\n".join(lines)
             server = Served(process, url[0], tokens)
             server.lines = lines
+            server.left_behind = left_behind
             yield server
         finally:
             if process.poll() is None:
+                left_behind.update(descendants(process.pid))
                 process.send_signal(signal.SIGTERM)
             try:
                 process.wait(90)
@@ -142,4 +149,5 @@ def served(*args: str, tokens: dict[str, str] | None = None, env: dict[str, str]
                 process.wait()
                 raise
             reader.join(10)
-        assert wait_until(lambda: not sandbox_processes(), 30), f"sandbox processes left: {sandbox_processes()}"
+        alive = lambda: [pid for pid in left_behind if os.path.exists(f"/proc/{pid}")]  # noqa: E731
+        assert wait_until(lambda: not alive(), 30), f"processes of the server left: {alive()}"
