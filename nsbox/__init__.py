@@ -21,6 +21,9 @@ kernel
 root
     A root filesystem for ``--rootfs NAME``, built from a recipe (``build_rootfs``) or
     imported from an image (``import_rootfs``); bound read-only into each sandbox.
+server
+    ``nsbox serve``: sandboxes over HTTP (the ``serve`` extra); ``RemoteSandbox`` and
+    ``SandboxClient(url=...)`` are its sessions, with the local classes' methods and results.
 workspace
     ``/workspace``: the sandbox's writable tmpfs, reachable from outside only through the
     file API (``write_file``, ``read_file``...), which never follows a symlink.
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from ._files import FILE_LIMIT, FileInfo
     from ._judge import Judge, JudgeResult, TestVerdict, Verdict
     from ._pool import AsyncSandboxPool, SandboxPool
+    from ._remote import RemoteSandbox
     from ._result import ExecutionResult, RunResult, Status
     from ._rootfs import StoredRoot, build_rootfs, import_rootfs, list_rootfs, remove_rootfs
     from ._sandbox import NsSandbox
@@ -76,6 +80,7 @@ _MODULE_OF = {
     **dict.fromkeys(("Judge", "JudgeResult", "TestVerdict", "Verdict"), "_judge"),
     "AsyncSandboxPool": "_pool",
     "SandboxPool": "_pool",
+    "RemoteSandbox": "_remote",
     "ExecutionResult": "_result",
     "RunResult": "_result",
     "Status": "_result",
@@ -119,6 +124,7 @@ __all__ = [
     "NsSandbox",
     "NsboxError",
     "ProtocolError",
+    "RemoteSandbox",
     "RootfsError",
     "RunFailed",
     "RunResult",

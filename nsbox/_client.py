@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import SandboxError, SpecError
 from ._files import FileInfo
+from ._remote import RemoteSandbox
 from ._result import ExecutionResult, RunResult
 from ._sandbox import NsSandbox
 from ._spec import NetworkPolicy
@@ -53,9 +54,12 @@ class SandboxClient:
         network_timeout: float | None = None,
         pool: SandboxPool | None = None,
         pool_timeout: float | None = 30.0,
+        url: str | None = None,
+        token: str | None = None,
         **options: Any,
     ) -> None:
-        """``pool``: setup() takes a started sandbox from it (its spec: no other option then)."""
+        """``pool``: setup() takes a started sandbox from it (its spec: no other option then).
+        ``url`` (and ``token``): a session of an ``nsbox serve`` server (a RemoteSandbox)."""
         if execution_timeout is not None and timeout is not None:
             raise SpecError(("execution_timeout", "timeout"), "timeout is another name of execution_timeout: pass one")
         if not isinstance(allow_network, bool):
@@ -90,7 +94,12 @@ class SandboxClient:
         }
         self._pool = pool
         self._pool_timeout = pool_timeout
-        if pool is not None:
+        self.sandbox: NsSandbox | RemoteSandbox
+        if url is not None:
+            if pool is not None:
+                raise SpecError(("url", "pool"), "a client has a server's session or a pool's sandbox, not both")
+            self.sandbox = RemoteSandbox(url, token=token, **self._options)
+        elif pool is not None:
             given = {k for k, v in self._options.items() if v != _DEFAULTS.get(k, v) or k not in _DEFAULTS}
             if given:
                 raise SpecError(tuple(sorted(given)), "a pooled client has the pool's options; pass none")
@@ -102,7 +111,7 @@ class SandboxClient:
     # -- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> SandboxClient:
         """Create the sandbox (its namespaces, cgroup and workspace), or take one from the pool."""
-        if self._pool is not None and not self.sandbox._healthy():
+        if self._pool is not None and isinstance(self.sandbox, NsSandbox) and not self.sandbox._healthy():
             self.sandbox = await self._call(self._pool.acquire, self._pool_timeout)
             return self
         await self._call(self.sandbox.start)
@@ -171,6 +180,8 @@ class SandboxClient:
         return await self._call(self.sandbox.run_code, code, **kwargs)
 
     async def judge(self, code: str, tests: Sequence[Any], **kwargs: Any) -> JudgeResult:
+        if not isinstance(self.sandbox, NsSandbox):
+            raise SpecError("url", "judge runs in a local sandbox; a server's session has run_code")
         return await self._call(self.sandbox.judge, code, tests, **kwargs)
 
     async def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -470,7 +470,15 @@ class NsSandbox:
         from ._judge import Rules, judge
 
         limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
-        rules = Rules(language, limit, memory, compare, tolerance, stop_on_failure, parse_timeout(compile_timeout, "compile_timeout"))
+        rules = Rules(
+            language,
+            limit,
+            memory,
+            compare,
+            tolerance,
+            stop_on_failure,
+            parse_timeout(compile_timeout, "compile_timeout"),
+        )
         return judge(self, code, tests, rules)
 
     # -- files of the workspace ----------------------------------------------------------------

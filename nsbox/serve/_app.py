@@ -137,9 +137,16 @@ def create_app(options: ServeOptions) -> FastAPI:
 
 
 def _errors_of(app: FastAPI, server: Server) -> None:
-    def body(status: int, field: str | None, message: str) -> dict[str, Any]:
+    def body(status: int, field: str | None, message: str, error: Exception | None = None) -> dict[str, Any]:
         where = "path" if field == "path" else "body"  # a file's path is in the URL
-        return {"detail": [{"loc": [where, field] if field else [where], "msg": message, "status": status}]}
+        detail: dict[str, Any] = {"loc": [where, field] if field else [where], "msg": message, "status": status}
+        if error is not None:  # what RemoteSandbox raises again: the engine's error, or the OSError's errno
+            detail["error"] = type(error).__name__
+            if isinstance(error, SpecError | Refused):
+                detail["msg"] = error.message
+            if isinstance(error, OSError):
+                detail["errno"], detail["msg"] = error.errno, error.strerror or message
+        return {"detail": [detail]}
 
     async def refusal(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, Refusal):  # registered for Refusal only
@@ -151,7 +158,7 @@ def _errors_of(app: FastAPI, server: Server) -> None:
         async def handler(request: Request, exc: Exception) -> Response:
             request.state.refusal = str(exc)
             headers = _retry(exc.retry_after) if isinstance(exc, Busy) else {}
-            return JSONResponse(body(status, field(exc), str(exc)), status, headers=headers)
+            return JSONResponse(body(status, field(exc), str(exc), exc), status, headers=headers)
 
         return handler
 

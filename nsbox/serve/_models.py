@@ -11,6 +11,8 @@ from nsbox import NsSandbox
 from ._fusion import Refused
 from ._options import ServeOptions
 
+#: The most output of one run a session may keep (the engine's default).
+MAX_OUTPUT = 16 * 1024 * 1024
 #: Longest argv, in arguments.
 MAX_ARGS = 4096
 
@@ -28,6 +30,7 @@ class SandboxRequest(Strict):
     pids: int | None = None
     timeout: float | None = None
     workspace_size: int | str | None = None
+    output_limit: int | str | None = None
     rootfs: str | None = None
     env: dict[str, str] | None = None
 
@@ -46,6 +49,7 @@ class SandboxRequest(Strict):
             ("cpus", limits.cpus, options.max_cpus),
             ("pids", limits.pids, options.max_pids),
             ("workspace_size", sandbox.spec.workspace_size, options.max_workspace),
+            ("output_limit", limits.output_limit, MAX_OUTPUT),
         ):
             if value > most:
                 raise Refused(field, f"{value:g} is above this server's maximum, {most:g}")
@@ -67,6 +71,17 @@ class ExecuteRequest(Strict):
     timeout: float | None = None
     inputs: dict[str, Any] | None = None  #: execute_ai_code: JSON values as variables
     want_result: bool = False  #: execute_ai_code: answer the variable ``result``
+
+
+class RunCodeInSession(Strict):
+    """run_code in a session's sandbox: stdin and files' contents base64."""
+
+    code: str
+    language: str = "python"
+    stdin: str | None = None
+    timeout: float | None = None
+    memory: int | str | None = None
+    files: dict[str, str] | None = None
 
 
 class PackagesRequest(Strict):

@@ -20,7 +20,7 @@ from nsbox import ExecutionFailed, SandboxError
 from ._app import Refusal, Server, sse
 from ._auth import Principal
 from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse
-from ._models import ExecuteRequest, PackagesRequest, RunRequest, SandboxRequest, capped_timeout
+from ._models import ExecuteRequest, PackagesRequest, RunCodeInSession, RunRequest, SandboxRequest, capped_timeout
 from ._sessions import Session
 
 
@@ -93,6 +93,19 @@ def add(app: FastAPI, server: Server) -> None:
                 return {"failed": exc.result.to_dict()}
 
         return await _answer(_in(server, session, "execute", executed), request)
+
+    @app.post("/v1/sandboxes/{session_id}/run_code")
+    async def run_code_in(session_id: str, body: RunCodeInSession, who: Principal = Who) -> Any:
+        kwargs: dict[str, Any] = {"language": body.language, "memory": body.memory}
+        if body.timeout is not None:
+            kwargs["timeout"] = capped_timeout(body.timeout, options)
+        try:
+            kwargs["stdin"] = None if body.stdin is None else base64.b64decode(body.stdin, validate=True)
+            kwargs["files"] = {n: base64.b64decode(v, validate=True) for n, v in (body.files or {}).items()}
+        except ValueError:
+            raise Refusal(422, "stdin", "stdin and the files' contents are base64") from None
+        session = server.session(who, session_id)
+        return await _in(server, session, "run_code", lambda s: s.run_code(body.code, **kwargs).to_dict("base64"))
 
     @app.post("/v1/sandboxes/{session_id}/packages")
     async def packages(session_id: str, body: PackagesRequest, who: Principal = Who) -> dict[str, Any]:

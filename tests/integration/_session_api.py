@@ -30,7 +30,10 @@ CALL_TIMEOUT = 180.0
 #: NsSandbox option names -> SandboxClient's (the seeds' names); the rest pass through.
 CLIENT_NAMES = {"memory": "memory_limit", "cpus": "cpu_limit", "timeout": "execution_timeout", "pids": "max_processes"}
 
-KINDS = ("NsSandbox", "SandboxClient")
+KINDS = ("NsSandbox", "SandboxClient", "RemoteSandbox")
+#: Host pids of a test server and of the sandboxes it keeps for itself (its run_code workers):
+#: not a session's, so the probes below leave them out.
+SERVER_PROCESSES: set[int] = set()
 
 
 class SyncClient:
@@ -91,10 +94,13 @@ class SyncClient:
         self._loop.close()
 
 
-def open_session(kind: str, **options: Any) -> Any:
-    """A started session of ``kind``: an ``NsSandbox`` or a ``SyncClient``."""
+def open_session(kind: str, server: Any = None, **options: Any) -> Any:
+    """A started session of ``kind``: an ``NsSandbox``, a ``SyncClient``, or a
+    ``RemoteSandbox`` of ``server`` (a ``tests._serve.Served``)."""
     if kind == "NsSandbox":
         return nsbox.NsSandbox(**options).start()
+    if kind == "RemoteSandbox":
+        return nsbox.RemoteSandbox(server.url, token=server.token, **options).start()
     return SyncClient(**options)
 
 
@@ -142,7 +148,7 @@ def slot_of(uid: int) -> int:
 def my_sandbox_slots() -> set[int]:
     """The host id ranges (slots) of the sandboxes this test process runs right now.
     Rootless, where sandboxes have no id range of their own: their host pids."""
-    mine = descendants(os.getpid())
+    mine = descendants(os.getpid()) - SERVER_PROCESSES
     if os.geteuid() != 0:
         return {pid for pid in sandbox_processes() if pid in mine}
     return {slot_of(uid) for pid in sandbox_processes() if pid in mine for uid in _uids(pid) if uid >= HOST_ID_BASE}
@@ -158,7 +164,7 @@ def below_helpers() -> list[int]:
     """Descendants of this process other than its direct children (the spawner helper is a
     child; every supervisor and sandbox process lies deeper). Empty once all sessions closed."""
     me = os.getpid()
-    return sorted(pid for pid in descendants(me) if _ppid(pid) != me)
+    return sorted(pid for pid in descendants(me) - SERVER_PROCESSES if _ppid(pid) != me)
 
 
 def processes_with_argv(*argv: str) -> list[int]:

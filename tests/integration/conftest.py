@@ -4,18 +4,21 @@
 opens more (NsSandbox option names: ``memory``, ``timeout``, ``output_limit``, ...; the
 SandboxClient adapter maps them to the client's names). Every session a test opened is
 closed at its end. Both are parametrised over ``session_kind`` ("NsSandbox",
-"SandboxClient"); see ``_session_api.py`` for the synchronous adapter.
+"SandboxClient", "RemoteSandbox": a session of a real ``nsbox serve`` on 127.0.0.1); see
+``_session_api.py`` for the synchronous adapter.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests._serve import Served, served
 from tests.conftest import require_sandbox
-from tests.integration._session_api import KINDS, SyncClient, open_session
+from tests.integration._session_api import KINDS, SERVER_PROCESSES, SyncClient, descendants, open_session
 
 
 @pytest.fixture(params=KINDS)
@@ -25,12 +28,24 @@ def session_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
+@pytest.fixture(scope="session")
+def remote_server() -> Iterator[Served]:
+    """One ``nsbox serve`` for the RemoteSandbox sessions of the whole run (no pool: every
+    sandbox below it but its run_code worker's is a session's)."""
+    with served("--pool-size", "0", "--workers", "1", tokens={"tests": secrets.token_hex(16)}) as server:
+        server.request("POST", "/run_code", {"code": "pass"})  # its worker's sandbox is up: all of it is the server's
+        SERVER_PROCESSES.update({server.process.pid, *descendants(server.process.pid)})
+        yield server
+        SERVER_PROCESSES.clear()
+
+
 @pytest.fixture
-def make_session(session_kind: str) -> Iterator[Callable[..., Any]]:
+def make_session(session_kind: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     opened: list[Any] = []
+    server = request.getfixturevalue("remote_server") if session_kind == "RemoteSandbox" else None
 
     def make(**options: Any) -> Any:
-        session = open_session(session_kind, **options)
+        session = open_session(session_kind, server, **options)
         opened.append(session)
         return session
 
