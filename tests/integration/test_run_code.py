@@ -93,6 +93,17 @@ def test_a_file_name_that_leaves_the_directory_fails_the_program(sandbox: nsbox.
     assert result.stderr is not None and b"a file name must be relative" in result.stderr
 
 
+def test_a_programs_children_and_a_compilers_end_quietly(sandbox: nsbox.NsSandbox) -> None:
+    """The fork server's SIGCHLD wake-up is not a program's: a child's end (the program's own
+    subprocess, the compiler run for a C program) must not print anything on its stderr."""
+    spawned = sandbox.run_code("import subprocess\nprint(subprocess.run(['true']).returncode)")
+    assert spawned.ok and spawned.stdout == b"0\n" and spawned.stderr == b"", spawned
+    compiled = sandbox.run_code("int main(void) { return 0; }", language="c")
+    assert compiled.ok and compiled.stderr == b"", compiled
+    judged = sandbox.judge("int main(void) { return 0; }", [], language="cpp", compile_timeout=30)
+    assert judged.compile is not None and judged.compile.ok and judged.compile.stderr == b"", judged
+
+
 def test_bash_programs_run_with_default_signals(sandbox: nsbox.NsSandbox) -> None:
     result = sandbox.run_code('read x; echo "got $x as $(id -u)"; trap -p', language="bash", stdin="hi\n")
     assert result.ok and result.stdout == b"got hi as 1001\n", result
