@@ -7,7 +7,9 @@ refuse anything) is sent SandboxFusion's request for ``print(1)`` by client thre
 with its own keep-alive connection (stdlib ``http.client`` with TCP_NODELAY, as
 urllib3, under the ``requests`` a reward function's client uses, sets it: http.client sends
 a POST's headers and body in two writes), at concurrency 1, 8 and 64. For each: requests/s, latency p50 and p99 (ms,
-the client's: request sent to answer read), the p50 of the program's own run as the
+the client's: request sent to answer read), the p50 of the server's own time as its request
+log gives it (``seconds``: the app's, from request to response; what is left of the
+client's is the connection's and the client's), the p50 of the program's own run as the
 answer reports it (``execution_time``), and how many answers were not 200 with status
 Success (each is printed; a row is valid only with none). Each thread's first request
 opens its connection and is not counted.
@@ -74,6 +76,7 @@ class Server:
         self.events: Counter[str] = Counter()  #: the request log's lines by event
         self.refusals: list[str] = []  #: its "refused" lines (any 4xx or 5xx)
         self.other: list[str] = []  #: lines that are not the request log's
+        self.seconds: list[float] = []  #: the request log's time of each answered /run_code, ms
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -90,7 +93,8 @@ class Server:
                 self.port = int(port)
                 continue
             try:
-                event = json.loads(line)["event"]
+                record = json.loads(line)
+                event = record["event"]
             except (ValueError, TypeError, KeyError):
                 if len(self.other) < KEPT_LINES:
                     self.other.append(line)
@@ -98,6 +102,8 @@ class Server:
             self.events[event] += 1
             if event == "refused" and len(self.refusals) < KEPT_LINES:
                 self.refusals.append(line)
+            if event == "request" and record.get("path") == "/run_code":
+                self.seconds.append(record.get("seconds", float("nan")) * 1000)
             if event == "started":
                 self._ready.set()
         self._ready.set()
@@ -223,11 +229,21 @@ def http_level(server: Server, concurrency: int, requests: int) -> tuple[dict[st
         thread.start()
     opened.wait()
     started = time.perf_counter()
+    logged = len(server.seconds)  # the opening requests' lines are in (written before their answers)
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    deadline = time.monotonic() + 5
+    while len(server.seconds) < logged + requests - len(bad) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the reader of the server's stderr catching up
+    in_server = server.seconds[logged:]
     row = _summary(requests, requests / elapsed, latencies)
-    row.update(concurrency=concurrency, run_p50_ms=statistics.median(ran) if ran else float("nan"), bad=len(bad))
+    row.update(
+        concurrency=concurrency,
+        server_p50_ms=statistics.median(in_server) if in_server else float("nan"),
+        run_p50_ms=statistics.median(ran) if ran else float("nan"),
+        bad=len(bad),
+    )
     return row, bad
 
 
@@ -249,7 +265,7 @@ def judge_many(workers: int, count: int) -> tuple[dict[str, float], list[str]]:
         elapsed = time.perf_counter() - started
     bad = [str(r) for r in results if not (r.ok and r.stdout == b"1\n")]
     row = _summary(count, count / elapsed, [r.wall_s * 1000 for r in results])
-    row.update(run_p50_ms=row["p50_ms"], bad=len(bad))
+    row.update(server_p50_ms=float("nan"), run_p50_ms=row["p50_ms"], bad=len(bad))
     return row, bad
 
 
@@ -267,7 +283,7 @@ def run_code_back_to_back(runs: int) -> tuple[dict[str, float], list[str]]:
             if not (result.ok and result.stdout == b"1\n"):
                 bad.append(str(result))
     row = _summary(runs, runs / (sum(samples) / 1000), samples)
-    row.update(run_p50_ms=float("nan"), bad=len(bad))
+    row.update(server_p50_ms=float("nan"), run_p50_ms=float("nan"), bad=len(bad))
     return row, bad
 
 
@@ -331,13 +347,19 @@ def main() -> int:
         print(f"  measured: {label}", file=sys.stderr)
 
     print(f"\n{CODE!r}, {args.workers} workers (server: {' '.join(served['options'])}):")
-    print(f"{'way':38} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'run p50':>8} {'bad':>4}")
+    print(
+        f"{'way':38} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'server p50':>10} {'run p50':>8} "
+        f"{'bad':>4}"
+    )
     for label, row in rows.items():
         print(
             f"{label:38} {int(row['requests']):8d} {row['per_s']:7.1f} {row['p50_ms']:8.2f} "
-            f"{row['p99_ms']:8.2f} {row['run_p50_ms']:8.2f} {int(row['bad']):4d}"
+            f"{row['p99_ms']:8.2f} {row['server_p50_ms']:10.2f} {row['run_p50_ms']:8.2f} {int(row['bad']):4d}"
         )
-    print("(run p50: the program's own run, as the answer's execution_time or the result's wall_s gives it)")
+    print(
+        "(server p50: the request log's time of each answer; run p50: the program's own run, as the answer's "
+        "execution_time or the result's wall_s gives it)"
+    )
     rss = {k: v.get("VmRSS", 0) / 1024 for k, v in served["rss_kib"].items()}
     peak = served["rss_kib"]["after_load"].get("VmHWM", 0) / 1024
     print(

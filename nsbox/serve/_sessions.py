@@ -10,6 +10,7 @@ by the reaper when it was idle longer than the idle TTL or lived longer than its
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 import time
@@ -24,6 +25,8 @@ from ._auth import Principal
 from ._options import ServeOptions
 
 _T = TypeVar("_T")
+#: Calls of one session running or waiting at once; beyond it, 429.
+MAX_CALLS = 4
 #: How often the reaper looks for expired sessions, at most.
 REAP_EVERY = 1.0
 
@@ -63,7 +66,8 @@ class Sessions:
         self.budget = budget
         self.executor = executor
         self._sessions: dict[str, Session] = {}
-        self._creating = 0
+        self._creating = 0  #: sessions being made now (counted against the bounds meanwhile)
+        self._creating_by: collections.Counter[Principal] = collections.Counter()
         self.pool: SandboxPool | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -77,7 +81,7 @@ class Sessions:
 
     async def create(self, owner: Principal, sandbox: NsSandbox) -> Session:
         """``sandbox``: not started; a started one of the pool's spec is taken instead if there is one."""
-        mine = sum(1 for s in self._sessions.values() if s.owner == owner)
+        mine = sum(1 for s in self._sessions.values() if s.owner == owner) + self._creating_by[owner]
         if mine >= self.options.sessions_per_token:
             raise Busy(f"{owner.name} has {mine} live sessions, the most a token may have", retry_after=5)
         if len(self._sessions) + self._creating >= self.options.max_sandboxes:
@@ -85,6 +89,7 @@ class Sessions:
         memory = sandbox.spec.limits.memory
         self.budget.take(memory, "the session")
         self._creating += 1
+        self._creating_by[owner] += 1
         try:
             started = None
             if self.pool is not None and sandbox.spec == self.pool.spec:
@@ -97,6 +102,7 @@ class Sessions:
             raise
         finally:
             self._creating -= 1
+            self._creating_by[owner] -= 1
         session = Session(owner, started, memory)
         self._sessions[session.id] = session
         return session
@@ -118,6 +124,10 @@ class Sessions:
 
     @contextlib.asynccontextmanager
     async def using(self, session: Session) -> AsyncIterator[Session]:
+        """The session is active for the block; a session already this busy refuses (Busy):
+        its calls run one at a time, and the ones waiting hold a thread each."""
+        if session.active >= MAX_CALLS:
+            raise Busy(f"the session has {session.active} calls running or waiting, the most it takes")
         session.active += 1
         try:
             yield session
