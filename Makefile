@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) -m compileall -q nsbox  # what an installed package has (and PYTHONDONTWRITEBYTECODE would never write)
 	$(PY) scripts/bench.py --json bench-results.json
 	$(PY) scripts/bench_judge.py --json bench-judge.json
+	$(PY) scripts/bench_serve.py --json bench-serve.json
 
 deps:
 	scripts/install-deps.sh

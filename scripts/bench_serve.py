@@ -338,13 +338,14 @@ def main() -> int:
     rows: dict[str, dict[str, float]] = dict(served["rows"])
     problems: list[str] = list(served["problems"])
     in_process = max(n for _, n in LEVELS)
-    for label, measure in (
-        (f"Judge(workers={args.workers}).run_code_many", lambda: judge_many(args.workers, in_process)),
-        ("NsSandbox.run_code back to back", lambda: run_code_back_to_back(IN_PROCESS_RUNS)),
-    ):
-        rows[label], bad = measure()
-        problems += [f"{label}: {b}" for b in bad]
-        print(f"  measured: {label}", file=sys.stderr)
+    label = f"Judge(workers={args.workers}).run_code_many"
+    rows[label], bad = judge_many(args.workers, in_process)
+    problems += [f"{label}: {b}" for b in bad]
+    print(f"  measured: {label}", file=sys.stderr)
+    label = "NsSandbox.run_code back to back"
+    rows[label], bad = run_code_back_to_back(IN_PROCESS_RUNS)
+    problems += [f"{label}: {b}" for b in bad]
+    print(f"  measured: {label}", file=sys.stderr)
 
     print(f"\n{CODE!r}, {args.workers} workers (server: {' '.join(served['options'])}):")
     print(
