@@ -31,8 +31,9 @@ MAX_FRAME_FROM_SANDBOX = 64 * 1024
 #: Frames into init carry a run's argv and env (the kernel takes up to a quarter of the
 #: stack limit for them, 2 MiB by default); the supervisor refuses larger ones up front.
 MAX_FRAME_TO_INIT = 4 * 1024 * 1024
-#: Every integer on the wire (pids, statuses, errnos, signals) fits in 32 bits.
-_INT_LIMIT = 1 << 31
+#: Every integer on the wire (pids, statuses, errnos, signals, and byte counts: a program's
+#: memory limit or peak, 2 GiB and more) fits in a signed 64 bits.
+_INT_LIMIT = 1 << 63
 #: Frames between a front-end and its supervisor carry captured output and files, as bytes:
 #: at most two streams of the largest output limit (64 MiB each), a result of at most as
 #: much, and their text (``test_protocol`` checks that it all fits).

@@ -129,6 +129,7 @@ def create_app(options: ServeOptions) -> FastAPI:
     app.state.server = server
     _errors_of(app, server)
     app.add_middleware(BodyLimit, limit=options.max_body)
+    _authenticated(app, server)  # before BodyLimit or a route reads a byte of the body
     _access_log(app, server)  # the outer: it logs BodyLimit's refusals too
     from . import _routes
 
@@ -169,6 +170,24 @@ def _errors_of(app: FastAPI, server: Server) -> None:
     app.add_exception_handler(FileNotFoundError, mapped(404, lambda e: "path"))
     app.add_exception_handler(OSError, mapped(409, lambda e: "path"))
     app.add_exception_handler(Busy, mapped(429, lambda e: None))
+
+
+#: What needs no token.
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def _authenticated(app: FastAPI, server: Server) -> None:
+    @app.middleware("http")
+    async def authenticated(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path not in OPEN_PATHS:
+            try:
+                request.state.who = server.principal(request)
+            except Refusal as exc:
+                request.state.refusal = exc.message
+                loc = ["header", exc.field] if exc.field else ["header"]
+                detail = {"detail": [{"loc": loc, "msg": exc.message, "status": exc.status}]}
+                return JSONResponse(detail, exc.status, headers=exc.headers)
+        return await call_next(request)
 
 
 def _access_log(app: FastAPI, server: Server) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nsbox import Judge, NsSandbox, RunResult, SpecError, Status
+from nsbox import Judge, NsSandbox, RunResult, SecurityError, SpecError, Status
 
 from ._admission import MemoryBudget
 from ._options import MiB, ServeOptions
@@ -88,6 +88,12 @@ class Refused(Exception):
         self.message = message
 
 
+def inside_name(name: str) -> bool:
+    """A name relative to a program's directory that stays inside it."""
+    clean = posixpath.normpath(name) if name and "\0" not in name else ""
+    return bool(clean) and not clean.startswith(("/", "../")) and clean not in (".", "..")
+
+
 def sandbox_error(message: str) -> RunCodeResponse:
     return RunCodeResponse(status="SandboxError", message=message)
 
@@ -109,8 +115,7 @@ class OneShot:
         if request.memory_limit_MB << 20 > self.options.max_memory:
             raise Refused("memory_limit_MB", f"{request.memory_limit_MB} MB; at most {self.options.max_memory // MiB}")
         for name in [*request.files, *request.fetch_files]:
-            clean = posixpath.normpath(name) if name and "\0" not in name else ""
-            if not clean or clean.startswith(("/", "../")) or clean in (".", ".."):
+            if not inside_name(name):
                 field = "files" if name in request.files else "fetch_files"
                 raise Refused(field, f"{name!r}: a name relative to the program's directory, inside it")
         for name, value in request.files.items():
@@ -194,7 +199,7 @@ class OneShot:
                 for name in request.fetch_files:
                     try:
                         fetched[name] = base64.b64encode(sandbox.read_file(name)).decode("ascii")
-                    except (OSError, SpecError):
+                    except (OSError, SpecError, SecurityError):
                         continue  # not there, or not a regular file in the workspace: not fetched
         response = _response(None, run)
         response.files = fetched

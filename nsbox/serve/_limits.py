@@ -7,6 +7,7 @@ so the server never holds more than ``limit`` bytes of one request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -32,26 +33,29 @@ class BodyLimit:
             return
         seen = 0
         started = False
+        too_long = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, too_long
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    too_long = True
                     raise _TooLong
             return message
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if too_long and not started:
+                return  # the app's answer to a body it could not read (FastAPI's 400): ours instead
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
+        with contextlib.suppress(_TooLong):  # or FastAPI caught it and answered 400 (dropped above)
             await self.app(scope, counted, tracked)
-        except _TooLong:
-            if not started:
-                await self._refuse(send)
+        if too_long and not started:
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
         detail: dict[str, Any] = {

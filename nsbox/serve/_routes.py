@@ -16,17 +16,23 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from nsbox import ExecutionFailed, SandboxError
+from nsbox._values import parse_size
 
 from ._app import Refusal, Server, sse
 from ._auth import Principal
-from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse
+from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse, inside_name
 from ._models import ExecuteRequest, PackagesRequest, RunCodeInSession, RunRequest, SandboxRequest, capped_timeout
 from ._sessions import Session
 
 
 def add(app: FastAPI, server: Server) -> None:
     options = server.options
-    Who = Depends(server.principal)
+
+    def principal(request: Request) -> Principal:
+        who: Principal = request.state.who  # set by _app._authenticated
+        return who
+
+    Who = Depends(principal)
 
     # -- operations ------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -96,14 +102,25 @@ def add(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/sandboxes/{session_id}/run_code")
     async def run_code_in(session_id: str, body: RunCodeInSession, who: Principal = Who) -> Any:
-        kwargs: dict[str, Any] = {"language": body.language, "memory": body.memory}
+        kwargs: dict[str, Any] = {"language": body.language}
         if body.timeout is not None:
             kwargs["timeout"] = capped_timeout(body.timeout, options)
+        if body.memory is not None:
+            memory = parse_size(body.memory, "memory")
+            if not 0 < memory <= options.max_memory:
+                raise Refusal(422, "memory", f"{memory} bytes; this server takes 1 up to {options.max_memory}")
+            kwargs["memory"] = memory
+        for name in body.files or {}:
+            if not inside_name(name):
+                raise Refusal(422, "files", f"{name!r}: a name relative to the program's directory, inside it")
         try:
             kwargs["stdin"] = None if body.stdin is None else base64.b64decode(body.stdin, validate=True)
+        except ValueError:
+            raise Refusal(422, "stdin", "stdin is base64") from None
+        try:
             kwargs["files"] = {n: base64.b64decode(v, validate=True) for n, v in (body.files or {}).items()}
         except ValueError:
-            raise Refusal(422, "stdin", "stdin and the files' contents are base64") from None
+            raise Refusal(422, "files", "the files' contents are base64") from None
         session = server.session(who, session_id)
         return await _in(server, session, "run_code", lambda s: s.run_code(body.code, **kwargs).to_dict("base64"))
 

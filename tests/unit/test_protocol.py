@@ -135,9 +135,11 @@ def test_pathological_json_is_a_protocol_error(body: bytes) -> None:
         FrameDecoder(1 << 20).feed(HEADER.pack(len(body)) + body)
 
 
-def test_integers_beyond_32_bits_are_refused() -> None:
+def test_integers_beyond_64_bits_are_refused_and_byte_counts_past_2_gib_pass() -> None:
     with pytest.raises(ProtocolError):
-        parse({"type": "exited", "wait_status": 1 << 40, "exec_errno": None, "exec_stage": None}, Exited)
+        parse({"type": "exited", "wait_status": 1 << 64, "exec_errno": None, "exec_stage": None}, Exited)
+    exited = parse({"type": "exited", "wait_status": 3 << 30, "exec_errno": None, "exec_stage": None}, Exited)
+    assert exited.wait_status == 3 << 30  # a memory limit or peak of 3 GiB crosses the wire
 
 
 # --- bytes fields, nesting, the caps' arithmetic (issue 17, sections 5 and 6) -------------
