@@ -180,6 +180,8 @@ async def _in(server: Server, session: Session, endpoint: str, call: Any) -> Any
         try:
             result = await server.call(call, session.sandbox)
         except SandboxError as exc:
+            if not session.sandbox.closed:  # refused, the sandbox goes on (run_code in own mode)
+                raise Refusal(409, None, str(exc)) from None
             await server.sessions.destroy(session)
             raise Refusal(410, "id", f"the session's sandbox ended: {exc}") from None
     status = result.get("status", "ok") if isinstance(result, dict) else "ok"

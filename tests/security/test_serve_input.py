@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from tests._serve import Reply, Served, served
-from tests.conftest import NSBOX_CLI, fingerprint, require_sandbox, wait_until
+from tests.conftest import NSBOX_CLI, fingerprint, require_run_code, require_sandbox, wait_until
 
 MiB = 1 << 20
 PASSWD = Path("/etc/passwd")
@@ -377,6 +377,7 @@ def test_values_past_the_servers_maxima_are_refused_naming_the_field(server: Ser
     """run_timeout past --max-timeout, memory_limit_MB past --max-memory, a session's memory,
     timeout, cpus, pids or workspace past the server's maxima, a run's timeout past it, and
     NaN or Infinity for any of them: 422 naming the field; nothing made, nothing run."""
+    require_run_code()  # the server runs these programs with run_code: own mode refuses it
     routes = session_routes(session_id)
     with nothing_created(server):
         for route, body, field in PAST_THE_MAXIMA:
@@ -410,6 +411,7 @@ def test_an_oversize_body_is_refused_with_413(server: Served, session_id: str) -
     """A 2 MiB body with its Content-Length, past --max-body 1M, on every route that takes a
     body: 413 before it is read; the file it would have been is not written; the server
     answers as before afterwards."""
+    require_run_code()  # the server runs these programs with run_code: own mode refuses it
     big = b'{"code": "' + b"x" * (2 * MiB) + b'"}'
     routes = [
         ("POST", "/run_code"),
@@ -431,6 +433,7 @@ def test_an_oversize_chunked_body_is_refused_with_413(server: Served, session_id
     """A body without a length (Transfer-Encoding: chunked) that grows past --max-body: 413
     when it passes the cap, on every route; the file it would have been is not written; a
     chunked body under the cap is taken (the premise), and the server answers afterwards."""
+    require_run_code()  # the server runs these programs with run_code: own mode refuses it
     routes = [
         ("POST", "/run_code"),
         ("POST", "/v1/sandboxes"),
@@ -655,6 +658,7 @@ def test_a_session_programs_names_and_memory_are_checked(server: Served, session
     are not base64, and a memory past the server's --max-memory (1G; 64G) are refused with
     422 naming the field (``files``, ``memory``), as /run_code refuses them, before anything
     runs; the session lives on and its programs run."""
+    require_run_code()  # the server runs these programs with run_code: own mode refuses it
     route = f"/v1/sandboxes/{session_id}/run_code"
     content = base64.b64encode(b"X").decode()
     failures = []
@@ -950,6 +954,7 @@ def test_a_program_may_have_the_servers_maximum_memory(quota_server: Served) -> 
     """The bound is inclusive: a /run_code program asking for exactly --max-memory (2 GiB, the
     default) is run like one asking for a MiB less, not answered SandboxError (a value within
     the bounds must not cost a worker its sandbox); a MiB more is refused with 422."""
+    require_run_code()  # the server runs these programs with run_code: own mode refuses it
     s, hank = quota_server, QUOTA_TOKENS["hank"]
     for megabytes in (2047, 2048):
         reply = s.request("POST", "/run_code", {"code": "print(1)", "memory_limit_MB": megabytes}, token=hank)
