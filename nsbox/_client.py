@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -28,6 +29,7 @@ from ._sandbox import NsSandbox
 from ._spec import NetworkPolicy
 
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a client is used, not for the CLI
+    import asyncio
     import concurrent.futures
 
     from ._judge import JudgeResult
@@ -143,8 +145,24 @@ class SandboxClient:
         return self.sandbox.closed
 
     # -- the session's operations (NsSandbox's, awaited) -----------------------------------------
-    async def execute_code(self, code: str, *, timeout: Any = None) -> ExecutionResult:
-        kwargs = {} if timeout is None else {"timeout": timeout}
+    async def execute_code(
+        self,
+        code: str,
+        *,
+        timeout: Any = None,
+        on_stdout: Callable[[str], Any] | None = None,
+        on_stderr: Callable[[str], Any] | None = None,
+    ) -> ExecutionResult:
+        """``on_stdout`` / ``on_stderr``: called on this event loop with the output as it
+        comes; plain functions or coroutine functions (each call is then a task). The loop
+        is never blocked: the cell runs in the client's worker thread."""
+        import asyncio
+
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        loop = asyncio.get_running_loop()
+        for name, callback in (("on_stdout", on_stdout), ("on_stderr", on_stderr)):
+            if callback is not None:
+                kwargs[name] = _on_loop(loop, callback)
         return await self._call(self.sandbox.execute_code, code, **kwargs)
 
     async def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -194,3 +212,24 @@ class SandboxClient:
             self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nsbox-client")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, functools.partial(method, *args, **kwargs))
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[str], Any]) -> Callable[[str], None]:
+    """``callback`` called on ``loop`` from another thread, in order; a coroutine it returns
+    runs as a task whose exception is dropped, as a plain callback's is."""
+
+    def call(text: str) -> None:
+        try:
+            result = callback(text)
+        except Exception:  # the caller's code: it must not break the session  # nosec B110
+            return
+        if inspect.isawaitable(result):
+            import asyncio
+
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def hand_over(text: str) -> None:
+        loop.call_soon_threadsafe(call, text)
+
+    return hand_over

@@ -268,10 +268,13 @@ class Judge:
             self._idle.put(sandbox)
 
     def close(self) -> None:
+        """Destroy the sandboxes: programs still running end (their results are errors),
+        those not started yet never start."""
         self._closed = True
-        self._pool.shutdown(wait=True)
-        for sandbox in self._sandboxes:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for sandbox in list(self._sandboxes):
             sandbox.close()
+        self._pool.shutdown(wait=True)
 
     def __enter__(self) -> Judge:
         return self

@@ -99,6 +99,8 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         poller.register(fd, select.POLLIN)
     if events is not None:
         poller.register(events.fileno(), select.POLLIN)
+    streaming = request.stream and events is not None
+    forwarded = [0, 0]  #: bytes of each capture sent to the front-end so far (streaming)
     try:
         if wire is not None and sent:
             sup.kernel.requests += 1
@@ -140,12 +142,18 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
                     else:
                         reply = got
                 elif events is not None and fd == events.fileno():
-                    for signum in events.read():
-                        sup.send_init(Signal(signum, KERNEL))
+                    if mask & select.POLLOUT:
+                        events.flush()
+                    if mask & ~select.POLLOUT:
+                        for signum in events.read():
+                            sup.send_init(Signal(signum, KERNEL))
                 else:
                     for capture in output:
                         if fd == capture.fd and not capture.read():
                             poller.unregister(fd)
+            if streaming and events is not None:  # the new output goes now; what the socket does not take, on POLLOUT
+                _forward(events, output, forwarded)
+                poller.modify(events.fileno(), select.POLLIN | (0 if events.flush() else select.POLLOUT))
     except ProtocolError as exc:
         sup.close()
         return Executed(
@@ -162,6 +170,8 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
     if sent and not (acknowledged or reply or killing) and sup.alive and not sup.kernel.running:
         return None
     _guests.drain(*output)
+    if streaming and events is not None:
+        _forward(events, output, forwarded)  # queued: the Done frame goes after it
     used = sup.usage().since(watch.before)
     result = verdict(
         reply if sup.kernel.running else None,
@@ -179,6 +189,15 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         seccomp=sup.spec.seccomp.kind,
     )
     return Executed(result, bytes(output[0].data), bytes(output[1].data))
+
+
+def _forward(events: Events, output: tuple[Capture, Capture], forwarded: list[int]) -> None:
+    """Queue what each capture took since the last call (within the output limit: the
+    capture keeps no more) as Output frames to the front-end."""
+    for i, (name, capture) in enumerate(zip(("stdout", "stderr"), output, strict=True)):
+        if len(capture.data) > forwarded[i]:
+            events.output(name, bytes(capture.data[forwarded[i] :]))
+            forwarded[i] = len(capture.data)
 
 
 def verdict(

@@ -88,6 +88,7 @@ class Execute(Message):
     timeout: float | None
     inputs: dict[str, Any] | None = None
     want_result: bool = False
+    stream: bool = False  #: send the output as it comes (Output frames), not only in Done
 
 
 @record
@@ -156,6 +157,16 @@ class Done(Message):
     result: dict[str, Any]
     stdout: bytes | None = None
     stderr: bytes | None = None
+
+
+@record
+class Output(Message):
+    """Output of a cell while it runs (an Execute with ``stream``): ``stream`` is stdout or
+    stderr; what is sent is within the output limit, and Done still has all of it."""
+
+    TYPE: ClassVar[str] = "output"
+    stream: str
+    data: bytes | None = None
 
 
 @record
@@ -356,7 +367,7 @@ M = TypeVar("M", bound=Message)
 _REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Open, Run, Execute, RunCode, FileRequest, Signal, Close, Ready, Failed, Done, FileReply, Go,
+        Open, Run, Execute, RunCode, FileRequest, Signal, Close, Ready, Failed, Done, Output, FileReply, Go,
         InitStarted, StepFailed, Attached, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady,
         CellStarted, CellDone, Program, StopProgram, ProgramStarted, WarmReady, ProgramDone, Spawn, Spawned,
     )

@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -117,8 +117,29 @@ class RemoteSandbox:
             result.check_returncode()
         return result
 
-    def execute_code(self, code: str, *, timeout: float | None = None) -> ExecutionResult:
-        return ExecutionResult.from_dict(self._call("execute", {"code": code, "timeout": timeout}, timeout))
+    def execute_code(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+    ) -> ExecutionResult:
+        """As NsSandbox.execute_code; with callbacks, the output comes as server-sent events."""
+        body = {"code": code, "timeout": timeout}
+        if on_stdout is None and on_stderr is None:
+            return ExecutionResult.from_dict(self._call("execute", body, timeout))
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        for event, data in self._events(self._path("/execute"), body, timeout):
+            callback = callbacks.get(event)
+            if callback is not None and isinstance(data, dict):
+                with contextlib.suppress(Exception):  # the caller's code: it must not end the call
+                    callback(str(data.get("text", "")))
+            elif event == "result":
+                return ExecutionResult.from_dict(data)
+            elif event == "error":
+                raise _error(int(data.get("status", 500)), json.dumps({"detail": [data]}).encode())
+        raise SandboxError("the server's event stream ended without a result")
 
     def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = None) -> Any:
         body = {"code": code, "timeout": timeout, "inputs": dict(inputs or {}), "want_result": True}
@@ -191,22 +212,36 @@ class RemoteSandbox:
     def _file_path(self, path: str) -> str:
         if not isinstance(path, str) or not path:
             raise SpecError("path", f"{path!r} is not a path inside the workspace")
-        return self._path("/files/" + urllib.parse.quote(path.lstrip("/") if path.startswith("/workspace/") else path))
+        if path.startswith("/workspace/"):  # as a local sandbox takes it: the same file, relative
+            path = path[len("/workspace/") :]
+        return self._path("/files/" + urllib.parse.quote(path))
 
     def _call(self, what: str, body: dict[str, Any], timeout: float | None) -> Any:
         return self._request("POST", self._path(f"/{what}"), body, timeout=timeout)
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        raw: bytes | None = None,
-        binary: bool = False,
-        timeout: float | None = None,
-    ) -> Any:
-        headers = {"Accept": "application/json"}
+    def _events(self, path: str, body: dict[str, Any], timeout: float | None) -> Iterator[tuple[str, Any]]:
+        """POST ``body`` asking for server-sent events; each event's name and JSON data."""
+        connection, response = self._open("POST", path, body, None, timeout, accept="text/event-stream")
+        try:
+            if response.status >= 400:
+                raise _error(response.status, response.read())
+            event: str | None = None
+            for raw in response:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event is not None:
+                    yield event, json.loads(line[6:])
+                    event = None
+        except OSError as exc:
+            raise SandboxError(f"the server at {self.url} did not answer: {exc}") from exc
+        finally:
+            connection.close()
+
+    def _open(
+        self, method: str, path: str, body: Any, raw: bytes | None, timeout: float | None, accept: str
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        headers = {"Accept": accept}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         data = raw
@@ -218,7 +253,23 @@ class RemoteSandbox:
         connection = kind(self._parsed.hostname or "", self._parsed.port, timeout=(timeout or 300.0) + SLACK)
         try:
             connection.request(method, prefix + path, body=data, headers=headers)
-            response = connection.getresponse()
+            return connection, connection.getresponse()
+        except OSError as exc:
+            connection.close()
+            raise SandboxError(f"the server at {self.url} did not answer: {exc}") from exc
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        binary: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        connection, response = self._open(method, path, body, raw, timeout, accept="application/json")
+        try:
             content = response.read()
         except OSError as exc:
             raise SandboxError(f"the server at {self.url} did not answer: {exc}") from exc

@@ -13,6 +13,7 @@ only for a single-threaded one-shot caller: the CLI.
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import dataclasses
 import json
@@ -43,6 +44,7 @@ from ._protocol import (
     FileReply,
     FileRequest,
     Open,
+    Output,
     Ready,
     Run,
     RunCode,
@@ -76,7 +78,7 @@ _REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?
 class _Backend(Protocol):
     def start(self) -> None: ...
     def run(self, request: Run, fds: list[int]) -> RunResult: ...
-    def execute(self, request: Execute) -> ExecutionResult: ...
+    def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult: ...
     def run_code(self, request: RunCode) -> RunResult: ...
     def file_op(self, request: FileRequest) -> FileReply: ...
     def interrupt(self) -> None: ...
@@ -90,7 +92,7 @@ class _RemoteBackend:
         self.supervisor_pid: int | None = None
         self.supervisor_fd: int | None = None  #: a pidfd of the supervisor (the spawner's child)
         self._interrupted = False
-        self._opening: Ready | Done | Failed | FileReply | None = None
+        self._opening: Ready | Done | Failed | FileReply | Output | None = None
 
     def start(self) -> None:
         from ._spawner import Spawner  # imported on first use: the CLI never needs it
@@ -106,9 +108,12 @@ class _RemoteBackend:
         done = self._done(self._receive(Done, Failed))
         return RunResult.from_dict(done.result, (done.stdout, done.stderr))
 
-    def execute(self, request: Execute) -> ExecutionResult:
+    def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult:
         self._send(request)
-        done = self._done(self._receive(Done, Failed))
+        while isinstance(message := self._receive(Done, Failed, Output), Output):
+            if on_output is not None and message.stream in ("stdout", "stderr"):
+                on_output(message.stream, message.data or b"")
+        done = self._done(message)
         return ExecutionResult.from_dict(done.result, (done.stdout, done.stderr))
 
     def run_code(self, request: RunCode) -> RunResult:
@@ -133,15 +138,15 @@ class _RemoteBackend:
             self.close()
             raise SandboxError(f"the sandbox's supervisor is gone ({exc.strerror})") from None
 
-    def _done(self, message: Ready | Done | Failed | FileReply) -> Done:
+    def _done(self, message: Ready | Done | Failed | FileReply | Output) -> Done:
         self._raise_if_failed(message)
         if not isinstance(message, Done):
             raise ProtocolError(f"expected a result, got {message.TYPE!r}")
         return message
 
     def _receive(
-        self, *expected: type[Ready] | type[Done] | type[Failed] | type[FileReply]
-    ) -> Ready | Done | Failed | FileReply:
+        self, *expected: type[Ready] | type[Done] | type[Failed] | type[FileReply] | type[Output]
+    ) -> Ready | Done | Failed | FileReply | Output:
         if self.channel is None:
             raise SandboxError("the sandbox is closed")
         try:
@@ -152,7 +157,7 @@ class _RemoteBackend:
         close_fds(fds)
         return message
 
-    def _raise_if_failed(self, message: Ready | Done | Failed | FileReply) -> None:
+    def _raise_if_failed(self, message: Ready | Done | Failed | FileReply | Output) -> None:
         """A Failed frame as its exception. The session survives a refused request (kind
         spec, security or os, after start); anything else ended it on the supervisor's side."""
         if not isinstance(message, Failed):
@@ -235,8 +240,13 @@ class _LocalBackend:
     def run(self, request: Run, fds: list[int]) -> RunResult:
         return _forwarding(lambda events: self.supervisor.run(request, fds, events))
 
-    def execute(self, request: Execute) -> ExecutionResult:
-        return _forwarding(lambda events: self.supervisor.execute(request, events)).decoded()
+    def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult:
+        executed = _forwarding(lambda events: self.supervisor.execute(request, events))
+        if on_output is not None:  # in process, the output comes as the cell ends
+            for name, data in (("stdout", executed.stdout), ("stderr", executed.stderr)):
+                if data:
+                    on_output(name, data)
+        return executed.decoded()
 
     def run_code(self, request: RunCode) -> RunResult:
         return _forwarding(lambda events: self.supervisor.run_code(request, events))
@@ -273,6 +283,12 @@ class _SignalForwarder:
             return [sig for sig in os.read(self._read, 64) if sig in _FORWARDED_SIGNALS]
         except BlockingIOError:
             return []
+
+    def output(self, stream: str, data: bytes) -> None:
+        pass  # in process (the CLI): its callbacks get the output when the cell ends
+
+    def flush(self) -> bool:
+        return True
 
     def restore(self) -> None:
         signal.set_wakeup_fd(self._previous_fd)
@@ -380,11 +396,24 @@ class NsSandbox:
         return result
 
     # -- Python code -------------------------------------------------------------------------
-    def execute_code(self, code: str, *, timeout: float | None = _UNSET) -> ExecutionResult:
+    def execute_code(
+        self,
+        code: str,
+        *,
+        timeout: float | None = _UNSET,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+    ) -> ExecutionResult:
         """Run Python ``code`` in the session's kernel: variables persist between calls,
         and the repr of a last expression is the result's ``value``. Never raises for the
-        code's own failure (see ``status``, ``error``, ``traceback``, ``state_lost``)."""
-        return self._execute(code, timeout, None, want_result=False)
+        code's own failure (see ``status``, ``error``, ``traceback``, ``state_lost``).
+
+        ``on_stdout`` / ``on_stderr`` are called with the output as it comes (text, in
+        chunks, within the output limit), in this thread, while the cell runs; the result
+        still holds all of it. An exception a callback raises is ignored (the cell and the
+        session go on); a slow callback holds back only the output's delivery."""
+        streams = _Streams(on_stdout, on_stderr) if on_stdout is not None or on_stderr is not None else None
+        return self._execute(code, timeout, None, want_result=False, streams=streams)
 
     def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = _UNSET) -> Any:
         """Run ``code`` with ``inputs`` (JSON values) as variables and return the JSON value
@@ -395,7 +424,13 @@ class NsSandbox:
         return result.result
 
     def _execute(
-        self, code: str, timeout: float | None, inputs: dict[str, Any] | None, *, want_result: bool
+        self,
+        code: str,
+        timeout: float | None,
+        inputs: dict[str, Any] | None,
+        *,
+        want_result: bool,
+        streams: _Streams | None = None,
     ) -> ExecutionResult:
         if not isinstance(code, str):
             raise SpecError(option_name("code"), "code must be a string of Python source")
@@ -403,7 +438,11 @@ class NsSandbox:
         if size > REQUEST_LIMIT:
             raise SpecError(option_name("code"), f"code and inputs take {size} bytes; at most {REQUEST_LIMIT}")
         limit = self.spec.limits.timeout if timeout is _UNSET else parse_timeout(timeout)
-        return self._call(lambda backend: backend.execute(Execute(code, limit, inputs, want_result)))
+        request = Execute(code, limit, inputs, want_result, stream=streams is not None)
+        result = self._call(lambda backend: backend.execute(request, None if streams is None else streams.take))
+        if streams is not None:
+            streams.end()
+        return result
 
     # -- programs, each in a fresh process ------------------------------------------------------
     def run_code(
@@ -588,6 +627,32 @@ class NsSandbox:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+#: What a backend calls with a cell's output as it comes: the stream's name, its bytes.
+OnOutput = Callable[[str, bytes], None]
+
+
+class _Streams:
+    """A cell's callbacks: bytes decoded as UTF-8 incrementally (a character cut between
+    two chunks comes whole), a callback's exception ignored."""
+
+    def __init__(self, on_stdout: Callable[[str], object] | None, on_stderr: Callable[[str], object] | None) -> None:
+        self.callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in self.callbacks}
+
+    def take(self, stream: str, data: bytes) -> None:
+        self._call(stream, self.decoders[stream].decode(data))
+
+    def end(self) -> None:
+        for stream, decoder in self.decoders.items():
+            self._call(stream, decoder.decode(b"", final=True))
+
+    def _call(self, stream: str, text: str) -> None:
+        callback = self.callbacks[stream]
+        if text and callback is not None:
+            with contextlib.suppress(Exception):  # the caller's code: it must not break the session
+                callback(text)
 
 
 def _close_backend(backend: _Backend, owner_pid: int) -> None:

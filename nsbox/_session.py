@@ -24,6 +24,7 @@ from ._protocol import (
     FileRequest,
     Message,
     Open,
+    Output,
     Ready,
     Run,
     RunCode,
@@ -56,6 +57,16 @@ class _SessionEvents:
         if isinstance(message, Signal):
             return [message.signum] if 0 < message.signum < signal.NSIG else []
         raise SessionClosed
+
+    def output(self, stream: str, data: bytes) -> None:
+        self.channel.queue(Output(stream, data))
+        self.flush()
+
+    def flush(self) -> bool:
+        try:
+            return self.channel.flush()
+        except OSError:  # the front-end is gone
+            raise SessionClosed from None
 
 
 def serve_session(sock: socket.socket) -> None:

@@ -76,6 +76,14 @@ class Events(Protocol):
         """Signals to forward to the run; raises SessionClosed to abandon the session."""
         ...
 
+    def output(self, stream: str, data: bytes) -> None:
+        """Output of a cell that streams, as it comes (queued: ``flush`` sends it)."""
+        ...
+
+    def flush(self) -> bool:
+        """Send what is queued, without blocking; True when nothing is left."""
+        ...
+
 
 class SessionClosed(Exception):
     pass

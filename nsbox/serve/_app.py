@@ -23,25 +23,18 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 import nsbox
-from nsbox import Judge, NsSandbox, SecurityError, SpecError
+from nsbox import Judge, NsSandbox
 
-from ._admission import Busy, MemoryBudget, Slots
+from ._admission import MemoryBudget, Slots
 from ._auth import ANONYMOUS, Principal, RateLimit, Tokens
-from ._fusion import OneShot, Refused
+from ._errors import HANDLED, Refusal, answer, retry_after
+from ._fusion import OneShot
 from ._limits import BodyLimit
 from ._log import RequestLog
 from ._metrics import Metrics
 from ._models import SandboxRequest
-from ._options import ServeOptions
+from ._options import ServeOptions, is_loopback
 from ._sessions import Session, Sessions
-
-
-class Refusal(Exception):
-    """An HTTP refusal: status, the field at fault (or None) and why."""
-
-    def __init__(self, status: int, field: str | None, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.field, self.message, self.headers = status, field, message, headers or {}
 
 
 class Server:
@@ -54,10 +47,13 @@ class Server:
         self.metrics = Metrics()
         self.log = RequestLog(options.audit_log)
         self.budget = MemoryBudget(options.memory_budget)
-        self.executor = ThreadPoolExecutor(
-            options.max_sandboxes + options.workers + 4, thread_name_prefix="nsbox-serve"
+        # One-shot runs and sessions in threads of their own: neither can take the other's.
+        # A one-shot request holds a thread only while it holds a worker's slot; a session
+        # holds at most one (its calls go one at a time), and its start or end one more.
+        self.executor = ThreadPoolExecutor(options.workers + 2, thread_name_prefix="nsbox-serve")
+        self.sessions = Sessions(
+            options, self.budget, ThreadPoolExecutor(2 * options.max_sandboxes + 2, thread_name_prefix="nsbox-session")
         )
-        self.sessions = Sessions(options, self.budget, self.executor)
         self.slots: Slots | None = None
         self.oneshot: OneShot | None = None
 
@@ -65,8 +61,14 @@ class Server:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         options = self.options
         self.slots = Slots(options.workers, options.queue)
-        spec = NsSandbox(memory=options.max_memory, timeout=options.max_timeout, audit_log=options.audit_log).spec
-        self.budget.take(options.workers * options.max_memory, "the run_code workers")
+        spec = NsSandbox(
+            memory=options.max_memory,
+            timeout=options.max_timeout,
+            output_limit=options.output_limit,
+            audit_log=options.audit_log,
+        ).spec
+        held = options.workers * options.max_memory + options.pool_size * options.default_memory
+        self.budget.take(held, "the run_code workers and the pool")
         judge = Judge(options.workers, spec=spec)
         self.oneshot = OneShot(options, judge, self.budget)
         await self.sessions.start(SandboxRequest().sandbox(options).spec)
@@ -80,8 +82,8 @@ class Server:
             yield
         finally:
             await self.sessions.close()
-            await self.call(judge.close)
-            self.budget.give(options.workers * options.max_memory)
+            await self.call(judge.close)  # ends what still runs: the grace is over
+            self.budget.give(held)
             self.executor.shutdown(wait=False)
             self.log.write("stopped")
             self.log.close()
@@ -101,6 +103,8 @@ class Server:
 
     # -- who asks ------------------------------------------------------------------------------
     def principal(self, request: Request) -> Principal:
+        if self.tokens is None and not _from_this_host(request):
+            raise Refusal(403, "host", "without tokens this server answers only this host's loopback clients")
         who = ANONYMOUS if self.tokens is None else self.tokens.identify(request.headers.get("authorization"))
         if who is None:
             raise Refusal(401, "authorization", "a valid bearer token is needed", {"WWW-Authenticate": "Bearer"})
@@ -108,7 +112,7 @@ class Server:
         wait = self.rate.retry_after(who)
         if wait is not None:
             raise Refusal(
-                429, None, f"{who.name} sent its {self.rate.per_minute} requests of this minute", _retry(wait)
+                429, None, f"{who.name} sent its {self.rate.per_minute} requests of this minute", retry_after(wait)
             )
         return who
 
@@ -119,15 +123,23 @@ class Server:
         return session
 
 
-def _retry(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+def _from_this_host(request: Request) -> bool:
+    """A loopback client, naming a loopback host: not another machine (an app embedded in a
+    server listening more widely) and not a web page's request through a rebound DNS name."""
+    client = request.client.host if request.client is not None else ""
+    named = request.headers.get("host", "")
+    if named.startswith("["):  # [::1]:8080
+        host = named[1 : named.find("]")]
+    else:
+        host = named.rsplit(":", 1)[0] if named.count(":") == 1 else named
+    return is_loopback(client) and (is_loopback(host) or host == "")
 
 
 def create_app(options: ServeOptions) -> FastAPI:
     server = Server(options)
     app = FastAPI(title="nsbox", version=nsbox.__version__, lifespan=server.lifespan)
     app.state.server = server
-    _errors_of(app, server)
+    _errors_of(app)
     app.add_middleware(BodyLimit, limit=options.max_body)
     _authenticated(app, server)  # before BodyLimit or a route reads a byte of the body
     _access_log(app, server)  # the outer: it logs BodyLimit's refusals too
@@ -137,39 +149,17 @@ def create_app(options: ServeOptions) -> FastAPI:
     return app
 
 
-def _errors_of(app: FastAPI, server: Server) -> None:
-    def body(status: int, field: str | None, message: str, error: Exception | None = None) -> dict[str, Any]:
-        where = "path" if field == "path" else "body"  # a file's path is in the URL
-        detail: dict[str, Any] = {"loc": [where, field] if field else [where], "msg": message, "status": status}
-        if error is not None:  # what RemoteSandbox raises again: the engine's error, or the OSError's errno
-            detail["error"] = type(error).__name__
-            if isinstance(error, SpecError | Refused):
-                detail["msg"] = error.message
-            if isinstance(error, OSError):
-                detail["errno"], detail["msg"] = error.errno, error.strerror or message
-        return {"detail": [detail]}
+def _errors_of(app: FastAPI) -> None:
+    async def handler(request: Request, exc: Exception) -> Response:
+        status, body, headers = answer(exc)
+        detail = body["detail"][0]
+        field = detail["loc"][1:]  # the log's reason names the field, as the answer does
+        request.state.refusal = (f"{field[0]}: " if field else "") + str(detail["msg"])
+        return JSONResponse(body, status, headers=headers)
 
-    async def refusal(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, Refusal):  # registered for Refusal only
-            raise exc
-        request.state.refusal = exc.message
-        return JSONResponse(body(exc.status, exc.field, exc.message), exc.status, headers=exc.headers)
-
-    def mapped(status: int, field: Callable[[Any], str | None]) -> Callable[[Request, Exception], Awaitable[Response]]:
-        async def handler(request: Request, exc: Exception) -> Response:
-            request.state.refusal = str(exc)
-            headers = _retry(exc.retry_after) if isinstance(exc, Busy) else {}
-            return JSONResponse(body(status, field(exc), str(exc), exc), status, headers=headers)
-
-        return handler
-
-    app.add_exception_handler(Refusal, refusal)
-    app.add_exception_handler(Refused, mapped(422, lambda e: e.field))
-    app.add_exception_handler(SpecError, mapped(422, lambda e: e.options[0].split(" (")[0] if e.options else None))
-    app.add_exception_handler(SecurityError, mapped(422, lambda e: "path"))
-    app.add_exception_handler(FileNotFoundError, mapped(404, lambda e: "path"))
-    app.add_exception_handler(OSError, mapped(409, lambda e: "path"))
-    app.add_exception_handler(Busy, mapped(429, lambda e: None))
+    kinds: tuple[type[Exception], ...] = (Refusal, *HANDLED)
+    for kind in kinds:
+        app.add_exception_handler(kind, handler)
 
 
 #: What needs no token.

@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions-per-token", type=int, default=d.sessions_per_token)
     p.add_argument("--requests-per-minute", type=int, default=d.requests_per_minute, help="per token")
     p.add_argument("--max-body", default=f"{d.max_body // MiB}M", help="longest request body (413 beyond)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="programs in one /v1/run_code_batch request")
+    p.add_argument("--output-limit", default=f"{d.output_limit // MiB}M", help="a one-shot program's output kept")
+    p.add_argument("--max-connections", type=int, default=d.max_connections, help="at once; 503 beyond")
+    p.add_argument("--wheels", metavar="DIR", help="a folder of wheels for sessions' install_packages")
     p.add_argument("--grace", type=float, default=d.grace, help="seconds running requests get after SIGTERM")
     return p
 
@@ -54,7 +58,7 @@ def options_from(argv: list[str]) -> ServeOptions:
     from nsbox._values import parse_size
 
     args = vars(_parser().parse_args(argv))
-    for name in ("memory_budget", "default_memory", "max_memory", "max_workspace", "max_body"):
+    for name in ("memory_budget", "default_memory", "max_memory", "max_workspace", "max_body", "output_limit"):
         args[name] = parse_size(args[name], name)
     return ServeOptions(**args)
 
@@ -88,6 +92,7 @@ def main(argv: list[str]) -> int:
         app,
         access_log=False,  # the app logs every request itself (_log), by token name
         timeout_graceful_shutdown=math.ceil(options.grace),
+        limit_concurrency=options.max_connections,
         log_level="warning",
     )
     # uvicorn raises the signal that stopped it again once it has drained and shut down,

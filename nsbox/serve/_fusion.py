@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nsbox import Judge, NsSandbox, RunResult, SecurityError, SpecError, Status
+from nsbox import Judge, NsboxError, NsSandbox, RunResult, SecurityError, SpecError, Status
 
 from ._admission import MemoryBudget
 from ._options import MiB, ServeOptions
@@ -39,6 +39,8 @@ from ._options import MiB, ServeOptions
 #: What the server runs (a toolchain in the default root for each).
 LANGUAGES = ("python", "bash", "c", "cpp")
 COMPILED = ("c", "cpp")
+#: Names in fetch_files, at most (what they fetch together is at most the server's --max-body).
+MAX_FETCH = 64
 #: Where a fetch_files program runs, and its source's name there per language.
 SOURCES = {"python": ("python3", "main.py"), "bash": ("bash", "main.sh")}
 
@@ -108,6 +110,8 @@ class OneShot:
 
     def check(self, request: RunCodeRequest) -> None:
         """Refused for a field past the server's bounds (before anything runs)."""
+        if len(request.fetch_files) > MAX_FETCH:
+            raise Refused("fetch_files", f"{len(request.fetch_files)} names; at most {MAX_FETCH}")
         for field in ("run_timeout", "compile_timeout"):
             value = getattr(request, field)
             if not 0 < value <= self.options.max_timeout:
@@ -136,7 +140,10 @@ class OneShot:
                     "(the toolchains in its root)"
                 )
             elif request.fetch_files:
-                answers[i] = self._in_a_sandbox_of_its_own(request)
+                try:
+                    answers[i] = self._in_a_sandbox_of_its_own(request)
+                except (NsboxError, OSError) as exc:  # this program's: the others' answers stand
+                    answers[i] = sandbox_error(f"{type(exc).__name__}: {exc}")
             elif request.language in COMPILED:
                 if request.files:
                     answers[i] = sandbox_error("files beside a c or cpp program are not supported here")
@@ -195,25 +202,33 @@ class OneShot:
                 run = sandbox.run(
                     [interpreter, source], input=request.stdin or "", capture_output=True, timeout=request.run_timeout
                 )
-                fetched = {}
-                for name in request.fetch_files:
+                fetched: dict[str, str] = {}
+                room = self.options.max_body  # what comes back is bounded as what goes in
+                for name in dict.fromkeys(posixpath.normpath(n) for n in request.fetch_files):
                     try:
-                        fetched[name] = base64.b64encode(sandbox.read_file(name)).decode("ascii")
+                        data = sandbox.read_file(name)
                     except (OSError, SpecError, SecurityError):
                         continue  # not there, or not a regular file in the workspace: not fetched
+                    if len(data) > room:
+                        break  # past the bound: the rest are not fetched
+                    room -= len(data)
+                    fetched[name] = base64.b64encode(data).decode("ascii")
         response = _response(None, run)
         response.files = fetched
         return response
 
 
 def _response(compiled: RunResult | None, run: RunResult | None) -> RunCodeResponse:
-    if run is not None and run.status is Status.ERROR and compiled is None:
+    """A compilation that failed is Failed; a run nsbox could not make (status error, not the
+    program's own failure) is SandboxError; a run is Success if it exited 0, its output cut
+    at the limit or not (as SandboxFusion, which truncates too)."""
+    if run is not None and run.status is Status.ERROR and (compiled is None or compiled.ok):
         return RunCodeResponse(status="SandboxError", message=run.error or "nsbox could not run the program")
     compile_result = None if compiled is None else _command(compiled)
     if compiled is not None and not compiled.ok:
         return RunCodeResponse(status="Failed", message=compiled.error or "", compile_result=compile_result)
     run_result = None if run is None else _command(run)
-    ok = run is not None and run.ok
+    ok = run is not None and run.status in (Status.OK, Status.OUTPUT_LIMIT) and run.exit_code == 0
     return RunCodeResponse(
         status="Success" if ok else "Failed",
         message="" if run is None else run.error or "",
@@ -223,7 +238,7 @@ def _response(compiled: RunResult | None, run: RunResult | None) -> RunCodeRespo
 
 
 def _command(run: RunResult) -> CommandRunResult:
-    if run.status is Status.TIMEOUT:
+    if run.status in (Status.TIMEOUT, Status.CPU_TIME):
         status = "TimeLimitExceeded"
     elif run.status is Status.ERROR and not (run.error or "").startswith("compilation failed"):
         status = "Error"

@@ -31,8 +31,9 @@ class RequestLog:
     def write(self, event: str, **fields: Any) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields}
         line = json.dumps(record, default=str, separators=(",", ":"))
-        if len(line) > MAX_LINE:
-            line = json.dumps({k: v for k, v in record.items() if k != "detail"}, default=str)
+        if len(line) > MAX_LINE:  # a long path or reason: cut, the line stays one JSON object
+            record = {k: v[:1024] if isinstance(v, str) else v for k, v in record.items()}
+            line = json.dumps(record, default=str, separators=(",", ":"))
         data = (line + "\n").encode("utf-8", "replace")
         with self._lock:
             if self._fd is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nsbox import NsSandbox
+from nsbox import NsSandbox, list_rootfs
 
 from ._fusion import Refused
 from ._options import ServeOptions
@@ -36,12 +36,15 @@ class SandboxRequest(Strict):
 
     def sandbox(self, options: ServeOptions) -> NsSandbox:
         """An NsSandbox of this spec (not started); Refused for a field past a maximum."""
-        if self.rootfs is not None and (not self.rootfs or "/" in self.rootfs or self.rootfs.startswith(".")):
-            raise Refused("rootfs", "the name of a stored root (nsbox rootfs list); a request names no host folder")
+        if self.rootfs is not None and self.rootfs not in {root.name for root in list_rootfs()}:
+            # By name only (a request names no host folder), and the same answer for any name
+            # that is not a stored root: nothing of the host's folders is told.
+            raise Refused("rootfs", "not the name of a root stored on this server (nsbox rootfs list)")
         given = self.model_dump(exclude_none=True)
         sandbox = NsSandbox(
             **{"memory": options.default_memory, "timeout": options.default_timeout, **given},
             audit_log=options.audit_log,
+            wheels=options.wheels,
         )
         limits = sandbox.spec.limits
         for field, value, most in (

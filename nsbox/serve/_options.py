@@ -44,11 +44,21 @@ class ServeOptions:
     sessions_per_token: int = 8
     requests_per_minute: int = 600  #: per token; beyond it, 429 with Retry-After
     max_body: int = 16 * MiB  #: a longer request body is refused with 413
-    max_batch: int = 256  #: programs in one /v1/run_code_batch request
+    max_batch: int = 64  #: programs in one /v1/run_code_batch request
+    output_limit: int = MiB  #: what a one-shot program's stdout and stderr each keep
+    max_connections: int = 512  #: connections at once (uvicorn answers 503 beyond)
+    wheels: str | None = None  #: a host folder of wheels for sessions' install_packages
     grace: float = 30.0  #: on SIGTERM, how long running requests may take to finish
 
     def __post_init__(self) -> None:
-        for name in ("max_sandboxes", "workers", "sessions_per_token", "requests_per_minute", "max_batch"):
+        for name in (
+            "max_sandboxes",
+            "workers",
+            "sessions_per_token",
+            "requests_per_minute",
+            "max_batch",
+            "max_connections",
+        ):
             _at_least(name, getattr(self, name), 1)
         for name in ("pool_size", "queue"):
             _at_least(name, getattr(self, name), 0)
@@ -67,12 +77,12 @@ class ServeOptions:
             raise SpecError(("default_timeout", "max_timeout"), "the default is above the maximum")
         if self.max_body < MiB:
             raise SpecError("max_body", "at least 1 MiB")
-        held = (self.workers + self.pool_size) * self.default_memory
+        held = self.workers * self.max_memory + self.pool_size * self.default_memory
         if held > self.memory_budget:
             raise SpecError(
                 ("memory_budget", "workers", "pool_size"),
-                f"the workers and the pool alone hold {held >> 20} MiB of memory limits; the budget is "
-                f"{self.memory_budget >> 20} MiB",
+                f"the workers (--max-memory each) and the pool alone hold {held >> 20} MiB of memory limits; "
+                f"the budget is {self.memory_budget >> 20} MiB",
             )
         if self.token_file is None and not is_loopback(self.host):
             raise SpecError(

@@ -15,14 +15,16 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from nsbox import ExecutionFailed, SandboxError
+from nsbox import ExecutionFailed, RunFailed, SandboxError
 from nsbox._values import parse_size
 
-from ._app import Refusal, Server, sse
+from ._app import Server, sse
 from ._auth import Principal
+from ._errors import Refusal, error_event
 from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse, inside_name
 from ._models import ExecuteRequest, PackagesRequest, RunCodeInSession, RunRequest, SandboxRequest, capped_timeout
 from ._sessions import Session
+from ._stream import streamed, streamed_cell
 
 
 def add(app: FastAPI, server: Server) -> None:
@@ -58,7 +60,7 @@ def add(app: FastAPI, server: Server) -> None:
     # -- sessions --------------------------------------------------------------------------------
     @app.post("/v1/sandboxes", status_code=201)
     async def create(body: SandboxRequest, who: Principal = Who) -> dict[str, Any]:
-        session = await server.sessions.create(who, body.sandbox(options))
+        session = await server.sessions.create(who, body.sandbox(options), body.rootfs)
         return session.describe(options)
 
     @app.get("/v1/sandboxes")
@@ -80,8 +82,18 @@ def add(app: FastAPI, server: Server) -> None:
         if body.timeout is not None:
             kwargs["timeout"] = capped_timeout(body.timeout, options)
         session = server.session(who, session_id)
-        call = _in(server, session, "run", lambda s: s.run(body.args, **kwargs).to_dict("base64"))
-        return await _answer(call, request)
+        if _wants_events(request):  # its output as it comes: the run's stdout and stderr are our pipes
+            del kwargs["capture_output"]
+
+            def piped(out: int, err: int) -> Any:
+                return _in(
+                    server, session, "run", lambda s: s.run(body.args, stdout=out, stderr=err, **kwargs).to_dict()
+                )
+
+            return sse(streamed(piped, session.sandbox.spec.limits.output_limit))
+        return await _answer(
+            _in(server, session, "run", lambda s: s.run(body.args, **kwargs).to_dict("base64")), request
+        )
 
     @app.post("/v1/sandboxes/{session_id}/execute")
     async def execute(session_id: str, body: ExecuteRequest, request: Request, who: Principal = Who) -> Any:
@@ -89,6 +101,18 @@ def add(app: FastAPI, server: Server) -> None:
         if body.timeout is not None:
             kwargs["timeout"] = capped_timeout(body.timeout, options)
         session = server.session(who, session_id)
+
+        if _wants_events(request) and not (body.want_result or body.inputs is not None):
+
+            def cell(on_stdout: Any, on_stderr: Any) -> Any:
+                return _in(
+                    server,
+                    session,
+                    "execute",
+                    lambda s: s.execute_code(body.code, on_stdout=on_stdout, on_stderr=on_stderr, **kwargs).to_dict(),
+                )
+
+            return sse(streamed_cell(cell))
 
         def executed(sandbox: Any) -> dict[str, Any]:
             if not (body.want_result or body.inputs is not None):
@@ -128,9 +152,14 @@ def add(app: FastAPI, server: Server) -> None:
     async def packages(session_id: str, body: PackagesRequest, who: Principal = Who) -> dict[str, Any]:
         kwargs = {} if body.timeout is None else {"timeout": capped_timeout(body.timeout, options)}
         session = server.session(who, session_id)
-        result: dict[str, Any] = await _in(
-            server, session, "packages", lambda s: s.install_packages(body.packages, **kwargs).to_dict("base64")
-        )
+
+        def install(sandbox: Any) -> dict[str, Any]:
+            try:
+                return dict(sandbox.install_packages(body.packages, **kwargs).to_dict("base64"))
+            except RunFailed as exc:  # pip failed: its result says how
+                return dict(exc.result.to_dict("base64"))
+
+        result: dict[str, Any] = await _in(server, session, "packages", install)
         return result
 
     @app.get("/v1/sandboxes/{session_id}/files")
@@ -176,14 +205,13 @@ async def _one_shot(server: Server, requests: list[RunCodeRequest], endpoint: st
 async def _in(server: Server, session: Session, endpoint: str, call: Any) -> Any:
     """``call(sandbox)`` in a thread, the session active meanwhile; a dead sandbox ends the session (410)."""
     started = time.monotonic()
-    async with server.sessions.using(session):
-        try:
-            result = await server.call(call, session.sandbox)
-        except SandboxError as exc:
-            if not session.sandbox.closed:  # refused, the sandbox goes on (run_code in own mode)
-                raise Refusal(409, None, str(exc)) from None
-            await server.sessions.destroy(session)
-            raise Refusal(410, "id", f"the session's sandbox ended: {exc}") from None
+    try:
+        result = await server.sessions.call_in(session, call)
+    except SandboxError as exc:
+        if not session.sandbox.closed:  # refused, the sandbox goes on (run_code in own mode)
+            raise Refusal(409, None, str(exc)) from None
+        await server.sessions.destroy(session)
+        raise Refusal(410, "id", f"the session's sandbox ended: {exc}") from None
     status = result.get("status", "ok") if isinstance(result, dict) else "ok"
     server.metrics.ran(endpoint, str(status), time.monotonic() - started)
     return result
@@ -194,7 +222,7 @@ async def _answer(call: Any, request: Request) -> Any:
     when the call ends, ``stdout`` and ``stderr`` (``{"text": ...}``, if there was any) and
     ``result`` (the JSON answer); ``error`` instead if it was refused. (The engine hands a
     call's output over when it ends: the events come then, not while the code runs.)"""
-    if "text/event-stream" not in request.headers.get("accept", ""):
+    if not _wants_events(request):
         return await call
 
     async def events() -> AsyncIterator[tuple[str, Any]]:
@@ -202,8 +230,8 @@ async def _answer(call: Any, request: Request) -> Any:
         yield "started", {}
         try:
             result = await task
-        except Refusal as exc:
-            yield "error", {"status": exc.status, "field": exc.field, "msg": exc.message}
+        except Exception as exc:  # the answer has begun (200): the refusal is an event
+            yield "error", error_event(exc)
             return
         for stream in ("stdout", "stderr"):
             text = _text(result, stream)
@@ -212,6 +240,10 @@ async def _answer(call: Any, request: Request) -> Any:
         yield "result", result
 
     return sse(events())
+
+
+def _wants_events(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
 
 
 def _text(result: dict[str, Any], stream: str) -> str:

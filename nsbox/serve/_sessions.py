@@ -14,7 +14,7 @@ import collections
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ REAP_EVERY = 1.0
 
 
 class Session:
-    def __init__(self, owner: Principal, sandbox: NsSandbox, memory: int) -> None:
+    def __init__(self, owner: Principal, sandbox: NsSandbox, memory: int, rootfs: str | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.owner = owner
         self.sandbox = sandbox
@@ -40,7 +40,9 @@ class Session:
         self.created = time.monotonic()
         self.created_at = time.time()
         self.last_used = self.created
-        self.active = 0  #: calls running now (an active session is not idle)
+        self.active = 0  #: calls running or waiting now (an active session is not idle)
+        self.turn = asyncio.Lock()  #: its calls go one at a time: one thread at most waits on its sandbox
+        self.rootfs = rootfs  #: the name it was asked for (its path is the host's business)
 
     def describe(self, options: ServeOptions) -> dict[str, Any]:
         now = time.monotonic()
@@ -56,7 +58,7 @@ class Session:
             "pids": limits.pids,
             "timeout": limits.timeout,
             "workspace_size": self.sandbox.spec.workspace_size,
-            "rootfs": self.sandbox.spec.rootfs,
+            "rootfs": self.rootfs,
         }
 
 
@@ -79,7 +81,7 @@ class Sessions:
             self.pool = SandboxPool(self.options.pool_size, pool_spec)
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
-    async def create(self, owner: Principal, sandbox: NsSandbox) -> Session:
+    async def create(self, owner: Principal, sandbox: NsSandbox, rootfs: str | None = None) -> Session:
         """``sandbox``: not started; a started one of the pool's spec is taken instead if there is one."""
         mine = sum(1 for s in self._sessions.values() if s.owner == owner) + self._creating_by[owner]
         if mine >= self.options.sessions_per_token:
@@ -96,14 +98,19 @@ class Sessions:
                 with contextlib.suppress(TimeoutError):  # none ready: a new one, as if there were no pool
                     started = await self.call(self.pool.acquire, 0.0)
             if started is None:
-                started = await self.call(sandbox.start)
+                starting = asyncio.get_running_loop().run_in_executor(self.executor, sandbox.start)
+                try:
+                    started = await asyncio.shield(starting)
+                except asyncio.CancelledError:  # the client went away: the sandbox is closed once started
+                    starting.add_done_callback(lambda _: sandbox.close())
+                    raise
         except BaseException:
             self.budget.give(memory)
             raise
         finally:
             self._creating -= 1
             self._creating_by[owner] -= 1
-        session = Session(owner, started, memory)
+        session = Session(owner, started, memory, rootfs)
         self._sessions[session.id] = session
         return session
 
@@ -122,18 +129,27 @@ class Sessions:
         finally:
             self.budget.give(session.memory)
 
-    @contextlib.asynccontextmanager
-    async def using(self, session: Session) -> AsyncIterator[Session]:
-        """The session is active for the block; a session already this busy refuses (Busy):
-        its calls run one at a time, and the ones waiting hold a thread each."""
+    async def call_in(self, session: Session, function: Callable[[NsSandbox], _T]) -> _T:
+        """``function(sandbox)`` in a thread, after the session's calls before it; the session
+        is active (not idle) until it returns, even if the request that made it went away
+        meanwhile. Busy if MAX_CALLS calls of the session are running or waiting."""
         if session.active >= MAX_CALLS:
             raise Busy(f"the session has {session.active} calls running or waiting, the most it takes")
         session.active += 1
         try:
-            yield session
-        finally:
+            await session.turn.acquire()
+        except BaseException:
+            session.active -= 1
+            raise
+        done = asyncio.get_running_loop().run_in_executor(self.executor, function, session.sandbox)
+
+        def over(_: object) -> None:
+            session.turn.release()
             session.active -= 1
             session.last_used = time.monotonic()
+
+        done.add_done_callback(over)
+        return await asyncio.shield(done)  # a cancelled request leaves the call to end in its thread
 
     async def call(self, function: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)

@@ -31,6 +31,8 @@ CALL_TIMEOUT = 180.0
 CLIENT_NAMES = {"memory": "memory_limit", "cpus": "cpu_limit", "timeout": "execution_timeout", "pids": "max_processes"}
 
 KINDS = ("NsSandbox", "SandboxClient", "RemoteSandbox")
+#: The sessions made in this process (a server's have its network policy: none).
+LOCAL_KINDS = ("NsSandbox", "SandboxClient")
 #: Host pids of a test server and of the sandboxes it keeps for itself (its run_code workers):
 #: not a session's, so the probes below leave them out.
 SERVER_PROCESSES: set[int] = set()

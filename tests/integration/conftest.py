@@ -28,10 +28,11 @@ def session_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def remote_server() -> Iterator[Served]:
-    """One ``nsbox serve`` for the RemoteSandbox sessions of the whole run (no pool: every
-    sandbox below it but its run_code worker's is a session's)."""
+    """One ``nsbox serve`` for the RemoteSandbox sessions of a module (no pool: every sandbox
+    below it but its run_code worker's is a session's). Not longer: the tests of other modules
+    check that no sandbox process is left on the machine after them."""
     with served("--pool-size", "0", "--workers", "1", tokens={"tests": secrets.token_hex(16)}) as server:
         server.request("POST", "/run_code", {"code": "pass"})  # its worker's sandbox is up: all of it is the server's
         SERVER_PROCESSES.update({server.process.pid, *descendants(server.process.pid)})

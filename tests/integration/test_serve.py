@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -228,10 +229,10 @@ def test_200_concurrent_clients_get_a_result_or_429_and_nothing_is_left() -> Non
 def test_idle_and_lifetime_expiry_destroy_sessions() -> None:
     require_sandbox()
     with served("--session-idle-ttl", "2", "--session-lifetime", "6", "--pool-size", "0", tokens=TOKENS) as server:
-        own = descendants(server.process.pid)  # its run_code workers
+        own = _settled(server.process.pid)  # its run_code workers' (each forks its next program ahead)
         idle = server.request("POST", "/v1/sandboxes", {}).json()["id"]
         busy = server.request("POST", "/v1/sandboxes", {}).json()["id"]
-        sessions = (descendants(server.process.pid) - own) & set(sandbox_processes())
+        sessions = (_settled(server.process.pid) - own) & set(sandbox_processes())
         assert sessions, "premise: the sessions' sandbox processes are found"
         started = time.monotonic()
         while time.monotonic() - started < 4.5:  # the busy one is used every second: never idle for 2 s
@@ -244,6 +245,17 @@ def test_idle_and_lifetime_expiry_destroy_sessions() -> None:
         assert wait_until(lambda: not [p for p in sessions if Path(f"/proc/{p}").exists()], 10), "their sandboxes went"
         expired = [e for e in server.log() if e.get("path", "").startswith("/v1/sandboxes/") and e["status"] == 404]
         assert expired and all(e["token"] == "alice" for e in expired)
+
+
+def _settled(pid: int) -> set[int]:
+    """The processes below ``pid`` once they stopped changing (0.3 s apart)."""
+    before = descendants(pid)
+    while True:
+        time.sleep(0.3)
+        now = descendants(pid)
+        if now == before:
+            return now
+        before = now
 
 
 def test_sigterm_lets_a_running_request_finish_then_leaves_nothing() -> None:
@@ -266,3 +278,120 @@ def test_sigterm_lets_a_running_request_finish_then_leaves_nothing() -> None:
         assert server.process.wait(60) == 0
         assert wait_until(lambda: not [p for p in pids if Path(f"/proc/{p}").exists()], 10)
         assert [e["event"] for e in server.log()][-1] == "stopped", made
+
+
+def _timed_events(server: Served, path: str, body: dict[str, Any]) -> list[tuple[float, str, Any]]:
+    """POST asking for server-sent events; each (seconds since sent, name, data), as read."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
+    started = time.monotonic()
+    connection.request("POST", path, json.dumps(body), {**headers, "Accept": "text/event-stream"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("content-type", "").startswith("text/event-stream")
+    events, name = [], None
+    for raw in response:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((time.monotonic() - started, name, json.loads(line[6:])))
+    connection.close()
+    return events
+
+
+TICKS = "import time\nfor i in range(15):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)"
+
+
+@pytest.mark.parametrize("endpoint", ["execute", "run"])
+def test_output_streams_as_events_while_the_code_runs(server: Served, endpoint: str) -> None:
+    made = server.request("POST", "/v1/sandboxes", {"memory": "128M"}).json()["id"]
+    body = {"code": TICKS} if endpoint == "execute" else {"args": ["python3", "-u", "-c", TICKS]}
+    events = _timed_events(server, f"/v1/sandboxes/{made}/{endpoint}", body)
+    names = [name for _, name, _ in events]
+    assert names[0] == "started" and names[-1] == "result" and set(names[1:-1]) == {"stdout"}, names
+    text = "".join(data["text"] for _, name, data in events if name == "stdout")
+    assert text == "".join(f"tick {i}\n" for i in range(15)), "in order, none lost or doubled"
+    first, last = events[1][0], events[-1][0]
+    assert first < last - 0.7, f"the first line came {first:.2f} s in, the result {last:.2f} s: not while it ran"
+    assert events[-1][2]["status"] == "ok"
+    assert server.request("DELETE", f"/v1/sandboxes/{made}").status == 204
+
+
+def test_a_flooding_run_streams_no_more_than_its_output_limit(server: Served) -> None:
+    made = server.request("POST", "/v1/sandboxes", {"memory": "128M", "output_limit": "64K"}).json()["id"]
+    body = {"args": ["sh", "-c", "head -c 50000000 /dev/zero | tr '\\0' x"], "timeout": 30}
+    events = _timed_events(server, f"/v1/sandboxes/{made}/run", body)
+    streamed = sum(len(data["text"]) for _, name, data in events if name == "stdout")
+    assert streamed == 64 * 1024, streamed
+    assert events[-1][1] == "result" and events[-1][2]["output_dropped_bytes"] == 50_000_000 - 64 * 1024
+    assert server.request("POST", f"/v1/sandboxes/{made}/execute", {"code": "'alive'"}).json()["value"] == "'alive'"
+    assert server.request("DELETE", f"/v1/sandboxes/{made}").status == 204
+
+
+def test_a_programs_output_is_cut_at_the_servers_output_limit_and_still_succeeds(server: Served) -> None:
+    answer = server.request("POST", "/run_code", {"code": "print('x' * (5 << 20))"}).json()
+    assert answer["status"] == "Success", answer["message"]
+    assert len(answer["run_result"]["stdout"]) == 1 << 20, "the server's --output-limit (1M) for one-shot programs"
+
+
+def test_fetch_files_names_are_bounded(server: Served) -> None:
+    names = [f"f{i}" for i in range(65)]
+    reply = server.request("POST", "/run_code", {"code": "pass", "fetch_files": names})
+    assert reply.status == 422 and reply.json()["detail"][0]["loc"] == ["body", "fetch_files"], reply
+
+
+def test_a_sessions_calls_go_one_at_a_time_and_a_fifth_waiting_is_refused(server: Served) -> None:
+    made = server.request("POST", "/v1/sandboxes", {"memory": "128M"}).json()["id"]
+    path = f"/v1/sandboxes/{made}/execute"
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        started = time.monotonic()
+        replies = list(
+            pool.map(lambda _: server.request("POST", path, {"code": "import time; time.sleep(1)"}), range(6))
+        )
+        took = time.monotonic() - started
+    statuses = sorted(r.status for r in replies)
+    assert statuses == [200, 200, 200, 200, 429, 429], statuses
+    assert took >= 3.5, f"four 1 s cells of one session ran one after another, not at once ({took:.1f} s)"
+    assert server.request("DELETE", f"/v1/sandboxes/{made}").status == 204
+
+
+def test_a_server_without_tokens_answers_only_loopback_names() -> None:
+    """DNS rebinding: a web page's request to a name that resolves to 127.0.0.1 carries that
+    name in Host; a token-less server refuses it."""
+    require_sandbox()
+    with served("--workers", "1", "--pool-size", "0") as server:
+        assert server.request("GET", "/v1/sandboxes", token=None).status == 200
+        rebound = server.request("GET", "/v1/sandboxes", token=None, headers={"Host": "attacker.example:8080"})
+        assert rebound.status == 403 and rebound.json()["detail"][0]["loc"] == ["header", "host"], rebound
+        assert server.request("GET", "/v1/sandboxes", token=None, headers={"Host": "[::1]:80"}).status == 200
+
+
+def test_packages_install_from_the_servers_wheels_and_sigterm_ends_a_long_program(host_tmp: Any) -> None:
+    require_sandbox()
+    from tests.security.test_workspace_files import build_wheel
+
+    wheels = host_tmp("wheels", 0o755)
+    build_wheel(wheels)
+    with served("--wheels", str(wheels), "--grace", "1", "--pool-size", "0", tokens=TOKENS) as server:
+        made = server.request("POST", "/v1/sandboxes", {}).json()["id"]
+        installed = server.request("POST", f"/v1/sandboxes/{made}/packages", {"packages": ["nsbox_demo_pkg"]})
+        assert installed.status == 200 and installed.json()["status"] == "ok", installed
+        value = server.request(
+            "POST", f"/v1/sandboxes/{made}/execute", {"code": "import nsbox_demo_pkg\nnsbox_demo_pkg.VALUE"}
+        )
+        assert value.json()["value"] == "42", value
+        missing = server.request("POST", f"/v1/sandboxes/{made}/packages", {"packages": ["not_in_the_wheelhouse"]})
+        assert missing.status == 200 and missing.json()["status"] != "ok", "pip's failure is a result, not a 5xx"
+        remote = nsbox.RemoteSandbox(server.url, token=TOKENS["bob"]).start()
+        remote.write_file("/workspace/abs.txt", b"absolute")
+        assert remote.read_file("abs.txt") == b"absolute", "/workspace/x is the workspace's x"
+
+        def long_program() -> None:
+            with contextlib.suppress(OSError):  # the server goes away under it
+                server.request("POST", "/run_code", {"code": "import time; time.sleep(60)", "run_timeout": 100})
+
+        threading.Thread(target=long_program, daemon=True).start()
+        time.sleep(1.5)
+        stopping = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - stopping < 15, "after the grace, a program still running is ended"

@@ -364,3 +364,53 @@ def test_sandbox_client_refuses_timeout_and_its_alias_together() -> None:
 
     with pytest.raises(nsbox.SpecError):
         asyncio.run(attempt())
+
+
+# -- output as it comes (on_stdout, on_stderr) ----------------------------------------------------
+TICKING = (
+    "import sys, time\nfor i in range(15):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n"
+    "print('to stderr', file=sys.stderr)"
+)
+
+
+def test_output_comes_to_the_callbacks_while_the_cell_runs(session: Any) -> None:
+    assert session.execute_code("1").success  # the kernel is up: what is timed is the cell
+    got: list[tuple[float, str, str]] = []
+    started = time.monotonic()
+    result = session.execute_code(
+        TICKING,
+        on_stdout=lambda text: got.append((time.monotonic() - started, "stdout", text)),
+        on_stderr=lambda text: got.append((time.monotonic() - started, "stderr", text)),
+    )
+    ended = time.monotonic() - started
+    assert result.success, result
+    out = "".join(text for _, stream, text in got if stream == "stdout")
+    assert out == "".join(f"tick {i}\n" for i in range(15)) == result.stdout, "in order, none lost or doubled"
+    assert "".join(text for _, stream, text in got if stream == "stderr") == "to stderr\n" == result.stderr
+    first = next(at for at, stream, _ in got if stream == "stdout")
+    # The cell takes 1.5 s; its first line came while it ran, not with the result (loosely).
+    assert first < ended - 0.7, (first, ended, got[:3])
+
+
+def test_a_callback_that_raises_leaves_the_cell_and_the_session(session: Any) -> None:
+    def broken(text: str) -> None:
+        raise RuntimeError("the caller's bug")
+
+    result = session.execute_code("print('a')\nx = 6\nprint('b')", on_stdout=broken, on_stderr=broken)
+    assert result.success and result.stdout == "a\nb\n", result
+    assert session.execute_code("x * 7").value == "42"
+
+
+def test_a_flood_through_the_callbacks_stays_within_the_output_limit(make_session: Callable[..., Any]) -> None:
+    session = make_session(output_limit="1M")
+    total = 0
+
+    def count(text: str) -> None:
+        nonlocal total
+        total += len(text)
+
+    flood = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)"
+    result = session.execute_code(flood, on_stdout=count, timeout=60)
+    assert result.stdout_truncated and len(result.stdout) == 1 << 20, (len(result.stdout), result.status)
+    assert total == 1 << 20, f"{total} characters came to the callback: the limit is 1 MiB"
+    assert session.execute_code("'alive'").value == "'alive'"

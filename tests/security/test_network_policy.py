@@ -34,7 +34,7 @@ import nsbox
 from nsbox import NetworkPolicy
 from nsbox._netpolicy import blocked_reason
 from tests.conftest import NSBOX_CLI, require_root, require_sandbox, wait_until
-from tests.integration._session_api import KINDS, SyncClient, below_helpers, open_session
+from tests.integration._session_api import LOCAL_KINDS, SyncClient, below_helpers, open_session
 from tests.security._networld import BIG_BYTES, SLOW_SECONDS, World, network_world
 
 ALLOWED = "198.51.100.10"
@@ -739,7 +739,7 @@ def fetch(url):
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LOCAL_KINDS)
 def test_the_session_api_with_the_seeds_names(world: World, kind: str) -> None:
     require_sandbox()
     if kind == "SandboxClient":
