@@ -10,6 +10,8 @@ budget, session expiry), never isolation: every run is the engine's. Modules:
 - ``_sessions``  sessions owned by a token, with idle and lifetime expiry
 - ``_fusion``    SandboxFusion's /run_code request and response, run by judge mode
 - ``_models``    the session API's request bodies (unknown fields refused)
+- ``_errors``    how a refusal is answered: status, field, body (and a stream's error event)
+- ``_stream``    a run's or a cell's output as server-sent events while it runs
 - ``_limits``    the request body's cap (413)
 - ``_log``       the JSON-lines log of requests and refusals (the audit log)
 - ``_metrics``   Prometheus' text format

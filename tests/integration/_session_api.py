@@ -33,9 +33,33 @@ CLIENT_NAMES = {"memory": "memory_limit", "cpus": "cpu_limit", "timeout": "execu
 KINDS = ("NsSandbox", "SandboxClient", "RemoteSandbox")
 #: The sessions made in this process (a server's have its network policy: none).
 LOCAL_KINDS = ("NsSandbox", "SandboxClient")
-#: Host pids of a test server and of the sandboxes it keeps for itself (its run_code workers):
-#: not a session's, so the probes below leave them out.
-SERVER_PROCESSES: set[int] = set()
+#: A test server's own processes (``keep_server_out``): the probes below leave them out, and
+#: what its run_code workers fork later (a warm interpreter forks each program ahead of need).
+_SERVER: dict[str, set[int]] = {"top": set(), "workers": set()}
+
+
+def keep_server_out(server_pid: int) -> None:
+    """The server ``server_pid`` and its processes now (its workers' sandboxes: no session
+    has been made) are not a session's; neither is whatever those workers start later.
+    ``keep_server_out(0)``: forget it."""
+    if not server_pid:
+        _SERVER.update(top=set(), workers=set())
+        return
+    below = descendants(server_pid)
+    _SERVER["top"] = {server_pid, *(pid for pid in below if _ppid(pid) == server_pid)}  # itself, its spawner
+    sandboxed = set(sandbox_processes())
+    # The workers' supervisors: the spawner's children with a sandbox below them (a spare
+    # supervisor the spawner forked ahead has none: a session may get it later).
+    supervisors = {
+        pid for pid in below - _SERVER["top"] if _ppid(pid) in _SERVER["top"] and descendants(pid) & sandboxed
+    }
+    _SERVER["workers"] = supervisors | descendants(*supervisors)
+
+
+def _server_processes() -> set[int]:
+    if not _SERVER["top"]:
+        return set()
+    return _SERVER["top"] | _SERVER["workers"] | descendants(*_SERVER["workers"])
 
 
 class SyncClient:
@@ -117,8 +141,8 @@ def _ppid(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])  # the comm field may hold spaces or ")"
 
 
-def descendants(root: int) -> set[int]:
-    """Host pids of every process below ``root`` (a snapshot)."""
+def descendants(*roots: int) -> set[int]:
+    """Host pids of every process below the ``roots`` (a snapshot)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -126,7 +150,7 @@ def descendants(root: int) -> set[int]:
             if parent is not None:
                 children.setdefault(parent, []).append(int(entry))
     found: set[int] = set()
-    todo = [root]
+    todo = list(roots)
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in found:
@@ -150,7 +174,7 @@ def slot_of(uid: int) -> int:
 def my_sandbox_slots() -> set[int]:
     """The host id ranges (slots) of the sandboxes this test process runs right now.
     Rootless, where sandboxes have no id range of their own: their host pids."""
-    mine = descendants(os.getpid()) - SERVER_PROCESSES
+    mine = descendants(os.getpid()) - _server_processes()
     if os.geteuid() != 0:
         return {pid for pid in sandbox_processes() if pid in mine}
     return {slot_of(uid) for pid in sandbox_processes() if pid in mine for uid in _uids(pid) if uid >= HOST_ID_BASE}
@@ -166,7 +190,7 @@ def below_helpers() -> list[int]:
     """Descendants of this process other than its direct children (the spawner helper is a
     child; every supervisor and sandbox process lies deeper). Empty once all sessions closed."""
     me = os.getpid()
-    return sorted(pid for pid in descendants(me) - SERVER_PROCESSES if _ppid(pid) != me)
+    return sorted(pid for pid in descendants(me) - _server_processes() if _ppid(pid) != me)
 
 
 def processes_with_argv(*argv: str) -> list[int]:

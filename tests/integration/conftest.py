@@ -18,7 +18,7 @@ import pytest
 
 from tests._serve import Served, served
 from tests.conftest import require_sandbox
-from tests.integration._session_api import KINDS, SERVER_PROCESSES, SyncClient, descendants, open_session
+from tests.integration._session_api import KINDS, SyncClient, keep_server_out, open_session
 
 
 @pytest.fixture(params=KINDS)
@@ -35,9 +35,9 @@ def remote_server() -> Iterator[Served]:
     check that no sandbox process is left on the machine after them."""
     with served("--pool-size", "0", "--workers", "1", tokens={"tests": secrets.token_hex(16)}) as server:
         server.request("POST", "/run_code", {"code": "pass"})  # its worker's sandbox is up: all of it is the server's
-        SERVER_PROCESSES.update({server.process.pid, *descendants(server.process.pid)})
+        keep_server_out(server.process.pid)
         yield server
-        SERVER_PROCESSES.clear()
+        keep_server_out(0)
 
 
 @pytest.fixture
