@@ -26,13 +26,16 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ExecutionFailed, NsboxError, SandboxError, SecurityError, SpecError
 from ._files import FILE_LIMIT, FileInfo
 from ._hostfiles import read_host_file, write_host_file
 from ._result import ExecutionResult, RunResult
 from ._spec import NetworkPolicy
+
+if TYPE_CHECKING:
+    from ._judge import JudgeResult
 
 #: The options a server takes from a request.
 OPTIONS = ("memory", "cpus", "pids", "timeout", "workspace_size", "output_limit", "rootfs", "env")
@@ -170,6 +173,30 @@ class RemoteSandbox:
         }
         return RunResult.from_dict(self._call("run_code", body, timeout))
 
+    def judge(
+        self,
+        code: str,
+        tests: Sequence[Mapping[str, Any] | tuple[str | bytes, str | bytes]],
+        **options: Any,
+    ) -> JudgeResult:
+        """As NsSandbox.judge, in the session's sandbox (tests' inputs and outputs as text)."""
+        from ._judge import JudgeResult, TestVerdict, Verdict
+
+        pairs = [_test_pair(test) for test in tests]
+        timeout = options.get("timeout")
+        answer = self._call(
+            "judge", {"code": code, "tests": pairs, **options}, None if timeout is None else timeout * len(pairs)
+        )
+        compiled = answer.get("compile")
+        return JudgeResult(
+            Verdict(answer["verdict"]),
+            tuple(
+                TestVerdict(t["index"], Verdict(t["verdict"]), RunResult.from_dict(t["run"])) for t in answer["tests"]
+            ),
+            None if compiled is None else RunResult.from_dict(compiled),
+            answer.get("error"),
+        )
+
     def install_packages(self, packages: Sequence[str], *, timeout: float | None = None) -> RunResult:
         return RunResult.from_dict(self._call("packages", {"packages": list(packages), "timeout": timeout}, timeout))
 
@@ -280,6 +307,15 @@ class RemoteSandbox:
         if binary:
             return content
         return json.loads(content) if content else None
+
+
+def _test_pair(test: Mapping[str, Any] | tuple[str | bytes, str | bytes]) -> tuple[str, str]:
+    given, expected = (test["input"], test["output"]) if isinstance(test, Mapping) else test
+    return _text(given), _text(expected)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _bytes(value: bytes | str) -> bytes:

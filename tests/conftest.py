@@ -358,3 +358,18 @@ def expect_refusal(
         failures.append(f"{label}: raised {type(exc).__name__}: {exc}")
         return
     failures.append(f"{label}: succeeded, returned {value!r:.120}")
+
+
+@contextlib.contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """A host file a broken implementation could overwrite: put back as it was, whatever happens."""
+    data, st = path.read_bytes(), os.stat(path)
+    try:
+        yield
+    finally:
+        now = os.stat(path)
+        if path.read_bytes() != data:
+            path.write_bytes(data)
+        if (now.st_mode, now.st_uid, now.st_gid) != (st.st_mode, st.st_uid, st.st_gid):
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, stat.S_IMODE(st.st_mode))

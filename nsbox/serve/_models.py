@@ -87,6 +87,20 @@ class RunCodeInSession(Strict):
     files: dict[str, str] | None = None
 
 
+class JudgeRequest(Strict):
+    """judge in a session's sandbox: tests' inputs and outputs are text."""
+
+    code: str
+    tests: list[tuple[str, str]] = Field(max_length=10_000)
+    language: str = "python"
+    timeout: float | None = None
+    memory: int | str | None = None
+    compare: str = "exact"
+    tolerance: float = 1e-6
+    stop_on_failure: bool = False
+    compile_timeout: float | None = None
+
+
 class PackagesRequest(Strict):
     packages: list[str] = Field(min_length=1, max_length=256)
     timeout: float | None = None

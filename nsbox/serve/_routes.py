@@ -22,7 +22,15 @@ from ._app import Server, sse
 from ._auth import Principal
 from ._errors import Refusal, error_event
 from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse, inside_name
-from ._models import ExecuteRequest, PackagesRequest, RunCodeInSession, RunRequest, SandboxRequest, capped_timeout
+from ._models import (
+    ExecuteRequest,
+    JudgeRequest,
+    PackagesRequest,
+    RunCodeInSession,
+    RunRequest,
+    SandboxRequest,
+    capped_timeout,
+)
 from ._sessions import Session
 from ._stream import streamed, streamed_cell
 
@@ -130,10 +138,7 @@ def add(app: FastAPI, server: Server) -> None:
         if body.timeout is not None:
             kwargs["timeout"] = capped_timeout(body.timeout, options)
         if body.memory is not None:
-            memory = parse_size(body.memory, "memory")
-            if not 0 < memory <= options.max_memory:
-                raise Refusal(422, "memory", f"{memory} bytes; this server takes 1 up to {options.max_memory}")
-            kwargs["memory"] = memory
+            kwargs["memory"] = _capped_memory(body.memory, options.max_memory)
         for name in body.files or {}:
             if not inside_name(name):
                 raise Refusal(422, "files", f"{name!r}: a name relative to the program's directory, inside it")
@@ -147,6 +152,29 @@ def add(app: FastAPI, server: Server) -> None:
             raise Refusal(422, "files", "the files' contents are base64") from None
         session = server.session(who, session_id)
         return await _in(server, session, "run_code", lambda s: s.run_code(body.code, **kwargs).to_dict("base64"))
+
+    @app.post("/v1/sandboxes/{session_id}/judge")
+    async def judge_in(session_id: str, body: JudgeRequest, who: Principal = Who) -> Any:
+        kwargs = body.model_dump(exclude={"code", "tests"}, exclude_none=True)
+        for field in ("timeout", "compile_timeout"):
+            if field in kwargs:
+                kwargs[field] = capped_timeout(kwargs[field], options, field)
+        if "memory" in kwargs:
+            kwargs["memory"] = _capped_memory(kwargs["memory"], options.max_memory)
+        session = server.session(who, session_id)
+
+        def judged(sandbox: Any) -> dict[str, Any]:
+            result = sandbox.judge(body.code, body.tests, **kwargs)
+            return {
+                "verdict": result.verdict.value,
+                "error": result.error,
+                "compile": None if result.compile is None else result.compile.to_dict("base64"),
+                "tests": [
+                    {"index": t.index, "verdict": t.verdict.value, "run": t.run.to_dict("base64")} for t in result.tests
+                ],
+            }
+
+        return await _in(server, session, "judge", judged)
 
     @app.post("/v1/sandboxes/{session_id}/packages")
     async def packages(session_id: str, body: PackagesRequest, who: Principal = Who) -> dict[str, Any]:
@@ -240,6 +268,13 @@ async def _answer(call: Any, request: Request) -> Any:
         yield "result", result
 
     return sse(events())
+
+
+def _capped_memory(value: int | str, most: int) -> int:
+    memory = parse_size(value, "memory")
+    if not 0 < memory <= most:
+        raise Refusal(422, "memory", f"{memory} bytes; this server takes 1 up to {most}")
+    return memory
 
 
 def _wants_events(request: Request) -> bool:

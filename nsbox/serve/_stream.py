@@ -20,7 +20,7 @@ import asyncio
 import codecs
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ._errors import error_event
 
@@ -73,13 +73,8 @@ async def streamed(call: Callable[[int, int], Awaitable[dict[str, Any]]], cap: i
             loop.add_reader(fd, readable, name)
         yield "started", {}
         task = asyncio.ensure_future(call(pipes["stdout"][1], pipes["stderr"][1]))
-        while True:  # while the run goes on
-            taking = asyncio.ensure_future(chunks.get())
-            await asyncio.wait({taking, task}, return_when=asyncio.FIRST_COMPLETED)
-            if not taking.done():
-                taking.cancel()  # the run returned with no chunk waiting
-                break
-            yield event(taking.result())
+        async for item in _while_running(chunks, task):
+            yield event(item)
         for _, w in pipes.values():
             close(w)  # ours: the pipes end when the sandbox's copies are gone too
         while len(ended) < len(reads) or not chunks.empty():  # what is left, for DRAIN at most
@@ -91,12 +86,7 @@ async def streamed(call: Callable[[int, int], Awaitable[dict[str, Any]]], cap: i
         for name, decoder in decoders.items():
             if rest := decoder.decode(b"", final=True):
                 yield name, {"text": rest}
-        try:
-            result = task.result()
-        except Exception as exc:  # a refusal: the answer has begun (200), so it is an event
-            yield "error", error_event(exc)
-            return
-        yield "result", {**result, "output_dropped_bytes": dropped}
+        yield _outcome(task, output_dropped_bytes=dropped)
     finally:  # also when the client went away mid-stream
         for fd in reads.values():
             loop.remove_reader(fd)
@@ -131,24 +121,13 @@ async def streamed_cell(
     yield "started", {}
     task = asyncio.ensure_future(call(sink("stdout"), sink("stderr")))
     try:
-        while True:
-            taking = asyncio.ensure_future(chunks.get())
-            await asyncio.wait({taking, task}, return_when=asyncio.FIRST_COMPLETED)
-            if not taking.done():
-                taking.cancel()
-                break
-            name, text = taking.result()
+        async for name, text in _while_running(chunks, task):
             yield name, {"text": text}
         await asyncio.sleep(0)  # the callbacks' last hand-overs, queued before the call returned
         while not chunks.empty():
             name, text = chunks.get_nowait()
             yield name, {"text": text}
-        try:
-            result = task.result()
-        except Exception as exc:  # a refusal: the answer has begun (200), so it is an event
-            yield "error", error_event(exc)
-            return
-        yield "result", result
+        yield _outcome(task)
     finally:  # the client may have gone away: the call goes on to its end, its result unread
         task.add_done_callback(_unread)
 
@@ -156,3 +135,25 @@ async def streamed_cell(
 def _unread(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: a refusal nobody reads is not "never retrieved"
+
+
+_Item = TypeVar("_Item")
+
+
+async def _while_running(chunks: asyncio.Queue[_Item], task: asyncio.Future[Any]) -> AsyncIterator[_Item]:
+    """The chunks as they come, until the call ends with none waiting."""
+    while True:
+        taking = asyncio.ensure_future(chunks.get())
+        await asyncio.wait({taking, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not taking.done():
+            taking.cancel()  # the call returned with no chunk waiting
+            return
+        yield taking.result()
+
+
+def _outcome(task: asyncio.Future[dict[str, Any]], **extra: Any) -> tuple[str, Any]:
+    """The last event: ``result``, or ``error`` for a refusal (the answer has begun: 200)."""
+    try:
+        return "result", {**task.result(), **extra}
+    except Exception as exc:
+        return "error", error_event(exc)

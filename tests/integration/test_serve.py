@@ -395,3 +395,20 @@ def test_packages_install_from_the_servers_wheels_and_sigterm_ends_a_long_progra
         stopping = time.monotonic()
         assert server.stop() == 0
         assert time.monotonic() - stopping < 15, "after the grace, a program still running is ended"
+
+
+def test_judge_in_a_remote_session_gives_the_local_results(server: Served) -> None:
+    tests = [("2 3\n", "5\n"), ("10 -4\n", "6\n"), ("1 1\n", "3\n")]
+    with nsbox.RemoteSandbox(server.url, token=server.token, memory="128M") as remote:
+        judged = remote.judge(SOLUTION, tests, timeout=5)
+        assert [t.verdict for t in judged.tests] == [
+            nsbox.Verdict.ACCEPTED,
+            nsbox.Verdict.ACCEPTED,
+            nsbox.Verdict.WRONG_ANSWER,
+        ]
+        assert judged.verdict is nsbox.Verdict.WRONG_ANSWER and judged.tests[2].run.stdout == b"2\n", judged
+        cpp = '#include <cstdio>\nint main(){int a,b;scanf("%d %d",&a,&b);printf("%d\\n",a+b);}'
+        compiled = remote.judge(cpp, tests[:2], language="cpp", timeout=5, compile_timeout=60)
+        assert compiled.accepted and compiled.compile is not None and compiled.compile.ok, compiled
+        broken = remote.judge("int main(){return missing;}", tests, language="cpp")
+        assert broken.verdict is nsbox.Verdict.COMPILE_ERROR and "missing" in (broken.error or ""), broken

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import secrets
-import stat
 import subprocess
 import tempfile
 import time
@@ -40,7 +39,7 @@ from typing import Any
 import pytest
 
 from tests._serve import Reply, Served, served
-from tests.conftest import NSBOX_CLI, fingerprint, require_run_code, require_sandbox, wait_until
+from tests.conftest import NSBOX_CLI, fingerprint, require_run_code, require_sandbox, restoring, wait_until
 
 MiB = 1 << 20
 PASSWD = Path("/etc/passwd")
@@ -123,21 +122,6 @@ def nothing_created(s: Served) -> Iterator[None]:
     before = census(s)
     yield
     assert census(s) == before
-
-
-@contextlib.contextmanager
-def restoring(path: Path) -> Iterator[None]:
-    """A host file a broken server could overwrite: put back as it was, whatever happens."""
-    data, st = path.read_bytes(), os.stat(path)
-    try:
-        yield
-    finally:
-        if path.read_bytes() != data:
-            path.write_bytes(data)
-        now = os.stat(path)
-        if (now.st_mode, now.st_uid, now.st_gid) != (st.st_mode, st.st_uid, st.st_gid):
-            os.chown(path, st.st_uid, st.st_gid)
-            os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 def send(

@@ -45,7 +45,7 @@ import pytest
 
 import nsbox
 from nsbox import SecurityError, SpecError
-from tests.conftest import call_within, expect_refusal, fingerprint, session, sh
+from tests.conftest import call_within, expect_refusal, fingerprint, restoring, session, sh
 
 MiB = 1 << 20
 FILE_LIMIT = 64 * MiB
@@ -65,21 +65,6 @@ def assert_usable(sandbox: nsbox.NsSandbox) -> None:
     assert sandbox.read_file("usable.txt") == b"still usable"
     sandbox.remove("usable.txt")
     assert sh(sandbox, "test ! -e /workspace/usable.txt && echo gone") == b"gone\n"
-
-
-@contextlib.contextmanager
-def restoring(path: Path) -> Iterator[None]:
-    """A host file a broken implementation could overwrite: put back as it was, whatever happens."""
-    data, st = path.read_bytes(), os.stat(path)
-    try:
-        yield
-    finally:
-        now = os.stat(path)
-        if path.read_bytes() != data:
-            path.write_bytes(data)
-        if (now.st_mode, now.st_uid, now.st_gid) != (st.st_mode, st.st_uid, st.st_gid):
-            os.chown(path, st.st_uid, st.st_gid)
-            os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 def host_pid_of(token: str) -> int:
