@@ -33,22 +33,35 @@ class Slots:
         self.running = 0
         self.waiting = 0
         self._free = asyncio.Semaphore(running)
+        self._gathering = asyncio.Lock()  #: one request at a time takes several slots (no two half-way)
 
     @contextlib.asynccontextmanager
-    async def slot(self, what: str) -> AsyncIterator[None]:
+    async def slot(self, what: str, count: int = 1) -> AsyncIterator[None]:
+        """``count`` slots (a batch: as many as it has programs, up to all): it waits as one
+        request, and runs only when it holds them all."""
+        count = max(1, min(count, self.capacity))
         if self.running >= self.capacity and self.waiting >= self.queue:
             raise Busy(f"{what}: {self.running} running and {self.waiting} waiting, the most this server takes")
         self.waiting += 1
+        taken = 0
         try:
-            await self._free.acquire()
+            async with self._gathering if count > 1 else contextlib.nullcontext():
+                for _ in range(count):
+                    await self._free.acquire()
+                    taken += 1
+        except BaseException:
+            for _ in range(taken):
+                self._free.release()
+            raise
         finally:
             self.waiting -= 1
-        self.running += 1
+        self.running += count
         try:
             yield
         finally:
-            self.running -= 1
-            self._free.release()
+            self.running -= count
+            for _ in range(count):
+                self._free.release()
 
 
 class MemoryBudget:

@@ -223,7 +223,7 @@ async def _one_shot(server: Server, requests: list[RunCodeRequest], endpoint: st
     for body in requests:
         oneshot.check(body)
     started = time.monotonic()
-    async with server._slots().slot(endpoint):
+    async with server._slots().slot(endpoint, len(requests)):  # a batch takes the workers it uses
         answers: list[RunCodeResponse] = await server.call(oneshot.answer_many, requests)
     for answer in answers:
         server.metrics.ran(endpoint, answer.status, time.monotonic() - started)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from nsbox import NsSandbox, SandboxPool
+from nsbox import NsSandbox, SandboxError, SandboxPool
 
 from ._admission import Busy, MemoryBudget
 from ._auth import Principal
@@ -95,7 +95,7 @@ class Sessions:
         try:
             started = None
             if self.pool is not None and sandbox.spec == self.pool.spec:
-                with contextlib.suppress(TimeoutError):  # none ready: a new one, as if there were no pool
+                with contextlib.suppress(TimeoutError, SandboxError):  # none ready (or the pool failing): a new one
                     started = await self.call(self.pool.acquire, 0.0)
             if started is None:
                 starting = asyncio.get_running_loop().run_in_executor(self.executor, sandbox.start)
