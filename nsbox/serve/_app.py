@@ -76,11 +76,6 @@ class Server:
         self.metrics.gauge("nsbox_queue_depth", "One-shot requests waiting.", lambda: self._slots().waiting)
         self.metrics.gauge("nsbox_running", "One-shot requests running.", lambda: self._slots().running)
         self.metrics.gauge("nsbox_memory_held_bytes", "Memory limits of the sandboxes held.", lambda: self.budget.used)
-        self.metrics.gauge(
-            "nsbox_refusals_not_logged",
-            "Refusals without a valid token, counted not logged.",
-            lambda: self.log.not_logged,
-        )
         await self.call(judge.run_code_many, ["pass"] * options.workers)  # the workers warm before the first request
         self.log.write("started", host=options.host, port=options.port, workers=options.workers)
         try:
