@@ -169,6 +169,13 @@ class SandboxClient:
         return await self._call(self.sandbox.execute_ai_code, code, inputs, **kwargs)
 
     async def run(self, args: Sequence[str | os.PathLike[str]], **kwargs: Any) -> RunResult:
+        """NsSandbox.run's arguments; ``on_stdout`` / ``on_stderr`` as execute_code's."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        for name in ("on_stdout", "on_stderr"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = _on_loop(loop, kwargs[name])
         return await self._call(self.sandbox.run, args, **kwargs)
 
     async def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:

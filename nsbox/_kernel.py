@@ -152,7 +152,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
                         if fd == capture.fd and not capture.read():
                             poller.unregister(fd)
             if streaming and events is not None:  # the new output goes now; what the socket does not take, on POLLOUT
-                _forward(events, output, forwarded)
+                forward(events, output, forwarded)
                 poller.modify(events.fileno(), select.POLLIN | (0 if events.flush() else select.POLLOUT))
     except ProtocolError as exc:
         sup.close()
@@ -171,7 +171,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         return None
     _guests.drain(*output)
     if streaming and events is not None:
-        _forward(events, output, forwarded)  # queued: the Done frame goes after it
+        forward(events, output, forwarded)  # queued: the Done frame goes after it
     used = sup.usage().since(watch.before)
     result = verdict(
         reply if sup.kernel.running else None,
@@ -191,11 +191,11 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
     return Executed(result, bytes(output[0].data), bytes(output[1].data))
 
 
-def _forward(events: Events, output: tuple[Capture, Capture], forwarded: list[int]) -> None:
+def forward(events: Events, output: tuple[Capture | None, Capture | None], forwarded: list[int]) -> None:
     """Queue what each capture took since the last call (within the output limit: the
-    capture keeps no more) as Output frames to the front-end."""
+    capture keeps no more) as Output frames to the front-end (a run's or a cell's)."""
     for i, (name, capture) in enumerate(zip(("stdout", "stderr"), output, strict=True)):
-        if len(capture.data) > forwarded[i]:
+        if capture is not None and len(capture.data) > forwarded[i]:
             events.output(name, bytes(capture.data[forwarded[i] :]))
             forwarded[i] = len(capture.data)
 

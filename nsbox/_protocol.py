@@ -76,6 +76,7 @@ class Run(Message):
     stdout: str
     stderr: str
     input: bytes | None = None
+    stream: bool = False  #: send captured output as it comes (Output frames), not only in Done
 
 
 @record
@@ -161,8 +162,8 @@ class Done(Message):
 
 @record
 class Output(Message):
-    """Output of a cell while it runs (an Execute with ``stream``): ``stream`` is stdout or
-    stderr; what is sent is within the output limit, and Done still has all of it."""
+    """Output while a cell or a run goes on (an Execute or a Run with ``stream``): ``stream``
+    is stdout or stderr; what is sent is within the output limit, and Done still has all of it."""
 
     TYPE: ClassVar[str] = "output"
     stream: str

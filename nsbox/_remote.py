@@ -106,8 +106,11 @@ class RemoteSandbox:
         check: bool = False,
         env: Mapping[str, str] | None = None,
         cwd: str = "/workspace",
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
     ) -> RunResult:
-        """The command's result; its output is always captured."""
+        """The command's result; its output is always captured (and with callbacks, comes as
+        server-sent events while it runs)."""
         argv = [os.fsdecode(a) for a in ([args] if isinstance(args, str) else args)]
         if isinstance(input, bytes):
             try:
@@ -115,7 +118,10 @@ class RemoteSandbox:
             except UnicodeDecodeError:
                 raise SpecError("input", "a remote run's input is text (UTF-8)") from None
         body = {"args": argv, "stdin": input, "timeout": timeout, "env": dict(env) if env else None, "cwd": cwd}
-        result = RunResult.from_dict(self._call("run", body, timeout))
+        if on_stdout is None and on_stderr is None:
+            result = RunResult.from_dict(self._call("run", body, timeout))
+        else:
+            result = RunResult.from_dict(self._streamed("run", body, timeout, on_stdout, on_stderr))
         if check:
             result.check_returncode()
         return result
@@ -132,17 +138,7 @@ class RemoteSandbox:
         body = {"code": code, "timeout": timeout}
         if on_stdout is None and on_stderr is None:
             return ExecutionResult.from_dict(self._call("execute", body, timeout))
-        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
-        for event, data in self._events(self._path("/execute"), body, timeout):
-            callback = callbacks.get(event)
-            if callback is not None and isinstance(data, dict):
-                with contextlib.suppress(Exception):  # the caller's code: it must not end the call
-                    callback(str(data.get("text", "")))
-            elif event == "result":
-                return ExecutionResult.from_dict(data)
-            elif event == "error":
-                raise _error(int(data.get("status", 500)), json.dumps({"detail": [data]}).encode())
-        raise SandboxError("the server's event stream ended without a result")
+        return ExecutionResult.from_dict(self._streamed("execute", body, timeout, on_stdout, on_stderr))
 
     def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = None) -> Any:
         body = {"code": code, "timeout": timeout, "inputs": dict(inputs or {}), "want_result": True}
@@ -245,6 +241,29 @@ class RemoteSandbox:
 
     def _call(self, what: str, body: dict[str, Any], timeout: float | None) -> Any:
         return self._request("POST", self._path(f"/{what}"), body, timeout=timeout)
+
+    def _streamed(
+        self,
+        what: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        on_stdout: Callable[[str], object] | None,
+        on_stderr: Callable[[str], object] | None,
+    ) -> dict[str, Any]:
+        """POST ``body`` to the session's ``what`` as events: the output to the callbacks (an
+        exception a callback raises is ignored), the result's JSON returned."""
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        for event, data in self._events(self._path(f"/{what}"), body, timeout):
+            if event in callbacks and isinstance(data, dict):
+                callback = callbacks[event]
+                if callback is not None:
+                    with contextlib.suppress(Exception):  # the caller's code: it must not end the call
+                        callback(str(data.get("text", "")))
+            elif event == "result" and isinstance(data, dict):
+                return data
+            elif event == "error" and isinstance(data, dict):
+                raise _error(int(data.get("status", 500)), json.dumps({"detail": [data]}).encode())
+        raise SandboxError("the server's event stream ended without a result")
 
     def _events(self, path: str, body: dict[str, Any], timeout: float | None) -> Iterator[tuple[str, Any]]:
         """POST ``body`` asking for server-sent events; each event's name and JSON data."""

@@ -77,7 +77,7 @@ _REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?
 
 class _Backend(Protocol):
     def start(self) -> None: ...
-    def run(self, request: Run, fds: list[int]) -> RunResult: ...
+    def run(self, request: Run, fds: list[int], on_output: OnOutput | None = None) -> RunResult: ...
     def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult: ...
     def run_code(self, request: RunCode) -> RunResult: ...
     def file_op(self, request: FileRequest) -> FileReply: ...
@@ -103,18 +103,22 @@ class _RemoteBackend:
         self._opening = self._receive(Ready, Failed)
         self._raise_if_failed(self._opening)
 
-    def run(self, request: Run, fds: list[int]) -> RunResult:
+    def run(self, request: Run, fds: list[int], on_output: OnOutput | None = None) -> RunResult:
         self._send(request, fds)
-        done = self._done(self._receive(Done, Failed))
+        done = self._done(self._streamed(on_output))
         return RunResult.from_dict(done.result, (done.stdout, done.stderr))
 
     def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult:
         self._send(request)
+        done = self._done(self._streamed(on_output))
+        return ExecutionResult.from_dict(done.result, (done.stdout, done.stderr))
+
+    def _streamed(self, on_output: OnOutput | None) -> Ready | Done | Failed | FileReply | Output:
+        """The request's answer, its Output frames before it handed to ``on_output``."""
         while isinstance(message := self._receive(Done, Failed, Output), Output):
             if on_output is not None and message.stream in ("stdout", "stderr"):
                 on_output(message.stream, message.data or b"")
-        done = self._done(message)
-        return ExecutionResult.from_dict(done.result, (done.stdout, done.stderr))
+        return message
 
     def run_code(self, request: RunCode) -> RunResult:
         self._send(request)
@@ -237,8 +241,13 @@ class _LocalBackend:
     def interrupt(self) -> None:
         pass  # single-threaded by contract: nothing can be running concurrently
 
-    def run(self, request: Run, fds: list[int]) -> RunResult:
-        return _forwarding(lambda events: self.supervisor.run(request, fds, events))
+    def run(self, request: Run, fds: list[int], on_output: OnOutput | None = None) -> RunResult:
+        result = _forwarding(lambda events: self.supervisor.run(request, fds, events))
+        if on_output is not None:  # in process, the output comes as the run ends
+            for name, data in (("stdout", result.stdout), ("stderr", result.stderr)):
+                if data:
+                    on_output(name, data)
+        return result
 
     def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult:
         executed = _forwarding(lambda events: self.supervisor.execute(request, events))
@@ -347,17 +356,29 @@ class NsSandbox:
         check: bool = False,
         env: Mapping[str, str] | None = None,
         cwd: str = WORKSPACE,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
     ) -> RunResult:
         """Run ``args`` in the sandbox and wait for it. Never raises for the payload's own
         failure (see the result's ``status``) unless ``check=True``.
 
         Unlike subprocess, stdin, stdout and stderr default to /dev/null: a sandbox never
-        gets your process's own stdio unless you hand it over (``stdout=sys.stdout``)."""
+        gets your process's own stdio unless you hand it over (``stdout=sys.stdout``).
+        ``on_stdout`` / ``on_stderr`` capture that stream and are called with its output as
+        it comes (as execute_code's); the result still holds all of it."""
         argv = _argv(args)
+        streams = _Streams(on_stdout, on_stderr) if on_stdout is not None or on_stderr is not None else None
+        for name, callback, value in (("stdout", on_stdout, stdout), ("stderr", on_stderr, stderr)):
+            if callback is not None and value not in (None, subprocess.PIPE) and not capture_output:
+                raise SpecError((name, f"on_{name}"), f"on_{name} reads a captured {name}: pass no {name}")
         if capture_output:
             if stdout is not None or stderr is not None:
                 raise SpecError(("capture_output", "stdout", "stderr"), "capture_output excludes stdout and stderr")
             stdout = stderr = subprocess.PIPE
+        if on_stdout is not None:
+            stdout = subprocess.PIPE
+        if on_stderr is not None:
+            stderr = subprocess.PIPE
         if input is not None and stdin is not None:
             raise SpecError(("input", "stdin"), "pass input or stdin, not both")
         if not isinstance(cwd, str) or not cwd.startswith("/"):
@@ -382,12 +403,15 @@ class NsSandbox:
                 stdout=_stdio_mode("stdout", stdout, fds),
                 stderr=_stdio_mode("stderr", stderr, fds),
                 input=data,
+                stream=streams is not None,
             )
             self.start()
             with self._lock:
                 if isinstance(self._backend, _LocalBackend):
                     fds = [os.dup(fd) for fd in fds]  # the supervisor owns (and closes) what it gets
-                result = self._backend.run(request, fds)
+                result = self._backend.run(request, fds, None if streams is None else streams.take)
+            if streams is not None:
+                streams.end()
         except ProtocolError:
             self.close()
             raise

@@ -152,6 +152,10 @@ class RunIO:
                     break
         self.close()
 
+    def captures(self) -> tuple[Capture | None, Capture | None]:
+        """The captures of stdout and stderr (None where a stream is not captured)."""
+        return self._by_name.get("stdout"), self._by_name.get("stderr")
+
     def output(self, name: str) -> tuple[bytes | None, bool]:
         capture = self._by_name.get(name)
         if capture is None:

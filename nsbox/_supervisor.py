@@ -164,6 +164,8 @@ class Supervisor(SandboxSetup):
             io.register(poller)
             if events is not None:
                 poller.register(events.fileno(), select.POLLIN)
+            streaming = request.stream and events is not None
+            forwarded = [0, 0]  #: bytes of each capture sent to the front-end so far (streaming)
             while exited is None and self.alive:
                 now = time.monotonic()
                 if watch.kill_by is None and watch.exceeded(now):
@@ -171,7 +173,7 @@ class Supervisor(SandboxSetup):
                 if watch.kill_by is not None and now >= watch.kill_by:
                     self.close()  # init did not report the kill in time: the whole sandbox goes
                     break
-                for fd, _ in poller.poll(watch.wait_ms(now)):
+                for fd, mask in poller.poll(watch.wait_ms(now)):
                     if fd == self.ctl.fileno():
                         message = self.read_init()
                         if isinstance(message, Exited) and message.process == RUN:
@@ -182,12 +184,20 @@ class Supervisor(SandboxSetup):
                             raise SandboxError("the sandbox died during the run")
                         break
                     elif events is not None and fd == events.fileno():
-                        for signum in events.read():
-                            self.send_init(Signal(signum, RUN))
+                        if mask & select.POLLOUT:
+                            events.flush()
+                        if mask & ~select.POLLOUT:
+                            for signum in events.read():
+                                self.send_init(Signal(signum, RUN))
                     else:
                         io.handle(fd, poller)
+                if streaming and events is not None:  # as a cell's (_kernel.forward)
+                    _kernel.forward(events, io.captures(), forwarded)
+                    poller.modify(events.fileno(), select.POLLIN | (0 if events.flush() else select.POLLOUT))
             wall = time.monotonic() - watch.started
             io.finish()
+            if streaming and events is not None:
+                _kernel.forward(events, io.captures(), forwarded)  # queued: the Done frame goes after it
         except (BrokenPipeError, ConnectionResetError):
             self.close()
             raise SandboxError("the sandbox's init stopped answering") from None

@@ -1,7 +1,8 @@
 """The routes of ``nsbox serve``: one-shot runs, sessions, operations.
 
-One-shot (``/run_code``, ``/v1/run_code_batch``) wait for a worker in a bounded queue; a
-session's calls run in the server's threads while the session counts as active (not idle).
+One-shot runs (``/run_code``, ``/v1/run_code_batch``) wait for workers in a bounded queue; a
+session's calls run one at a time in the sessions' threads, the session active (not idle)
+meanwhile. ``Accept: text/event-stream`` makes a run or a cell's answer events (``_stream``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from nsbox._values import parse_size
 
 from ._app import Server, sse
 from ._auth import Principal
-from ._errors import Refusal, error_event
+from ._errors import Refusal
 from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse, inside_name
 from ._models import (
     ExecuteRequest,
@@ -32,7 +33,7 @@ from ._models import (
     capped_timeout,
 )
 from ._sessions import Session
-from ._stream import streamed, streamed_cell
+from ._stream import outcome, streamed
 
 
 def add(app: FastAPI, server: Server) -> None:
@@ -90,15 +91,17 @@ def add(app: FastAPI, server: Server) -> None:
         if body.timeout is not None:
             kwargs["timeout"] = capped_timeout(body.timeout, options)
         session = server.session(who, session_id)
-        if _wants_events(request):  # its output as it comes: the run's stdout and stderr are our pipes
-            del kwargs["capture_output"]
+        if _wants_events(request):  # its output as it comes
 
-            def piped(out: int, err: int) -> Any:
+            def run_streamed(on_stdout: Any, on_stderr: Any) -> Any:
                 return _in(
-                    server, session, "run", lambda s: s.run(body.args, stdout=out, stderr=err, **kwargs).to_dict()
+                    server,
+                    session,
+                    "run",
+                    lambda s: s.run(body.args, on_stdout=on_stdout, on_stderr=on_stderr, **kwargs).to_dict("base64"),
                 )
 
-            return sse(streamed(piped, session.sandbox.spec.limits.output_limit))
+            return sse(streamed(run_streamed))
         return await _answer(
             _in(server, session, "run", lambda s: s.run(body.args, **kwargs).to_dict("base64")), request
         )
@@ -120,7 +123,7 @@ def add(app: FastAPI, server: Server) -> None:
                     lambda s: s.execute_code(body.code, on_stdout=on_stdout, on_stderr=on_stderr, **kwargs).to_dict(),
                 )
 
-            return sse(streamed_cell(cell))
+            return sse(streamed(cell))
 
         def executed(sandbox: Any) -> dict[str, Any]:
             if not (body.want_result or body.inputs is not None):
@@ -246,26 +249,16 @@ async def _in(server: Server, session: Session, endpoint: str, call: Any) -> Any
 
 
 async def _answer(call: Any, request: Request) -> Any:
-    """The result as JSON, or (``Accept: text/event-stream``) as server-sent events: ``started``;
-    when the call ends, ``stdout`` and ``stderr`` (``{"text": ...}``, if there was any) and
-    ``result`` (the JSON answer); ``error`` instead if it was refused. (The engine hands a
-    call's output over when it ends: the events come then, not while the code runs.)"""
+    """The answer as JSON, or (``Accept: text/event-stream``, for a call without output of its
+    own to stream: execute_ai_code's) as the events ``started`` and ``result`` (or ``error``)."""
     if not _wants_events(request):
         return await call
 
     async def events() -> AsyncIterator[tuple[str, Any]]:
         task = asyncio.ensure_future(call)
         yield "started", {}
-        try:
-            result = await task
-        except Exception as exc:  # the answer has begun (200): the refusal is an event
-            yield "error", error_event(exc)
-            return
-        for stream in ("stdout", "stderr"):
-            text = _text(result, stream)
-            if text:
-                yield stream, {"text": text}
-        yield "result", result
+        await asyncio.wait({task})
+        yield outcome(task)
 
     return sse(events())
 
@@ -279,11 +272,3 @@ def _capped_memory(value: int | str, most: int) -> int:
 
 def _wants_events(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
-
-
-def _text(result: dict[str, Any], stream: str) -> str:
-    """A result's output as text: execute's is text, run's base64."""
-    value = result.get(stream) if isinstance(result, dict) else None
-    if not isinstance(value, str) or "args" not in result:
-        return value if isinstance(value, str) else ""
-    return base64.b64decode(value).decode("utf-8", "replace")

@@ -414,3 +414,21 @@ def test_a_flood_through_the_callbacks_stays_within_the_output_limit(make_sessio
     assert result.stdout_truncated and len(result.stdout) == 1 << 20, (len(result.stdout), result.status)
     assert total == 1 << 20, f"{total} characters came to the callback: the limit is 1 MiB"
     assert session.execute_code("'alive'").value == "'alive'"
+
+
+def test_a_runs_output_comes_to_the_callbacks_while_it_runs(session: Any) -> None:
+    got: list[tuple[float, str]] = []
+    started = time.monotonic()
+    ran = session.run(
+        ["python3", "-u", "-c", TICKING],
+        on_stdout=lambda text: got.append((time.monotonic() - started, text)),
+        on_stderr=lambda text: got.append((time.monotonic() - started, "E:" + text)),
+    )
+    ended = time.monotonic() - started
+    assert ran.ok, ran
+    out = "".join(text for _, text in got if not text.startswith("E:"))
+    assert out == "".join(f"tick {i}\n" for i in range(15)) and ran.stdout == out.encode(), "in order, all of it"
+    assert (
+        "".join(text[2:] for _, text in got if text.startswith("E:")) == "to stderr\n" and ran.stderr == b"to stderr\n"
+    )
+    assert got[0][0] < ended - 0.7, (got[0][0], ended)
