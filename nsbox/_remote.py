@@ -44,6 +44,9 @@ SLACK = 60.0
 
 
 class RemoteSandbox:
+    """``RemoteSandbox(url, token=..., **options)``: a session of the ``nsbox serve`` at
+    ``url``, made by ``start()``; use it as a context manager, or call ``close()``."""
+
     def __init__(self, url: str, *, token: str | None = None, **options: Any) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
