@@ -243,18 +243,12 @@ class _LocalBackend:
 
     def run(self, request: Run, fds: list[int], on_output: OnOutput | None = None) -> RunResult:
         result = _forwarding(lambda events: self.supervisor.run(request, fds, events))
-        if on_output is not None:  # in process, the output comes as the run ends
-            for name, data in (("stdout", result.stdout), ("stderr", result.stderr)):
-                if data:
-                    on_output(name, data)
+        _deliver(on_output, result.stdout, result.stderr)
         return result
 
     def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult:
         executed = _forwarding(lambda events: self.supervisor.execute(request, events))
-        if on_output is not None:  # in process, the output comes as the cell ends
-            for name, data in (("stdout", executed.stdout), ("stderr", executed.stderr)):
-                if data:
-                    on_output(name, data)
+        _deliver(on_output, executed.stdout, executed.stderr)
         return executed.decoded()
 
     def run_code(self, request: RunCode) -> RunResult:
@@ -265,6 +259,14 @@ class _LocalBackend:
 
     def close(self) -> None:
         self.supervisor.close()
+
+
+def _deliver(on_output: OnOutput | None, stdout: bytes | None, stderr: bytes | None) -> None:
+    """In process (the CLI), a call's output goes to its callbacks when the call ends."""
+    if on_output is not None:
+        for name, data in (("stdout", stdout), ("stderr", stderr)):
+            if data:
+                on_output(name, data)
 
 
 def _forwarding(call: Callable[[_SignalForwarder | None], _T]) -> _T:
@@ -367,7 +369,7 @@ class NsSandbox:
         ``on_stdout`` / ``on_stderr`` capture that stream and are called with its output as
         it comes (as execute_code's); the result still holds all of it."""
         argv = _argv(args)
-        streams = _Streams(on_stdout, on_stderr) if on_stdout is not None or on_stderr is not None else None
+        streams = _Streams.of(on_stdout, on_stderr)
         for name, callback, value in (("stdout", on_stdout, stdout), ("stderr", on_stderr, stderr)):
             if callback is not None and value not in (None, subprocess.PIPE) and not capture_output:
                 raise SpecError((name, f"on_{name}"), f"on_{name} reads a captured {name}: pass no {name}")
@@ -436,8 +438,7 @@ class NsSandbox:
         chunks, within the output limit), in this thread, while the cell runs; the result
         still holds all of it. An exception a callback raises is ignored (the cell and the
         session go on); a slow callback holds back only the output's delivery."""
-        streams = _Streams(on_stdout, on_stderr) if on_stdout is not None or on_stderr is not None else None
-        return self._execute(code, timeout, None, want_result=False, streams=streams)
+        return self._execute(code, timeout, None, want_result=False, streams=_Streams.of(on_stdout, on_stderr))
 
     def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = _UNSET) -> Any:
         """Run ``code`` with ``inputs`` (JSON values) as variables and return the JSON value
@@ -664,6 +665,13 @@ class _Streams:
     def __init__(self, on_stdout: Callable[[str], object] | None, on_stderr: Callable[[str], object] | None) -> None:
         self.callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in self.callbacks}
+
+    @classmethod
+    def of(
+        cls, on_stdout: Callable[[str], object] | None, on_stderr: Callable[[str], object] | None
+    ) -> _Streams | None:
+        """A call's streams, or None if it has no callback."""
+        return None if on_stdout is None and on_stderr is None else cls(on_stdout, on_stderr)
 
     def take(self, stream: str, data: bytes) -> None:
         self._call(stream, self.decoders[stream].decode(data))

@@ -104,15 +104,23 @@ class Server:
     # -- who asks ------------------------------------------------------------------------------
     def principal(self, request: Request) -> Principal:
         if self.tokens is None and not _from_this_host(request):
-            raise Refusal(403, "host", "without tokens this server answers only this host's loopback clients")
+            raise Refusal(
+                403, "host", "without tokens this server answers only this host's loopback clients", where="header"
+            )
         who = ANONYMOUS if self.tokens is None else self.tokens.identify(request.headers.get("authorization"))
         if who is None:
-            raise Refusal(401, "authorization", "a valid bearer token is needed", {"WWW-Authenticate": "Bearer"})
+            raise Refusal(
+                401, "authorization", "a valid bearer token is needed", {"WWW-Authenticate": "Bearer"}, "header"
+            )
         request.state.principal = who.name
         wait = self.rate.retry_after(who)
         if wait is not None:
             raise Refusal(
-                429, None, f"{who.name} sent its {self.rate.per_minute} requests of this minute", retry_after(wait)
+                429,
+                None,
+                f"{who.name} sent its {self.rate.per_minute} requests of this minute",
+                retry_after(wait),
+                "header",
             )
         return who
 
@@ -172,11 +180,10 @@ def _authenticated(app: FastAPI, server: Server) -> None:
         if request.url.path not in OPEN_PATHS:
             try:
                 request.state.who = server.principal(request)
-            except Refusal as exc:
+            except Refusal as exc:  # answered here: no route, no body read
                 request.state.refusal = exc.message
-                loc = ["header", exc.field] if exc.field else ["header"]
-                detail = {"detail": [{"loc": loc, "msg": exc.message, "status": exc.status}]}
-                return JSONResponse(detail, exc.status, headers=exc.headers)
+                status, body, headers = answer(exc)
+                return JSONResponse(body, status, headers=headers)
         return await call_next(request)
 
 

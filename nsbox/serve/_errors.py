@@ -14,15 +14,32 @@ from typing import Any
 from nsbox import NsboxError, SecurityError, SpecError
 
 from ._admission import Busy
-from ._fusion import Refused
 
 
 class Refusal(Exception):
-    """An HTTP refusal: status, the field at fault (or None) and why."""
+    """An HTTP refusal: status, the field at fault (or None), why, and where the field is
+    (``body``, or ``header`` for who asks)."""
 
-    def __init__(self, status: int, field: str | None, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        field: str | None,
+        message: str,
+        headers: dict[str, str] | None = None,
+        where: str = "body",
+    ) -> None:
         super().__init__(message)
         self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+        self.where = where
+
+
+class Refused(Exception):
+    """A field of the request is out of bounds (answered 422, naming it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 #: By precedence (the first class the exception is an instance of): status, and the field.
@@ -42,7 +59,7 @@ HANDLED: tuple[type[Exception], ...] = tuple(kind for kind, _, _ in STATUS)
 def answer(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, body, headers) of a refusal."""
     if isinstance(exc, Refusal):
-        return exc.status, _body(exc.status, exc.field, exc.message, None), exc.headers
+        return exc.status, _body(exc.status, exc.field, exc.message, None, exc.where), exc.headers
     status, field = next(((s, f(exc)) for kind, s, f in STATUS if isinstance(exc, kind)), (500, None))
     headers = retry_after(exc.retry_after) if isinstance(exc, Busy) else {}
     return status, _body(status, field, str(exc), exc), headers
@@ -59,8 +76,9 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, int(seconds + 0.999)))}
 
 
-def _body(status: int, field: str | None, message: str, error: Exception | None) -> dict[str, Any]:
-    where = "path" if field == "path" else "body"  # a file's path is in the URL
+def _body(status: int, field: str | None, message: str, error: Exception | None, where: str = "body") -> dict[str, Any]:
+    if field == "path":
+        where = "path"  # a file's path is in the URL
     detail: dict[str, Any] = {"loc": [where, field] if field else [where], "msg": message, "status": status}
     if error is not None:  # what RemoteSandbox raises again: the engine's error, or the OSError's errno
         detail["error"] = type(error).__name__

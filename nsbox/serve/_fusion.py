@@ -27,6 +27,7 @@ import base64
 import binascii
 import dataclasses
 import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from nsbox import Judge, NsboxError, NsSandbox, RunResult, SecurityError, SpecError, Status
 
 from ._admission import MemoryBudget
+from ._errors import Refused
+from ._models import capped_timeout
 from ._options import MiB, ServeOptions
 
 #: What the server runs (a toolchain in the default root for each).
@@ -81,19 +84,12 @@ class RunCodeResponse(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)
 
 
-class Refused(Exception):
-    """A field of the request is out of bounds (answered 422, naming it)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def inside_name(name: str) -> bool:
-    """A name relative to a program's directory that stays inside it."""
-    clean = posixpath.normpath(name) if name and "\0" not in name else ""
-    return bool(clean) and not clean.startswith(("/", "../")) and clean not in (".", "..")
+def check_names(names: Iterable[str], field: str) -> None:
+    """Refused unless each name is relative to a program's directory and stays inside it."""
+    for name in names:
+        clean = posixpath.normpath(name) if name and "\0" not in name else ""
+        if not clean or clean.startswith(("/", "../")) or clean in (".", ".."):
+            raise Refused(field, f"{name!r}: a name relative to the program's directory, inside it")
 
 
 def sandbox_error(message: str) -> RunCodeResponse:
@@ -113,15 +109,11 @@ class OneShot:
         if len(request.fetch_files) > MAX_FETCH:
             raise Refused("fetch_files", f"{len(request.fetch_files)} names; at most {MAX_FETCH}")
         for field in ("run_timeout", "compile_timeout"):
-            value = getattr(request, field)
-            if not 0 < value <= self.options.max_timeout:
-                raise Refused(field, f"{value:g} s; this server takes more than 0 up to {self.options.max_timeout:g} s")
+            capped_timeout(getattr(request, field), self.options, field)
         if request.memory_limit_MB << 20 > self.options.max_memory:
             raise Refused("memory_limit_MB", f"{request.memory_limit_MB} MB; at most {self.options.max_memory // MiB}")
-        for name in [*request.files, *request.fetch_files]:
-            if not inside_name(name):
-                field = "files" if name in request.files else "fetch_files"
-                raise Refused(field, f"{name!r}: a name relative to the program's directory, inside it")
+        check_names(request.files, "files")
+        check_names(request.fetch_files, "fetch_files")
         for name, value in request.files.items():
             try:
                 base64.b64decode(value or "", validate=True)

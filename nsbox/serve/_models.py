@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nsbox import NsSandbox, list_rootfs
 
-from ._fusion import Refused
+from ._errors import Refused
 from ._options import ServeOptions
 
 #: The most output of one run a session may keep (the engine's default).

@@ -22,7 +22,7 @@ from nsbox._values import parse_size
 from ._app import Server, sse
 from ._auth import Principal
 from ._errors import Refusal
-from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse, inside_name
+from ._fusion import RunCodeBatch, RunCodeRequest, RunCodeResponse, check_names
 from ._models import (
     ExecuteRequest,
     JudgeRequest,
@@ -142,9 +142,7 @@ def add(app: FastAPI, server: Server) -> None:
             kwargs["timeout"] = capped_timeout(body.timeout, options)
         if body.memory is not None:
             kwargs["memory"] = _capped_memory(body.memory, options.max_memory)
-        for name in body.files or {}:
-            if not inside_name(name):
-                raise Refusal(422, "files", f"{name!r}: a name relative to the program's directory, inside it")
+        check_names(body.files or {}, "files")
         try:
             kwargs["stdin"] = None if body.stdin is None else base64.b64decode(body.stdin, validate=True)
         except ValueError:
