@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 from . import __version__
 from ._errors import NsboxError, SecurityError, SpecError
 from ._files import FILE_LIMIT
+from ._flags import add_sandbox_options, spec_from_args
 from ._hostfiles import read_host_file, write_host_file
 from ._result import EXIT_NSBOX_FAILURE, RunResult
-from ._spec import WORKSPACE, Limits, Mount, NetworkPolicy, SandboxSpec
+from ._spec import WORKSPACE
 
 EXIT_USAGE = 2
 
@@ -67,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     _sandbox_options(judge)
     judge.add_argument("file", metavar="FILE.jsonl", help="one JSON object per line")
 
-    # Its options are its own (nsbox/serve/_command.py): main() hands its arguments over unparsed.
+    # Their options are their own (nsbox/serve/_command.py, nsbox/mcp/_command.py): main() hands
+    # their arguments over unparsed.
     commands.add_parser("serve", help="serve sandboxes over HTTP (the serve extra: pip install 'nsbox[serve]')")
+    commands.add_parser("mcp", help="serve sandboxes to an AI agent over MCP's stdio (the mcp extra: nsbox[mcp])")
     check = commands.add_parser("check", help="show what this host supports, with a remedy for each gap")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     _rootfs_commands(commands)
@@ -108,74 +111,9 @@ def _rootfs_commands(commands: Any) -> None:
 
 
 def _sandbox_options(run: argparse.ArgumentParser) -> None:
-    """The options of every command that makes a sandbox: filesystem, environment, limits, security."""
-    fs = run.add_argument_group("filesystem")
-    fs.add_argument(
-        "--rootfs",
-        metavar="NAME|DIR",
-        help="the sandbox's root instead of the host's: a root of `nsbox rootfs list`, or a folder (./DIR); read-only",
-    )
-    fs.add_argument(
-        "--ro-bind", metavar="SRC[:DST]", action="append", default=[], help="make a host path visible, read-only"
-    )
-    fs.add_argument(
-        "--bind", metavar="SRC[:DST]", action="append", default=[], help="make a host path visible, writable"
-    )
-    fs.add_argument("--workspace-size", metavar="SIZE", default="256M", help="size of /workspace and /tmp (256M)")
-    env = run.add_argument_group("environment")
-    env.add_argument("--hostname", default="nsbox", help="the sandbox's hostname (nsbox)")
-    env.add_argument("--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)")
-    env.add_argument("--cwd", default=WORKSPACE, help=f"working directory inside ({WORKSPACE})")
-    limits = run.add_argument_group("limits and report")
-    defaults = Limits()
-    limits.add_argument("--memory", metavar="SIZE", default="512M", help="memory of the whole sandbox (512M)")
-    limits.add_argument("--cpus", metavar="N", default=defaults.cpus, help="CPUs it may use, fractions allowed (1)")
-    limits.add_argument("--pids", metavar="N", default=defaults.pids, help="processes it may have at once (64)")
-    limits.add_argument("--timeout", metavar="SECONDS", default="60", help="wall-clock limit per run, or 'none' (60)")
-    limits.add_argument("--cpu-time", metavar="SECONDS", help="CPU-time limit per run (none)")
-    limits.add_argument(
-        "--output-limit", metavar="SIZE", default="16M", help="bytes of captured output kept per stream (16M)"
-    )
-    limits.add_argument("--file-size", metavar="SIZE", default="1G", help="largest file a process may write (1G)")
-    limits.add_argument("--open-files", metavar="N", default=defaults.open_files, help="open files per process (1024)")
-    limits.add_argument(
-        "--no-cgroups",
-        action="store_true",
-        help="do not use cgroups: memory, cpus and pids become per-process rlimits (weaker; says so in the report)",
-    )
-    limits.add_argument("--report", metavar="PATH", help="write the result as JSON to PATH ('-' = stderr)")
-    security = run.add_argument_group("security")
-    security.add_argument(
-        "--seccomp",
-        metavar="FILE|unconfined",
-        help="change the default syscall allowlist with a policy file (TOML or JSON: allow, refuse, "
-        "unknown_errno, refuse_errno), or run with no filter at all ('unconfined': debugging only; "
-        "marked in the report)",
-    )
-    security.add_argument(
-        "--audit-log", metavar="PATH", help="append JSON lines of security events (sandbox, runs, refusals) to PATH"
-    )
-    net = run.add_argument_group("network (default: none, loopback only)")
-    net.add_argument(
-        "--net",
-        metavar="none|allow",
-        default="none",
-        help="'allow': connections to the --allow-host list only, through nsbox's proxy (HTTP_PROXY inside)",
-    )
-    net.add_argument(
-        "--allow-host",
-        metavar="HOST[:PORT]",
-        action="append",
-        default=[],
-        help="a host name, *.domain, IP or CIDR the sandbox may reach (repeatable)",
-    )
-    net.add_argument("--net-timeout", metavar="SECONDS", default=30.0, help="connect and idle timeout (30)")
-    net.add_argument("--net-rate", metavar="N", default=20.0, help="new connections per second (20)")
-    net.add_argument("--net-bytes", metavar="SIZE", help="bytes in and out for the sandbox's life (no limit)")
-    net.add_argument(
-        "--add-host", metavar="NAME=IP", action="append", default=[], help="resolve NAME to IP (repeatable)"
-    )
-    net.add_argument("--net-uplink", metavar="NETNS", help="connect out from this network namespace (a path)")
+    groups = add_sandbox_options(run)
+    groups["environment"].add_argument("--cwd", default=WORKSPACE, help=f"working directory inside ({WORKSPACE})")
+    groups["limits"].add_argument("--report", metavar="PATH", help="write the result as JSON to PATH ('-' = stderr)")
 
 
 def entry() -> NoReturn:
@@ -194,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import main as serve
 
         return serve(given[1:])
+    if given[:1] == ["mcp"]:
+        from .mcp import main as mcp
+
+        return mcp(given[1:])
     args = _parser().parse_args(given)
     if args.subcommand == "check":
         return _check(args.json)
@@ -209,7 +151,7 @@ def _exec(args: argparse.Namespace) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     try:
-        spec = _spec_from_args(args)
+        spec = spec_from_args(args)
         script = None
         if args.subcommand == "python":
             command, script = _python_command(args.code, command)
@@ -244,7 +186,7 @@ def _judge(args: argparse.Namespace) -> int:
         with_tests = {"tests" in item for item in items}
         if len(with_tests) > 1:
             raise SpecError("FILE.jsonl", "every line has tests (submissions to judge) or none does (programs)")
-        spec = _spec_from_args(args)
+        spec = spec_from_args(args)
         from ._judge import Judge
 
         shown = _progress(len(items))
@@ -313,38 +255,6 @@ def _python_command(code: str | None, args: list[str]) -> tuple[list[str], bytes
     except OSError as exc:
         raise SpecError("FILE.py", f"cannot read {args[0]!r}: {exc.strerror}") from None
     return ["python3", os.path.basename(args[0]), *args[1:]], script
-
-
-def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
-    return SandboxSpec(
-        rootfs=args.rootfs,
-        mounts=tuple(Mount.parse(m) for m in args.ro_bind) + tuple(Mount.parse(m, writable=True) for m in args.bind),
-        workspace_size=args.workspace_size,
-        hostname=args.hostname,
-        env=tuple(args.env),
-        limits=Limits(
-            memory=args.memory,
-            cpus=args.cpus,
-            pids=args.pids,
-            timeout=None if args.timeout.lower() == "none" else args.timeout,
-            cpu_time=args.cpu_time,
-            output_limit=args.output_limit,
-            file_size=args.file_size,
-            open_files=args.open_files,
-            cgroups=not args.no_cgroups,
-        ),
-        seccomp=args.seccomp,
-        audit_log=args.audit_log,
-        network=NetworkPolicy(
-            mode=args.net,
-            allowed_hosts=tuple(args.allow_host),
-            timeout=args.net_timeout,
-            rate=args.net_rate,
-            max_bytes=args.net_bytes,
-            hosts=tuple(args.add_host),
-            uplink=args.net_uplink,
-        ),
-    )
 
 
 def _is_open(fd: int) -> bool:

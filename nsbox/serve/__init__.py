@@ -18,6 +18,7 @@ budget, session expiry), never isolation: every run is the engine's. Modules:
 - ``_app``       the application: its state, auth, errors, access log
 - ``_routes``    the routes
 - ``_command``   ``nsbox serve``: its options, uvicorn, SIGTERM's drain
+- ``_mcp``       ``--mcp``: the MCP tools (``nsbox.mcp``) at ``/mcp``, within the server's bounds
 
 ``create_app(ServeOptions(...))`` is the ASGI app, for embedding in another server.
 """

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 import nsbox
 from nsbox import Judge, NsSandbox
 
+from . import _mcp
 from ._admission import MemoryBudget, Slots
 from ._auth import ANONYMOUS, Principal, RateLimit, Tokens
 from ._errors import HANDLED, Refusal, answer, retry_after
@@ -56,6 +57,7 @@ class Server:
         )
         self.slots: Slots | None = None
         self.oneshot: OneShot | None = None
+        self.mcp = _mcp.service(self) if options.mcp else None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +81,8 @@ class Server:
         await self.call(judge.run_code_many, ["pass"] * options.workers)  # the workers warm before the first request
         self.log.write("started", host=options.host, port=options.port, workers=options.workers)
         try:
-            yield
+            async with self.mcp.running() if self.mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             await self.sessions.close()
             await self.call(judge.close)  # ends what still runs: the grace is over
@@ -154,6 +157,9 @@ def create_app(options: ServeOptions) -> FastAPI:
     from . import _routes
 
     _routes.add(app, server)
+    if server.mcp is not None:  # an ASGI app of its own (the MCP SDK's), behind the same middleware
+        # Starlette routes to an ASGI app given as an endpoint that is neither function nor method.
+        app.router.add_route("/mcp", server.mcp, ["GET", "POST", "DELETE"], include_in_schema=False)  # type: ignore[arg-type]
     return app
 
 

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=d.max_connections, help="at once; 503 beyond")
     p.add_argument("--wheels", metavar="DIR", help="a folder of wheels for sessions' install_packages")
     p.add_argument("--grace", type=float, default=d.grace, help="seconds running requests get after SIGTERM")
+    p.add_argument("--mcp", action="store_true", help="serve the MCP tools at /mcp too (Streamable HTTP; nsbox[mcp])")
     return p
 
 
@@ -79,6 +80,9 @@ def main(argv: list[str]) -> int:
         app = create_app(options)
     except (SpecError, NsboxError, OSError) as exc:
         print(f"nsbox serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:  # --mcp without the mcp extra
+        print(f"nsbox serve: {exc.name} is missing: pip install 'nsbox[serve,mcp]'", file=sys.stderr)
         return EXIT_USAGE
     try:
         listener = _listen(options.host, options.port)

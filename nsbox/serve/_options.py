@@ -49,6 +49,7 @@ class ServeOptions:
     max_connections: int = 512  #: connections at once (uvicorn answers 503 beyond)
     wheels: str | None = None  #: a host folder of wheels for sessions' install_packages
     grace: float = 30.0  #: on SIGTERM, how long running requests may take to finish
+    mcp: bool = False  #: the MCP tools at /mcp (Streamable HTTP; the mcp extra)
 
     def __post_init__(self) -> None:
         for name in (

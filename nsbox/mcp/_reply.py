@@ -1,0 +1,91 @@
+"""What a tool answers: text for the model, with the verdict first, then stdout, stderr,
+the value and the error; ``isError`` when the code did not succeed (an exception, a
+non-zero exit, a limit) or the call was refused.
+
+Everything here comes from the sandbox and stays untrusted: it is text handed to the
+client, never interpreted. Each stream is cut at ``REPLY_LIMIT`` characters (an agent's
+context is not the place for megabytes: the cut says how much more there was, and the
+whole output can go to a file in the workspace and be read in parts).
+"""
+
+from __future__ import annotations
+
+from mcp.types import CallToolResult, TextContent
+
+from nsbox import ExecutionResult, RunResult, Status
+
+from ._options import McpOptions
+
+#: Characters of one stream (stdout, stderr, a file) in a reply, at most.
+REPLY_LIMIT = 64 * 1024
+
+
+def text(body: str, *, error: bool = False) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=body)], is_error=error)
+
+
+def cut(value: str, limit: int = REPLY_LIMIT) -> str:
+    if len(value) <= limit:
+        return value
+    return value[:limit] + f"\n[... {len(value) - limit} more characters cut: the reply holds {limit} at most]"
+
+
+def verdict(result: RunResult | ExecutionResult, options: McpOptions) -> str:
+    """One line: how the call ended, naming the limit (and the option that sets it) when one ended it."""
+    status = result.status
+    flags = options.flags
+    if status is Status.OK:
+        return f"ok ({result.wall_s:.2f} s)"
+    if status is Status.TIMEOUT:
+        return f"timeout: {result.error}; this server's limit is {options.timeout:g} s ({flags['timeout']})"
+    if status is Status.OOM:
+        memory = options.spec.limits.memory
+        return f"out of memory: killed at the sandbox's memory limit, {memory >> 20} MiB ({flags['memory']})"
+    if status is Status.PIDS:
+        return f"process limit: a fork failed at the sandbox's limit of {options.spec.limits.pids} processes"
+    if status is Status.CPU_TIME:
+        return f"cpu time: {result.error}"
+    if status is Status.OUTPUT_LIMIT:
+        return f"output limit: {result.error}"
+    if status is Status.EXCEPTION:
+        return f"exception: {getattr(result, 'error', '') or 'the code raised'}"
+    if status is Status.EXIT:
+        return f"exit code {result.exit_code}" if isinstance(result, RunResult) else "exited"
+    return f"{status.value}: {result.error or 'failed'}"
+
+
+def _decoded(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def of_run(result: RunResult, options: McpOptions, note: str | None = None) -> CallToolResult:
+    parts = [verdict(result, options)]
+    if note:
+        parts.append(f"note: {note}")
+    for name, value, truncated in (
+        ("stdout", result.stdout, result.stdout_truncated),
+        ("stderr", result.stderr, result.stderr_truncated),
+    ):
+        shown = _decoded(value)
+        if shown or truncated:
+            limit = "\n[the sandbox's output limit cut it]" if truncated else ""
+            parts.append(f"--- {name} ---\n{cut(shown)}{limit}")
+    return text("\n".join(parts), error=not result.ok)
+
+
+def of_cell(result: ExecutionResult, options: McpOptions, note: str | None = None) -> CallToolResult:
+    parts = [verdict(result, options)]
+    if note:
+        parts.append(f"note: {note}")
+    if result.state_lost:
+        parts.append("note: the session's Python state was lost: earlier variables and imports are gone")
+    for name, value in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if value:
+            parts.append(f"--- {name} ---\n{cut(value)}")
+    if result.value is not None:
+        parts.append(f"--- value ---\n{cut(result.value)}")
+    if result.traceback or (result.error and result.status is Status.EXCEPTION):
+        parts.append(f"--- error ---\n{cut(result.traceback or result.error or '')}")
+    return text("\n".join(parts), error=not result.success)

@@ -1,0 +1,394 @@
+"""The MCP tool server, driven by the ``mcp`` SDK's own client over stdio (``nsbox mcp``)
+and over Streamable HTTP (``nsbox serve --mcp``, a real server on 127.0.0.1).
+
+Every test runs both transports: the tools are listed with their limits; state persists
+across the calls of one client session and not across two; files round-trip; a package
+installs from a local wheelhouse; a timeout is a tool error and the session goes on; asking
+for more than the server allows (memory, time, network, a path outside the workspace) is a
+tool error naming the limit; 20 clients at once each get their own sandbox; and when a
+client goes away, its sandboxes go too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests._mcp import TOOLS, TRANSPORTS, Endpoint, call, drive, mcp_server
+from tests.conftest import NSBOX_CLI, require_run_code, require_sandbox, sandbox_processes, wait_until
+from tests.integration._session_api import descendants
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    require_run_code()  # the tools' run_code (own mode refuses it)
+    name: str = request.param
+    return name
+
+
+def test_the_tools_are_listed_with_schemas_and_the_servers_limits(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(tools) == TOOLS
+        python = tools["execute_python"]
+        assert python.input_schema["required"] == ["code"]
+        assert set(python.input_schema["properties"]) == {"code", "timeout"}
+        assert "at most 7" in python.input_schema["properties"]["timeout"]["description"]
+        for name in ("run_code", "execute_python", "run_command"):
+            description = tools[name].description or ""
+            assert "memory 192 MiB" in description and "timeout 7 s" in description, description
+            assert "no network" in description, description
+        assert set(tools["run_code"].input_schema["properties"]) == {"code", "language", "stdin"}
+        assert tools["install_packages"].input_schema["properties"]["packages"]["type"] == "array"
+
+    drive(transport, body, memory="192M", timeout=7)
+
+
+def test_state_persists_within_a_client_session_and_not_across_two(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as first:
+            failed, text = await call(first, "execute_python", code="x = 41\nimport math")
+            assert not failed and text.startswith("ok"), text
+            failed, text = await call(first, "execute_python", code="x + 1")
+            assert not failed and "--- value ---\n42" in text, text
+            failed, text = await call(first, "execute_python", code="print(math.pi > 3, x)")
+            assert not failed and "True 41" in text, text
+            async with endpoint.client() as second:  # another MCP session, at the same time
+                failed, text = await call(second, "execute_python", code="x")
+                assert failed and "NameError" in text, text
+            failed, text = await call(first, "execute_python", code="x")
+            assert not failed and "41" in text, "the other session's end left this one alone"
+            failed, text = await call(first, "reset_session")
+            assert not failed and "destroyed" in text
+            failed, text = await call(first, "execute_python", code="x")
+            assert failed and "NameError" in text, "reset_session starts anew"
+
+    drive(transport, body)
+
+
+def test_run_code_is_one_shot_and_reports_how_a_program_ended(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            upper = "import sys\nprint(sys.stdin.read().upper())"
+            failed, text = await call(client, "run_code", code=upper, stdin="hi")
+            assert not failed and "HI" in text, text
+            failed, text = await call(client, "run_code", code="echo out; echo err >&2; exit 3", language="bash")
+            assert failed and "exit code 3" in text and "out" in text and "err" in text, text
+            await call(client, "run_code", code="open('/tmp/left', 'w').write('x')")
+            failed, text = await call(client, "run_code", code="import os; print(os.path.exists('/tmp/left'))")
+            assert "False" in text, "a program sees nothing of the one before"
+            failed, text = await call(client, "run_code", code="puts 1", language="ruby")
+            assert failed and "python or bash" in text, text
+
+    drive(transport, body)
+
+
+def test_files_round_trip_and_a_path_outside_the_workspace_is_a_tool_error(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            text = "naïve ✓\nline two\n"
+            failed, said = await call(client, "write_file", path="notes/a.txt", content=text)
+            assert not failed, said
+            assert await call(client, "read_file", path="notes/a.txt") == (False, text)
+            assert await call(client, "read_file", path="/workspace/notes/a.txt") == (False, text)
+            failed, listing = await call(client, "list_files", path="notes")
+            assert not failed and f"file\t{len(text.encode())}\ta.txt" in listing, listing
+            failed, shown = await call(client, "execute_python", code="open('notes/a.txt').read().splitlines()[1]")
+            assert "'line two'" in shown, "the tools and the code share the workspace"
+            await call(client, "run_command", command="head -c 300 /dev/urandom > blob; ln -s /etc/passwd link")
+            failed, binary = await call(client, "read_file", path="blob")
+            assert not failed and binary.startswith("(binary, 300 bytes, base64)"), binary
+            for tool, arguments in (
+                ("read_file", {"path": "/etc/passwd"}),
+                ("read_file", {"path": "../../etc/passwd"}),
+                ("read_file", {"path": "link"}),  # a symlink the sandbox planted: not followed
+                ("write_file", {"path": "/etc/evil", "content": "x"}),
+                ("write_file", {"path": "link", "content": "x"}),
+                ("list_files", {"path": "/"}),
+            ):
+                failed, said = await call(client, tool, **arguments)
+                assert failed, (tool, arguments, said)
+                assert "root:" not in said
+            failed, said = await call(client, "run_command", command="cat link | head -1")
+            assert not failed, "inside, the link is the sandbox's own business"
+
+    drive(transport, body)
+
+
+def test_a_package_installs_from_the_servers_wheelhouse(transport: str, host_tmp: Any) -> None:
+    from tests.security.test_workspace_files import build_wheel
+
+    wheels = host_tmp("wheels", 0o755)
+    build_wheel(wheels)
+
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            failed, said = await call(client, "install_packages", packages=["nsbox_demo_pkg"])
+            assert not failed and "installed nsbox_demo_pkg" in said, said
+            failed, said = await call(client, "execute_python", code="import nsbox_demo_pkg\nnsbox_demo_pkg.VALUE")
+            assert not failed and "42" in said, said
+            failed, said = await call(client, "install_packages", packages=["not_in_the_wheelhouse"])
+            assert failed and "not_in_the_wheelhouse" in said, said
+            failed, said = await call(client, "install_packages", packages=["--index-url=http://x"])
+            assert failed, said
+
+    drive(transport, body, wheels=str(wheels))
+
+    async def without(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            failed, said = await call(client, "install_packages", packages=["nsbox_demo_pkg"])
+            assert failed and "--wheels" in said, said
+
+    drive(transport, without)
+
+
+def test_a_timeout_is_a_tool_error_and_the_session_goes_on(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            await call(client, "execute_python", code="kept = 'yes'")
+            failed, said = await call(client, "execute_python", code="import time\ntime.sleep(30)", timeout=1)
+            assert failed and "timeout" in said, said
+            failed, said = await call(client, "run_command", command="sleep 30")  # the server's limit: 3 s
+            assert failed and "3 s" in said and endpoint.flag["timeout"] in said, said
+            failed, said = await call(client, "run_code", code="while True: pass")
+            assert failed and "timeout" in said, said
+            failed, said = await call(client, "execute_python", code="print('alive')")
+            assert not failed and "alive" in said, said
+
+    drive(transport, body, timeout=3)
+
+
+def test_asking_for_more_than_the_server_allows_is_a_tool_error_naming_the_limit(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            failed, said = await call(client, "execute_python", code="1", timeout=60)
+            assert failed and "10 s" in said and endpoint.flag["timeout"] in said, said
+            for extra in ({"memory": "8G"}, {"network": True}, {"allowed_hosts": ["example.com"]}):
+                failed, said = await call(client, "execute_python", code="1", **extra)
+                assert failed and "memory 128 MiB" in said and "no network" in said, (extra, said)
+                assert f"memory: {endpoint.flag['memory']}" in said, said
+            failed, said = await call(client, "run_code", code="print(1)", timeout=60)
+            assert failed and "does not take timeout" in said, said
+            hog = "b = bytearray(512 << 20)\nb[::4096] = b'x' * len(b[::4096])\nprint('got it')"
+            failed, said = await call(client, "execute_python", code=hog)
+            assert failed and "out of memory" in said and "128 MiB" in said, said
+            assert endpoint.flag["memory"] in said, said
+            failed, said = await call(client, "run_code", code=hog)
+            assert failed and "got it" not in said, said
+            probe = "import socket\nsocket.create_connection(('198.51.100.1', 80), timeout=3)"
+            failed, said = await call(client, "execute_python", code=probe)
+            assert failed and "unreachable" in said.lower(), said
+            failed, said = await call(client, "execute_python", code="print('after all that')")
+            assert not failed and "after all that" in said, said
+
+    drive(transport, body, memory="128M")
+
+
+def test_a_flood_of_output_is_cut_in_the_reply_and_the_session_goes_on(transport: str) -> None:
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            failed, said = await call(client, "execute_python", code="print('x' * (30 << 20))")
+            assert len(said) < 200_000 and "more characters cut" in said, len(said)
+            flood = "yes | head -c 50000000; yes | head -c 5000000 >&2"
+            failed, said = await call(client, "run_command", command=flood)
+            assert len(said) < 300_000 and said.count("more characters cut") == 2, said[-500:]
+            assert failed and said.startswith("output limit"), "16 MiB kept (the sandbox's output limit), 64 K shown"
+            failed, said = await call(client, "execute_python", code="print('still here')")
+            assert not failed and "still here" in said, said
+
+    drive(transport, body)
+
+
+def test_twenty_clients_at_once_each_get_their_own_sandbox(transport: str) -> None:
+    async def one(endpoint: Endpoint, index: int) -> tuple[str, str]:
+        async with endpoint.client() as client:
+            for tool, arguments in (
+                ("write_file", {"path": f"mine-{index}", "content": str(index)}),
+                ("execute_python", {"code": f"me = {index}"}),
+            ):
+                failed, said = await call(client, tool, **arguments)
+                assert not failed, said
+            _, listing = await call(client, "list_files")
+            _, value = await call(client, "execute_python", code="me")
+            return listing, value
+
+    async def body(endpoint: Endpoint) -> None:
+        results = await asyncio.gather(*(one(endpoint, i) for i in range(20)))
+        for index, (listing, value) in enumerate(results):
+            assert f"mine-{index}" in listing and listing.count("mine-") == 1, listing
+            assert value.endswith(f"--- value ---\n{index}"), value
+
+    extra = ("--max-sandboxes", "24", "--sessions-per-token", "24") if transport == "http" else ()
+    drive(transport, body, memory="64M", extra=extra)
+
+
+def test_sandboxes_are_gone_within_a_second_of_the_stdio_client_closing() -> None:
+    require_run_code()
+    seen: list[int] = []
+
+    async def body(endpoint: Endpoint) -> float:
+        async with endpoint.client() as client:
+            await call(client, "execute_python", code="x = 1")
+            await call(client, "run_code", code="print(1)")  # run_code's own sandbox too
+            seen.extend(sandbox_processes())
+            assert seen, "the session's and run_code's sandboxes are running"
+            closing = time.monotonic()
+        return closing
+
+    closing = drive("stdio", body)
+    assert wait_until(lambda: not [p for p in seen if os.path.exists(f"/proc/{p}")], 1.0), "left after 1 s"
+    assert time.monotonic() - closing < 5  # (the SDK's client waited for the server's exit meanwhile)
+
+
+def test_a_killed_stdio_server_leaves_no_sandbox() -> None:
+    """The server's end without its cleanup (SIGKILL): each supervisor sees its front-end go."""
+    require_sandbox()
+    server = subprocess.Popen(
+        [NSBOX_CLI, "mcp", "--timeout", "10"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert server.stdin is not None and server.stdout is not None
+    requests = (
+        '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+        '"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}\n'
+        '{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
+        '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"1"}}}\n'
+    )
+    server.stdin.write(requests.encode())
+    server.stdin.flush()
+    replies = [server.stdout.readline(), server.stdout.readline()]
+    assert b'"id":2' in replies[1], replies
+    below = descendants(server.pid)
+    assert below & set(sandbox_processes()), "its session's sandbox runs below it"
+    server.kill()
+    server.wait()
+    server.stdin.close()
+    server.stdout.close()
+    assert wait_until(lambda: not [p for p in below if os.path.exists(f"/proc/{p}")], 10), "left behind"
+
+
+def test_nsbox_mcp_refuses_bad_options_and_nsbox_exec_imports_no_service() -> None:
+    require_sandbox()
+    for argv, expected in (
+        (["--timeout", "none"], "timeout"),
+        (["--memory", "lots"], "memory"),
+        (["--workers", "0"], "workers"),
+    ):
+        done = subprocess.run([NSBOX_CLI, "mcp", *argv], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and expected in done.stderr, (argv, done.stderr)
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    done = subprocess.run([NSBOX_CLI, "exec", "--", "true"], capture_output=True, text=True, env=env, check=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "nsbox._cli" in imported, "the import log is read"
+    for extra in ("mcp", "fastapi", "uvicorn", "starlette", "nsbox.mcp", "nsbox.serve"):
+        assert extra not in imported, f"nsbox exec imported {extra}"
+
+
+# --- over HTTP: tokens, sessions' ends, the protocol's eras -------------------------------------
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}
+
+
+def _rpc(endpoint: Endpoint, token: str, body: dict[str, Any], session: str | None = None) -> tuple[int, Any, str]:
+    """One JSON-RPC request by hand: (status, the reply's JSON or None, its Mcp-Session-Id)."""
+    assert endpoint.server is not None
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    if session:
+        headers["Mcp-Session-Id"] = session
+    reply = endpoint.server.request("POST", "/mcp", body, token=token, headers=headers)
+    data = None
+    for line in reply.body.decode().splitlines():  # an SSE stream, or one JSON body
+        if line.startswith("data: "):
+            data = json.loads(line[6:])
+    if data is None and reply.body.strip().startswith(b"{"):
+        data = json.loads(reply.body)
+    return reply.status, data, reply.headers.get("mcp-session-id", "")
+
+
+CLIENT = {"name": "tests", "version": "1"}
+
+
+def _handshake(endpoint: Endpoint, token: str) -> str:
+    status, data, session = _rpc(
+        endpoint,
+        token,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": CLIENT},
+        },
+    )
+    assert status == 200 and session, (status, data)
+    _rpc(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+    return session
+
+
+def _execute(endpoint: Endpoint, token: str, session: str, code: str) -> dict[str, Any]:
+    params = {"name": "execute_python", "arguments": {"code": code}}
+    request = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+    status, data, _ = _rpc(endpoint, token, request, session)
+    assert status == 200 and data is not None, (status, data)
+    result: dict[str, Any] = data["result"]
+    return result
+
+
+def test_over_http_a_token_is_needed_and_another_tokens_session_id_reaches_only_its_own_sandbox() -> None:
+    require_sandbox()
+    with mcp_server("http", tokens=TOKENS) as endpoint:
+        assert endpoint.server is not None
+        refused = endpoint.server.request("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token=None)
+        assert refused.status == 401, refused
+        wrong = endpoint.server.request("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token="x" * 20)
+        assert wrong.status == 401, wrong
+        session = _handshake(endpoint, TOKENS["alice"])
+        assert not _execute(endpoint, TOKENS["alice"], session, "secret = 'alice'")["isError"]
+        stolen = _execute(endpoint, TOKENS["bob"], session, "secret")
+        assert stolen["isError"] and "NameError" in stolen["content"][0]["text"], stolen
+        mine = _execute(endpoint, TOKENS["alice"], session, "secret")
+        assert "'alice'" in mine["content"][0]["text"], mine
+        refusals = [e for e in endpoint.server.log() if e.get("path") == "/mcp" and e.get("status") == 401]
+        assert len(refusals) == 2, "each refusal is logged"
+
+
+def test_over_http_a_sessions_sandbox_ends_with_its_delete_and_its_idle_ttl() -> None:
+    require_sandbox()
+
+    async def body(endpoint: Endpoint) -> None:
+        assert endpoint.server is not None
+        server = endpoint.server.process.pid
+        before = descendants(server)
+        async with endpoint.client() as client:
+            await call(client, "execute_python", code="x = 1")
+            made = descendants(server) - before
+            assert made, "a sandbox is made on first use"
+        # The SDK's client ends its MCP session with a DELETE: the sandbox goes with it.
+        assert wait_until(lambda: not [p for p in made if os.path.exists(f"/proc/{p}")], 5), "the DELETE ended it"
+        async with endpoint.client() as client:
+            await call(client, "execute_python", code="x = 1")
+            await asyncio.sleep(3.5)  # past the idle TTL (2 s)
+            failed, said = await call(client, "execute_python", code="x")
+            assert failed and "NameError" in said, said
+            assert "note: a new session: the previous one ended (unused for 2 s)" in said, said
+
+    drive("http", body, extra=("--session-idle-ttl", "2"))
+
+
+def test_over_http_a_client_of_the_sessionless_protocol_gets_run_code_and_a_reason() -> None:
+    require_sandbox()
+
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client(mode="2026-07-28") as client:
+            failed, said = await call(client, "run_code", code="print(6 * 7)")
+            assert not failed and "42" in said, said
+            failed, said = await call(client, "execute_python", code="1")
+            assert failed and "initialize handshake" in said, said
+
+    drive("http", body)
