@@ -19,6 +19,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -80,6 +81,8 @@ async def http_client() -> AsyncIterator[Any]:
             url = found.group(1) if found else url
             if '"event":"started"' in line:
                 break
+        # It logs a line per request: read them all, or its pipe fills and it stops.
+        threading.Thread(target=server.stderr.read, daemon=True).start()
         async with (
             httpx2.AsyncClient(timeout=60) as http,
             Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,

@@ -50,16 +50,20 @@ class Endpoint:
         self.flag = FLAGS[transport]
 
     @contextlib.asynccontextmanager
-    async def client(self, *, token: str | None = None, mode: str = "auto") -> AsyncIterator[Client]:
+    async def client(
+        self, *, token: str | None = None, mode: str = "auto", headers: dict[str, str] | None = None
+    ) -> AsyncIterator[Client]:
+        """A new client (a new MCP session); over HTTP with ``token`` (the server's first) and
+        ``headers`` on each request."""
         if self.server is None:
             # The SDK gives a server a minimal environment; this run's (its cache and data folders) is added.
             params = StdioServerParameters(command=NSBOX_CLI, args=["mcp", *self.args], env=dict(os.environ))
             async with Client(params, mode=mode) as client:  # type: ignore[arg-type]
                 yield client
             return
-        headers = {"Authorization": f"Bearer {token or self.server.token}"}
+        sent = {"Authorization": f"Bearer {token or self.server.token}", **(headers or {})}
         async with (
-            httpx2.AsyncClient(headers=headers, timeout=120) as http,
+            httpx2.AsyncClient(headers=sent, timeout=120) as http,
             Client(streamable_http_client(f"{self.server.url}/mcp", http_client=http), mode=mode) as client,  # type: ignore[arg-type]
         ):
             yield client

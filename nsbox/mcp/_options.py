@@ -23,6 +23,7 @@ class McpOptions:
     spec: SandboxSpec = field(default_factory=SandboxSpec)  #: every session's sandbox and run_code's
     workers: int = 1  #: sandboxes running run_code's programs at once
     idle_ttl: float = 600.0  #: a client's session unused this long is destroyed
+    lifetime: float | None = None  #: and any session this old (None: no such bound)
     max_sessions: int = 16  #: sessions at once, all clients together (stdio has one client)
     sessions_per_owner: int = 8  #: sessions at once of one token (HTTP)
     flags: Mapping[str, str] = field(default_factory=lambda: dict(MCP_FLAGS))
@@ -34,6 +35,8 @@ class McpOptions:
                 raise SpecError(name, f"{value!r}: a whole number of at least 1")
         if not self.idle_ttl > 0:
             raise SpecError("idle_ttl", "must be more than 0")
+        if self.lifetime is not None and not self.lifetime > 0:
+            raise SpecError("lifetime", "must be more than 0")
         if self.spec.limits.timeout is None:
             raise SpecError("timeout", "the MCP tools need a timeout: an agent's call must end")
 

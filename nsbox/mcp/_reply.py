@@ -30,13 +30,16 @@ def cut(value: str, limit: int = REPLY_LIMIT) -> str:
     return value[:limit] + f"\n[... {len(value) - limit} more characters cut: the reply holds {limit} at most]"
 
 
-def verdict(result: RunResult | ExecutionResult, options: McpOptions) -> str:
-    """One line: how the call ended, naming the limit (and the option that sets it) when one ended it."""
+def verdict(result: RunResult | ExecutionResult, options: McpOptions, timeout: float | None = None) -> str:
+    """One line: how the call ended, naming the limit (and the option that sets it) when one
+    ended it; ``timeout``: the call's own, when it asked for less than the server's."""
     status = result.status
     flags = options.flags
     if status is Status.OK:
         return f"ok ({result.wall_s:.2f} s)"
     if status is Status.TIMEOUT:
+        if timeout is not None and timeout < options.timeout:
+            return f"timeout: {result.error} (this call's timeout; this server's limit is {options.timeout:g} s)"
         return f"timeout: {result.error}; this server's limit is {options.timeout:g} s ({flags['timeout']})"
     if status is Status.OOM:
         memory = options.spec.limits.memory
@@ -60,30 +63,36 @@ def _decoded(value: bytes | str | None) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
-def of_run(result: RunResult, options: McpOptions, note: str | None = None) -> CallToolResult:
-    parts = [verdict(result, options)]
+def of_run(
+    result: RunResult, options: McpOptions, note: str | None = None, timeout: float | None = None
+) -> CallToolResult:
+    parts = [verdict(result, options, timeout)]
     if note:
         parts.append(f"note: {note}")
-    for name, value, truncated in (
-        ("stdout", result.stdout, result.stdout_truncated),
-        ("stderr", result.stderr, result.stderr_truncated),
-    ):
+    _streams(parts, (result.stdout, result.stdout_truncated), (result.stderr, result.stderr_truncated))
+    return text("\n".join(parts), error=not result.ok)
+
+
+Stream = tuple[bytes | str | None, bool]  #: its output, and whether the sandbox's limit cut it
+
+
+def _streams(parts: list[str], stdout: Stream, stderr: Stream) -> None:
+    for name, (value, truncated) in (("stdout", stdout), ("stderr", stderr)):
         shown = _decoded(value)
         if shown or truncated:
             limit = "\n[the sandbox's output limit cut it]" if truncated else ""
             parts.append(f"--- {name} ---\n{cut(shown)}{limit}")
-    return text("\n".join(parts), error=not result.ok)
 
 
-def of_cell(result: ExecutionResult, options: McpOptions, note: str | None = None) -> CallToolResult:
-    parts = [verdict(result, options)]
+def of_cell(
+    result: ExecutionResult, options: McpOptions, note: str | None = None, timeout: float | None = None
+) -> CallToolResult:
+    parts = [verdict(result, options, timeout)]
     if note:
         parts.append(f"note: {note}")
     if result.state_lost:
         parts.append("note: the session's Python state was lost: earlier variables and imports are gone")
-    for name, value in (("stdout", result.stdout), ("stderr", result.stderr)):
-        if value:
-            parts.append(f"--- {name} ---\n{cut(value)}")
+    _streams(parts, (result.stdout, result.stdout_truncated), (result.stderr, result.stderr_truncated))
     if result.value is not None:
         parts.append(f"--- value ---\n{cut(result.value)}")
     if result.traceback or (result.error and result.status is Status.EXCEPTION):

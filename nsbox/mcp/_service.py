@@ -6,7 +6,8 @@ transport.
   the client closes stdin, then destroys every sandbox before it returns.
 - Streamable HTTP (``nsbox serve --mcp``): the host gives the owner of each request (its
   token's name, put in the ASGI scope by the host's auth), the one-shot runner and the
-  memory budget; the service itself is the ASGI app of the ``/mcp`` route. A session is keyed by
+  memory budget; the service itself is the ASGI app of the ``/mcp`` route. The SDK ties each
+  MCP session to its token; a request of protocol 2026-07-28 has no session (run_code only). A session is keyed by
   owner and ``Mcp-Session-Id``; a DELETE of the MCP session destroys its sandbox at once.
 """
 
@@ -18,9 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
 from nsbox import Judge, RunResult, __version__
@@ -67,10 +71,13 @@ class McpService:
         if http:
             # The host checks who asks before a request gets here (tokens; without them, loopback
             # clients naming a loopback Host only): the SDK's own Host check would only repeat it.
+            # An MCP session holds no sandbox until a session tool is called (the sandboxes are
+            # bounded by ``sessions``): the SDK's own bounds are looser, and its idle timeout
+            # longer than the sandboxes', so that a client is told its sandbox expired.
             self.server.streamable_http_app(
                 streamable_http_path="/",
-                session_idle_timeout=options.idle_ttl,
-                max_sessions=options.max_sessions,
+                session_idle_timeout=2 * options.idle_ttl,
+                max_sessions=4 * options.max_sessions,
                 transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             )
 
@@ -107,11 +114,16 @@ class McpService:
     # -- HTTP ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI app of the ``/mcp`` route."""
+        owner = owner_of(scope)
+        # The SDK ties an MCP session to the user that opened it (another gets 404, as for an
+        # id that never existed): the token's name is that user. No token is kept in it.
+        who = AccessToken(token="", client_id=owner, scopes=[])  # nosec B106  # an empty field, not a password
+        scope["user"] = AuthenticatedUser(who)
         await self.server.session_manager.handle_request(scope, receive, send)
         if scope.get("method") == "DELETE":  # the client ended its MCP session: its sandbox goes now
             session_id = _header(scope, b"mcp-session-id")
             if session_id:
-                await self.sessions.end((owner_of(scope), session_id))
+                await self.sessions.end((owner, session_id))
 
 
 def _stdio_key(ctx: Context) -> Key:
@@ -126,10 +138,11 @@ def owner_of(scope: Scope) -> str:
 
 
 def http_key(ctx: Context) -> Key:
-    request = ctx.request_context.request
-    scope = getattr(request, "scope", None)
-    session_id = (ctx.headers or {}).get("mcp-session-id")
-    if scope is None or not session_id:
+    scope = getattr(ctx.request_context.request, "scope", None)
+    session_id = _header(scope, b"mcp-session-id") if scope is not None else None
+    # A request of protocol 2026-07-28 bypasses the SDK's session table: an Mcp-Session-Id it
+    # carries is only a header the client chose, and names no session.
+    if scope is None or not session_id or ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
         raise ToolError(
             "this tool keeps a sandbox per MCP session, and this request has none (protocol 2026-07-28 has no "
             "sessions over HTTP): connect with the initialize handshake (the SDK's mode='auto' does) or use run_code"

@@ -4,14 +4,15 @@ A session is keyed by its owner (a token's name; ``stdio`` for the one client of
 server) and the MCP session's id, so a client that learnt another token's session id still
 reaches only a sandbox of its own token. Its calls go one at a time, in a thread each (the
 engine's calls block). It ends by ``reset_session``, when the client goes away (the end of
-stdio; an HTTP DELETE), after ``idle_ttl`` unused (the next call makes a new one and says
-that the old one's state is gone), or when the server shuts down.
+stdio; an HTTP DELETE), after ``idle_ttl`` unused or ``lifetime`` old (the next call makes a
+new one and says that the old one's state is gone), or when the server shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,8 @@ from ._options import McpOptions
 
 _T = TypeVar("_T")
 Key = tuple[str, str]
+#: Calls of one session running or waiting at once; beyond it, a tool error.
+MAX_CALLS = 4
 #: How often the reaper looks for idle sessions, at most.
 REAP_EVERY = 1.0
 
@@ -36,14 +39,15 @@ class AgentSession:
         self.key = key
         self.sandbox = sandbox
         self.memory = memory
-        self.last_used = time.monotonic()
+        self.created = time.monotonic()
+        self.last_used = self.created
         self.active = 0  #: calls running or waiting (an active session is not idle)
-        self.turn = asyncio.Lock()
+        self.turn = asyncio.Lock()  #: held from a call's start until its thread returns
 
 
 class AgentSessions:
     """``admit(memory)`` / ``release(memory)``: a host's memory budget (``nsbox serve``);
-    ``admit`` raises to refuse a new session."""
+    ``admit`` raises ``Refused`` to refuse a new session."""
 
     def __init__(
         self,
@@ -56,8 +60,10 @@ class AgentSessions:
         self._admit = admit
         self._release = release
         self._sessions: dict[Key, AgentSession] = {}
-        self._starting: dict[Key, asyncio.Future[AgentSession]] = {}
+        self._starting: dict[Key, asyncio.Task[None]] = {}
         self._gone: dict[Key, str] = {}  #: why a key's last session ended, told on its next call
+        # A session holds one thread at most (its calls go one at a time, each holding the turn
+        # until its thread returns), and its start or end one more.
         self.executor = ThreadPoolExecutor(2 * options.max_sessions + 2, thread_name_prefix="nsbox-mcp")
         self._reaper: asyncio.Task[None] | None = None
 
@@ -69,43 +75,57 @@ class AgentSessions:
 
     async def call(self, key: Key, function: Callable[[NsSandbox], _T]) -> tuple[_T, str | None]:
         """``function(sandbox)`` in a thread, after the session's calls before it; and a note
-        for the agent if this call had to make a new session (why the old one is gone)."""
-        session, note = await self._session(key)
-        session.active += 1
-        try:
-            async with session.turn:
-                # A call whose client went away still ends in its thread (a sandbox call is not
-                # cut half-way); the session stays active until then.
-                done = asyncio.get_running_loop().run_in_executor(self.executor, function, session.sandbox)
-                return await asyncio.shield(done), note
-        finally:
+        for the agent if this call had to make a new session (why the old one is gone).
+        A call whose client went away (cancelled) still ends in its thread, holding the
+        session's turn until then: a sandbox call is never cut half-way, nor overlapped."""
+        note: str | None = None
+        while True:
+            session, told = await self._session(key)
+            note = told or note
+            if session.active >= MAX_CALLS:
+                raise Refused(f"the session has {session.active} calls running or waiting, the most it takes")
+            session.active += 1
+            try:
+                await session.turn.acquire()
+            except BaseException:
+                session.active -= 1
+                raise
+            if self._sessions.get(key) is session and not session.sandbox.closed:
+                break
+            session.turn.release()  # it ended while this call waited: the call goes to a new one
+            session.active -= 1
+        done = asyncio.get_running_loop().run_in_executor(self.executor, function, session.sandbox)
+
+        def over(_: object) -> None:
+            session.turn.release()
             session.active -= 1
             session.last_used = time.monotonic()
 
+        done.add_done_callback(over)
+        return await asyncio.shield(done), note
+
     async def _session(self, key: Key) -> tuple[AgentSession, str | None]:
-        session = self._sessions.get(key)
-        if session is not None and not session.sandbox.closed:
-            return session, None
-        if session is not None:  # its sandbox died (e.g. the engine closed it): a new one
-            await self.end(key, "its sandbox ended")
-        starting = self._starting.get(key)
-        if starting is None:  # the first call makes it; calls at the same moment wait for it
-            self._check_bounds(key[0])
-            starting = asyncio.get_running_loop().create_future()
-            self._starting[key] = starting
-            try:
-                starting.set_result(await self._make(key))
-            except asyncio.CancelledError:
-                starting.cancel()
-                raise
-            except BaseException as exc:
-                starting.set_exception(exc)
-                starting.exception()  # retrieved: the waiters (if any) get it too
-                raise
-            finally:
-                del self._starting[key]
-        made = await asyncio.shield(starting)
-        return made, self._gone.pop(key, None)
+        """The key's session, made if it has none; the note of why its last one ended."""
+        while True:
+            session = self._sessions.get(key)
+            if session is not None and not session.sandbox.closed:
+                return session, self._gone.pop(key, None)
+            if session is not None:  # its sandbox died (the engine closed it): a new one
+                await self._end(session, "its sandbox ended")
+                continue
+            starting = self._starting.get(key)
+            if starting is None:
+                self._check_bounds(key[0])
+                # Made by a task of its own: a caller that goes away does not cancel it for the others.
+                starting = asyncio.get_running_loop().create_task(self._make(key))
+                self._starting[key] = starting
+                starting.add_done_callback(lambda task: self._started(key, task))
+            await asyncio.shield(starting)
+
+    def _started(self, key: Key, task: asyncio.Task[None]) -> None:
+        self._starting.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: the callers waiting get it themselves
 
     def _check_bounds(self, owner: str) -> None:
         mine = sum(1 for k in (*self._sessions, *self._starting) if k[0] == owner)
@@ -114,63 +134,81 @@ class AgentSessions:
         if len(self._sessions) + len(self._starting) >= self.options.max_sessions:
             raise Refused(f"the server holds {self.options.max_sessions} sessions, its most; try again later")
 
-    async def _make(self, key: Key) -> AgentSession:
+    async def _make(self, key: Key) -> None:
         memory = self.options.spec.limits.memory
         if self._admit is not None:
             self._admit(memory)
         sandbox = NsSandbox(self.options.spec)
-        starting = asyncio.get_running_loop().run_in_executor(self.executor, sandbox.start)
         try:
-            await asyncio.shield(starting)
-        except asyncio.CancelledError:  # the client went away: the sandbox is closed once started
-            starting.add_done_callback(lambda _: sandbox.close())
-            self._give(memory)
-            raise
+            await asyncio.get_running_loop().run_in_executor(self.executor, sandbox.start)
         except BaseException:
-            sandbox.close()
-            self._give(memory)
+            self._discard(sandbox, memory)
             raise
-        session = AgentSession(key, sandbox, memory)
-        self._sessions[key] = session
-        return session
+        self._sessions[key] = AgentSession(key, sandbox, memory)
+
+    def _discard(self, sandbox: NsSandbox, memory: int) -> None:
+        """Closes in a thread of its own (never on the event loop), then gives the memory back."""
+
+        def close() -> None:
+            try:
+                sandbox.close()
+            finally:
+                self._give(memory)
+
+        threading.Thread(target=close, name="nsbox-mcp-close", daemon=True).start()
 
     def _give(self, memory: int) -> None:
         if self._release is not None:
             self._release(memory)
 
-    async def end(self, key: Key, why: str | None = None) -> bool:
-        """Destroy the key's session (if it has one); ``why`` is told on the key's next call."""
-        session = self._sessions.pop(key, None)
+    async def end(self, key: Key) -> bool:
+        """Destroy the key's session now, if it has one (reset_session, the client's DELETE),
+        one being made included."""
+        starting = self._starting.get(key)
+        if starting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(starting)
+        session = self._sessions.get(key)
         if session is None:
             return False
+        await self._end(session, None)
+        return True
+
+    async def _end(self, session: AgentSession, why: str | None) -> None:
+        """Destroy this session (not another the key has since); ``why`` is told on the key's next call."""
+        if self._sessions.get(session.key) is not session:
+            return
+        del self._sessions[session.key]
         if why is not None:
-            self._gone[key] = f"a new session: the previous one ended ({why}); its variables and files are gone"
+            self._gone[session.key] = f"a new session: the previous one ended ({why}); its variables and files are gone"
         try:
             await asyncio.get_running_loop().run_in_executor(None, session.sandbox.close)
         finally:
             self._give(session.memory)
-        return True
-
-    async def end_all(self, where: Callable[[Key], bool]) -> None:
-        await asyncio.gather(*(self.end(k) for k in list(self._sessions) if where(k)), return_exceptions=True)
 
     async def _reap(self) -> None:
-        ttl = self.options.idle_ttl
+        ttl, lifetime = self.options.idle_ttl, self.options.lifetime
         while True:
-            await asyncio.sleep(min(REAP_EVERY, ttl / 4))
+            await asyncio.sleep(min(REAP_EVERY, ttl / 4, (lifetime or ttl) / 4))
             now = time.monotonic()
-            for key, session in list(self._sessions.items()):
-                if not session.active and now - session.last_used >= ttl:
+            for session in list(self._sessions.values()):
+                why = None
+                if lifetime is not None and now - session.created >= lifetime:
+                    why = f"older than {lifetime:g} s"  # a call running then ends
+                elif not session.active and now - session.last_used >= ttl:
+                    why = f"unused for {ttl:g} s"
+                if why is not None:
                     with contextlib.suppress(Exception):  # one failed close must not stop the reaper
-                        await self.end(key, f"unused for {ttl:g} s")
+                        await self._end(session, why)
             if len(self._gone) > 4 * self.options.max_sessions:  # notes nobody came back for
                 self._gone.clear()
 
     async def close(self) -> None:
-        """Destroy every session (the server's shutdown)."""
+        """Destroy every session (the server's shutdown), those being made too."""
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await self.end_all(lambda _: True)
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        await asyncio.gather(*(self._end(s, None) for s in list(self._sessions.values())), return_exceptions=True)
         self.executor.shutdown(wait=False)

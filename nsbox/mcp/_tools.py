@@ -125,7 +125,7 @@ def add(server: MCPServer, tools: Tools) -> dict[str, frozenset[str]]:
         seconds = tools.timeout(timeout)
         async with told():
             result, note = await tools.in_session(ctx, lambda s: s.execute_code(code, timeout=seconds))
-        return _reply.of_cell(result, options, note)
+        return _reply.of_cell(result, options, note, seconds)
 
     async def run_command(
         command: Annotated[str, Field(description="a shell command line (sh -c), run in /workspace")],
@@ -137,7 +137,7 @@ def add(server: MCPServer, tools: Tools) -> dict[str, frozenset[str]]:
             result, note = await tools.in_session(
                 ctx, lambda s: s.run(["sh", "-c", command], capture_output=True, timeout=seconds)
             )
-        return _reply.of_run(result, options, note)
+        return _reply.of_run(result, options, note, seconds)
 
     async def write_file(
         path: Annotated[str, Field(description="a path in /workspace (relative to it, or absolute under it)")],
@@ -170,7 +170,9 @@ def add(server: MCPServer, tools: Tools) -> dict[str, frozenset[str]]:
     ) -> str:
         async with told():
             entries, note = await tools.in_session(ctx, lambda s: s.list_files(path))
-        lines = [f"{e.type}\t{e.size}\t{e.name}" for e in entries] or ["(empty)"]
+        # A name is the sandbox's: one with a tab or a newline must not forge a row.
+        lines = [f"{e.type}\t{e.size}\t{e.name if e.name.isprintable() else repr(e.name)}" for e in entries]
+        lines = lines or ["(empty)"]
         return _noted("type\tsize\tname\n" + "\n".join(lines), note)
 
     async def install_packages(
