@@ -96,10 +96,12 @@ class AgentSessions:
             session.active -= 1
         done = asyncio.get_running_loop().run_in_executor(self.executor, function, session.sandbox)
 
-        def over(_: object) -> None:
+        def over(future: asyncio.Future[_T]) -> None:
             session.turn.release()
             session.active -= 1
             session.last_used = time.monotonic()
+            if not future.cancelled():
+                future.exception()  # retrieved: a call whose client went away has no one to raise to
 
         done.add_done_callback(over)
         return await asyncio.shield(done), note
@@ -116,16 +118,12 @@ class AgentSessions:
             starting = self._starting.get(key)
             if starting is None:
                 self._check_bounds(key[0])
-                # Made by a task of its own: a caller that goes away does not cancel it for the others.
+                # Made by a task of its own: a caller that goes away does not cancel it for the
+                # others. The task leaves _starting itself, as it ends (before anyone awaits it).
                 starting = asyncio.get_running_loop().create_task(self._make(key))
                 self._starting[key] = starting
-                starting.add_done_callback(lambda task: self._started(key, task))
+                starting.add_done_callback(_retrieved)
             await asyncio.shield(starting)
-
-    def _started(self, key: Key, task: asyncio.Task[None]) -> None:
-        self._starting.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here: the callers waiting get it themselves
 
     def _check_bounds(self, owner: str) -> None:
         mine = sum(1 for k in (*self._sessions, *self._starting) if k[0] == owner)
@@ -135,16 +133,19 @@ class AgentSessions:
             raise Refused(f"the server holds {self.options.max_sessions} sessions, its most; try again later")
 
     async def _make(self, key: Key) -> None:
-        memory = self.options.spec.limits.memory
-        if self._admit is not None:
-            self._admit(memory)
-        sandbox = NsSandbox(self.options.spec)
         try:
-            await asyncio.get_running_loop().run_in_executor(self.executor, sandbox.start)
-        except BaseException:
-            self._discard(sandbox, memory)
-            raise
-        self._sessions[key] = AgentSession(key, sandbox, memory)
+            memory = self.options.spec.limits.memory
+            if self._admit is not None:
+                self._admit(memory)
+            sandbox = NsSandbox(self.options.spec)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, sandbox.start)
+            except BaseException:
+                self._discard(sandbox, memory)
+                raise
+            self._sessions[key] = AgentSession(key, sandbox, memory)
+        finally:
+            self._starting.pop(key, None)
 
     def _discard(self, sandbox: NsSandbox, memory: int) -> None:
         """Closes in a thread of its own (never on the event loop), then gives the memory back."""
@@ -181,10 +182,10 @@ class AgentSessions:
         del self._sessions[session.key]
         if why is not None:
             self._gone[session.key] = f"a new session: the previous one ended ({why}); its variables and files are gone"
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, session.sandbox.close)
-        finally:
-            self._give(session.memory)
+        closing = asyncio.get_running_loop().run_in_executor(None, session.sandbox.close)
+        # Its memory goes back once it is closed, even if this wait is cancelled meanwhile.
+        closing.add_done_callback(lambda _: self._give(session.memory))
+        await asyncio.shield(closing)
 
     async def _reap(self) -> None:
         ttl, lifetime = self.options.idle_ttl, self.options.lifetime
@@ -212,3 +213,10 @@ class AgentSessions:
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
         await asyncio.gather(*(self._end(s, None) for s in list(self._sessions.values())), return_exceptions=True)
         self.executor.shutdown(wait=False)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Reads a session's creation's exception: the callers waiting get it themselves, and
+    when none waits any more it is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
