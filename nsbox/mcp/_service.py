@@ -7,8 +7,9 @@ transport.
 - Streamable HTTP (``nsbox serve --mcp``): the host gives the owner of each request (its
   token's name, put in the ASGI scope by the host's auth), the one-shot runner and the
   memory budget; the service itself is the ASGI app of the ``/mcp`` route. The SDK ties each
-  MCP session to its token; a request of protocol 2026-07-28 has no session (run_code only). A session is keyed by
-  owner and ``Mcp-Session-Id``; a DELETE of the MCP session destroys its sandbox at once.
+  MCP session to its token; a request of protocol 2026-07-28 has no session (run_code only).
+  A session is keyed by owner and ``Mcp-Session-Id``; a DELETE of the MCP session destroys
+  its sandbox at once.
 """
 
 from __future__ import annotations
