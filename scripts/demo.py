@@ -53,11 +53,16 @@ def main() -> int:
         for key, value in host.items():
             print(f"{key:24} {value:34} {inside[key]}")
 
-        print("\n== an escape attempt: make /usr writable again ==")
-        attempt = sandbox.run(
-            ["sh", "-c", "mount -o remount,rw /usr 2>&1; unshare -Urm true 2>&1; echo done"], capture_output=True
-        )
-        print((attempt.stdout or b"").decode().strip())
+        print("\n== escape attempts from inside (each should be refused) ==")
+        for what, argv in (
+            ("make the read-only /usr writable again", ["mount", "-o", "remount,rw", "/usr"]),
+            ("a new user namespace, to be root in it", ["unshare", "-Urm", "true"]),
+            ("write a file into the host's /usr", ["sh", "-c", "echo x > /usr/nsbox-demo"]),
+        ):
+            tried = sandbox.run(argv, capture_output=True)
+            said = (tried.stderr or tried.stdout or b"").decode(errors="replace").strip().splitlines()
+            verdict = "refused" if not tried.ok else "NOT REFUSED: this sandbox is not isolated"
+            print(f"{what:42} {verdict} (exit {tried.exit_code}: {said[0].strip() if said else 'no message'})")
 
         print("\n== a run that overstays its welcome (timeout=0.5) ==")
         started = time.monotonic()
