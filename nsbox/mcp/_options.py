@@ -8,7 +8,6 @@ say which one to change.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,9 +42,6 @@ class McpOptions:
     @property
     def timeout(self) -> float:
         return float(self.spec.limits.timeout or 0)
-
-    def replace(self, **changes: object) -> McpOptions:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def limits_text(self) -> str:
         """The limits, as the tools' descriptions and refusals show them."""

@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from nsbox import NsboxError, NsSandbox, RunFailed, RunResult, SandboxError, SecurityError, SpecError
+from nsbox import NsboxError, NsSandbox, RunFailed, RunResult, SandboxError, SecurityError
 
 from . import _reply
 from ._options import McpOptions
@@ -69,19 +69,15 @@ async def told() -> AsyncIterator[None]:
     """The engine's and the server's refusals, as tool errors that say why."""
     try:
         yield
-    except ToolError:
-        raise
     except SecurityError as exc:
         raise ToolError(f"refused: {exc}") from None
     except RunFailed as exc:
         result = exc.result
         stderr = result.stderr.decode("utf-8", "replace") if isinstance(result, RunResult) and result.stderr else ""
         raise ToolError(f"failed: {exc}\n{_reply.cut(stderr)}".rstrip()) from None
-    except SpecError as exc:
-        raise ToolError(str(exc)) from None
     except SandboxError as exc:
         raise ToolError(f"the sandbox failed: {exc}") from None
-    except (NsboxError, Refused) as exc:
+    except (NsboxError, Refused) as exc:  # SpecError among them: its message names the argument
         raise ToolError(str(exc)) from None
 
 
