@@ -412,12 +412,13 @@ def test_over_http_a_sessions_sandbox_ends_with_its_delete_and_its_idle_ttl() ->
 
     async def body(endpoint: Endpoint) -> None:
         assert endpoint.server is not None
-        server = endpoint.server.process.pid
-        before, budget = descendants(server), held(endpoint)
+        # Its supervisor, not every new process: the run_code worker's warm interpreter for its
+        # next program may start meanwhile, on a loaded machine (a flake CI met).
+        before, budget = session_supervisors(endpoint), held(endpoint)
         async with endpoint.client() as client:
             await call(client, "execute_python", code="x = 1")
-            made = descendants(server) - before
-            assert made, "a sandbox is made on first use"
+            made = session_supervisors(endpoint) - before
+            assert len(made) == 1, "a sandbox is made on first use"
             assert held(endpoint) == budget + (256 << 20), "its memory limit is held in the budget"
         # The SDK's client ends its MCP session with a DELETE: the sandbox goes with it (well
         # before the idle TTL of 4 s could have taken it).
