@@ -17,6 +17,7 @@ intermediate's parent-death signal kills it, init's kills init, and the same fol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -155,6 +156,7 @@ class Supervisor(SandboxSetup):
         self.cgroup.reset_peak()
         watch = Watch(time.monotonic(), timeout, self.spec.limits, self.usage, before)
         exited: Exited | None = None
+        died_at_limit: Usage | None = None  #: the cgroup's counters as an OOM kill ended the sandbox
         try:
             self.send_init(exec_request, io.child_fds)
             io.close_child_fds()
@@ -179,8 +181,14 @@ class Supervisor(SandboxSetup):
                         if isinstance(message, Exited) and message.process == RUN:
                             exited = message
                     elif fd == self.intermediate_fd:
+                        at_death = self.usage()  # read before close() removes the cgroup
                         self.close()
-                        if watch.kill_by is None:
+                        if at_death.oom_kills > before.oom_kills:
+                            # The OOM killer took init as well as the payload: memory the payload
+                            # held outlived it (a memfd's pages are freed only as its exit ends),
+                            # and init was the next choice. The run's verdict is the memory limit.
+                            died_at_limit = at_death
+                        elif watch.kill_by is None:
                             raise SandboxError("the sandbox died during the run")
                         break
                     elif events is not None and fd == events.fileno():
@@ -203,12 +211,19 @@ class Supervisor(SandboxSetup):
             raise SandboxError("the sandbox's init stopped answering") from None
         finally:
             io.close()
-        return self._verdict(argv, wall, exited, watch, before, io)
+        return self._verdict(argv, wall, exited, watch, before, io, died_at_limit)
 
     def _verdict(
-        self, argv: tuple[str, ...], wall: float, exited: Exited | None, watch: Watch, before: Usage, io: RunIO
+        self,
+        argv: tuple[str, ...],
+        wall: float,
+        exited: Exited | None,
+        watch: Watch,
+        before: Usage,
+        io: RunIO,
+        died_at_limit: Usage | None = None,
     ) -> RunResult:
-        after = self.usage()
+        after = died_at_limit or self.usage()
         used = after.since(before)
         stdout, stdout_cut = io.output("stdout")
         stderr, stderr_cut = io.output("stderr")
@@ -217,12 +232,13 @@ class Supervisor(SandboxSetup):
         cpu_time = self.spec.limits.cpu_time
         if killed_for is None and cpu_time is not None and cpu_s >= cpu_time and _killed_by_cpu_rlimit(exited):
             killed_for = ("cpu_time", cpu_time)  # the kernel's RLIMIT_CPU backstop got there first
-        if exited is None and killed_for is None:  # the loop ends with it, with a kill, or raises
+        if exited is None and killed_for is None and died_at_limit is None:  # the loop ends with one, or raises
             raise SandboxError("the run ended without a verdict")
-        return RunResult.decide(
+        wait_status = exited.wait_status if exited is not None else int(signal.SIGKILL)  # (the OOM killer's)
+        result = RunResult.decide(
             argv,
             wall,
-            None if exited is None else exited.wait_status,
+            wait_status,
             exec_failure=None
             if exited is None or exited.exec_errno is None
             else (exited.exec_errno, exited.exec_stage or "execve"),
@@ -238,6 +254,10 @@ class Supervisor(SandboxSetup):
             limits=self.cgroup.kind,
             seccomp=self.spec.seccomp.kind,
         )
+        if died_at_limit is not None:
+            said = f"{result.error}; the OOM killer ended the sandbox's init too: the sandbox is closed"
+            result = dataclasses.replace(result, error=said)
+        return result
 
     def send_init(self, message: Message, fds: list[int] | None = None) -> None:
         """A request to init, bounded in time: if init does not take it, the sandbox goes."""
