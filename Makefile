@@ -54,12 +54,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/install-deps.sh bench
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[dev,serve,mcp,bench]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[dev,serve,mcp,ray,bench]'
 	$(PY) -m compileall -q nsbox  # what an installed package has (and PYTHONDONTWRITEBYTECODE would never write)
 	$(PY) scripts/bench.py --json bench-results.json
 	$(PY) scripts/bench_judge.py --json bench-judge.json
 	$(PY) scripts/bench_serve.py --json bench-serve.json
 	$(PY) scripts/bench_mcp.py --json bench-mcp.json
+	$(PY) scripts/bench_ray.py --json bench-ray.json
 
 deps:
 	scripts/install-deps.sh
@@ -68,7 +69,7 @@ $(STAMP): pyproject.toml scripts/install-deps.sh
 	scripts/install-deps.sh
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[dev,serve,mcp]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[dev,serve,mcp,ray]'
 	$(PY) -m compileall -q nsbox  # bytecode, as an installed package has: nsbox exec should not compile its modules
 	touch $(STAMP)
 

@@ -167,10 +167,15 @@ def main() -> int:
     print(
         f"run_code('pass') in a live NsSandbox: median {pass_trip['median_ms']:.2f} ms, p90 {pass_trip['p90_ms']:.2f}"
     )
-    failed = [label for label, row in rows.items() if row["passed"] != len(programs)]
     if args.json:
         data = {"humaneval": rows, "workers": args.workers, "cpp": cpp, "run_code_pass": pass_trip}
         Path(args.json).write_text(json.dumps(data, indent=2))
+    return all_passed(rows, len(programs))
+
+
+def all_passed(rows: dict[str, dict[str, float]], programs: int) -> int:
+    """0 if every way passed every program; else 1, and which did not."""
+    failed = [label for label, row in rows.items() if row["passed"] != programs]
     if failed:
         print(f"not every program passed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -335,7 +335,7 @@ def test_nsbox_mcp_refuses_bad_options_and_nsbox_exec_imports_no_service() -> No
     done = subprocess.run([NSBOX_CLI, "exec", "--", "true"], capture_output=True, text=True, env=env, check=True)
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
     assert "nsbox._cli" in imported, "the import log is read"
-    for extra in ("mcp", "fastapi", "uvicorn", "starlette", "nsbox.mcp", "nsbox.serve"):
+    for extra in ("mcp", "fastapi", "uvicorn", "starlette", "ray", "nsbox.mcp", "nsbox.serve", "nsbox.ray"):
         assert extra not in imported, f"nsbox exec imported {extra}"
 
 
