@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 # imports this package first, and must not pay for the embedding API it does not use.
 if TYPE_CHECKING:
     from ._client import SandboxClient
+    from ._display import DisplayItem
     from ._errors import (
         ExecutionFailed,
         ImageError,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 #: Where each public name lives.
 _MODULE_OF = {
     "SandboxClient": "_client",
+    "DisplayItem": "_display",
     **dict.fromkeys(
         (
             "ExecutionFailed",
@@ -112,6 +114,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FILE_LIMIT",
     "AsyncSandboxPool",
+    "DisplayItem",
     "ExecutionFailed",
     "ExecutionResult",
     "FileInfo",

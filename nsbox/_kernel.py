@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import _guest, _guests
+from ._display import DisplayItem, items_from_wire
 from ._errors import ProtocolError, SandboxError
 from ._guests import Guest
 from ._protocol import KERNEL, Cell, CellDone, CellStarted, Execute, Exited, KernelReady, KillRun, Signal
@@ -46,7 +47,8 @@ KERNEL_ARGV = ("python3", "-c", KERNEL_SOURCE)
 
 def new_kernel(output_limit: int) -> Guest:
     """A session's kernel (not started: the first execution starts it)."""
-    return Guest(KERNEL_ARGV, KERNEL, WORKSPACE, output_limit, result_limit(output_limit) + REPLY_ROOM)
+    room = result_limit(output_limit) + display_limit(output_limit) + DISPLAY_ROOM + REPLY_ROOM
+    return Guest(KERNEL_ARGV, KERNEL, WORKSPACE, output_limit, room)
 
 
 #: After the KeyboardInterrupt of a timeout, how long the cell gets to end before the
@@ -62,6 +64,16 @@ REPLY_ROOM = 4 << 20
 
 def result_limit(output_limit: int) -> int:
     return max(output_limit, MIN_RESULT_LIMIT)
+
+
+#: Room for what display items carry outside their budget: each item's errors, at most 3 of
+#: 300 characters (12 bytes each as JSON at worst), for 100 items; and the JSON around them.
+DISPLAY_ROOM = 2 << 20
+
+
+def display_limit(output_limit: int) -> int:
+    """The bytes (as JSON) a cell's display items may take: half the output limit, 1 MiB at least."""
+    return max(output_limit // 2, MIN_RESULT_LIMIT)
 
 
 def execute(sup: Supervisor, request: Execute, timeout: float | None, events: Events | None) -> Executed:
@@ -104,10 +116,10 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
     try:
         if wire is not None and sent:
             sup.kernel.requests += 1
-            limit = result_limit(sup.kernel.output_limit)
+            limit, shown = result_limit(sup.kernel.output_limit), display_limit(sup.kernel.output_limit)
             poller.register(wire.fileno(), select.POLLIN | select.POLLOUT)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died: its Exited follows
-                wire.queue(Cell(sup.kernel.requests, request.code, request.inputs, request.want_result, limit))
+                wire.queue(Cell(sup.kernel.requests, request.code, request.inputs, request.want_result, limit, shown))
         while sup.alive and sup.kernel.running and (reply is None or killing):
             now = time.monotonic()
             if watch.kill_by is None and watch.exceeded(now):
@@ -245,7 +257,7 @@ def verdict(
         else:
             status, error = Status.ERROR, "the Python kernel stopped answering"
         return ExecutionResult(status, error=error + lost, **fields)  # type: ignore[arg-type]
-    fields.update(value=reply.value, has_result=reply.has_result, result=reply.result)
+    fields.update(value=reply.value, has_result=reply.has_result, result=reply.result, results=display_items(reply))
     exception = None
     if reply.error is not None:
         exception = ": ".join(filter(None, (reply.error.get("type"), reply.error.get("message"))))
@@ -266,3 +278,9 @@ def verdict(
     if status in (Status.OOM, Status.PIDS) and exception is not None:
         error = f"{error} ({exception})"
     return ExecutionResult(status, error=error, traceback=traceback, **fields)  # type: ignore[arg-type]
+
+
+def display_items(reply: CellDone) -> tuple[DisplayItem, ...]:
+    """The reply's display items, checked; each one refused is a text item after them saying why."""
+    items, refused = items_from_wire(reply.results)
+    return items + tuple(DisplayItem({"text/plain": f"<{why}>"}, (why,)) for why in refused)

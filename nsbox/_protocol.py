@@ -264,6 +264,7 @@ class Cell(Message):
     inputs: dict[str, Any] | None = None
     want_result: bool = False
     result_limit: int = 1 << 20
+    display_limit: int = 1 << 20  #: the bytes (as JSON) its display items' representations may take
 
 
 @record
@@ -293,6 +294,7 @@ class CellDone(Message):
     error: dict[str, str] | None
     has_result: bool = False
     result: Any = None
+    results: Any = None  #: display items (checked by nsbox._display, never trusted)
 
 
 # --- the warm interpreter (nsbox/_guest/warm.py, inside) <-> supervisor ----------------------

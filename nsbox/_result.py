@@ -17,6 +17,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._display import DisplayItem
 from ._errors import RunFailed
 
 EXIT_TIMEOUT = 124
@@ -237,6 +238,9 @@ class ExecutionResult:
     stderr_truncated: bool = False
     limits: str = ""
     seccomp: str = ""
+    #: What the cell displayed: each ``display(obj)``, then the last expression's value, as
+    #: MIME types (``DisplayItem``); untrusted, as everything from inside.
+    results: tuple[DisplayItem, ...] = ()
 
     @property
     def success(self) -> bool:
@@ -246,11 +250,22 @@ class ExecutionResult:
     def data(self) -> dict[str, Any]:
         return {"output": self.stdout, "stderr": self.stderr, "value": self.value}
 
+    @property
+    def png(self) -> bytes | None:
+        """The first PNG the cell displayed (``results`` has them all)."""
+        return next((item.png for item in self.results if item.png is not None), None)
+
+    @property
+    def html(self) -> str | None:
+        """The first HTML the cell displayed."""
+        return next((item.html for item in self.results if item.html is not None), None)
+
     def to_dict(self, *, output: bool = True) -> dict[str, Any]:
         """JSON-ready (``result`` as it is: a JSON value). ``output=False`` leaves stdout and
         stderr out (they cross the wire as bytes, beside it)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # shallow: result may nest
         data["status"] = self.status.value
+        data["results"] = [item.to_dict() for item in self.results]
         if not output:
             del data["stdout"], data["stderr"]
         return data
@@ -264,6 +279,7 @@ class ExecutionResult:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["status"] = Status(values["status"])
+        values["results"] = tuple(DisplayItem.from_dict(item) for item in values.get("results") or ())
         if output is not None:
             values["stdout"], values["stderr"] = (decode_output(b or b"") for b in output)
         return cls(**values)

@@ -13,14 +13,22 @@ Wire (``wire.py``): fd 0 is a socket to the supervisor when we start. We send
 
 A cell runs in one persistent namespace (registered as ``__main__``, so pickling and
 ``if __name__ == "__main__"`` behave); if its last statement is an expression, its repr
-is the cell's value, as in a notebook. SIGINT raises KeyboardInterrupt in the cell
-(the supervisor's first answer to a timeout); it is blocked outside cells, so it cannot
-break a frame half-written, and one left over from the last cell is discarded.
+is the cell's value, as in a notebook. Display items (``results``): each ``display(obj)``
+the cell calls (a builtin here), then the last expression's value, each as the MIME types
+its IPython ``_repr_*_`` methods give (``text/plain`` always); a method that raises is
+noted in the item's ``errors``, a representation past the cell's display budget is left
+out and noted in ``omitted`` (its size). The supervisor checks all of it again.
+
+SIGINT raises KeyboardInterrupt in the cell (the supervisor's first answer to a timeout);
+it is blocked outside cells, so it cannot break a frame half-written, and one left over
+from the last cell is discarded.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
+import builtins
 import json
 import linecache
 import os
@@ -33,6 +41,18 @@ from typing import Any
 from nsbox._guest.wire import take_stdin
 
 MAX_REPR = 100_000
+#: The MIME types a display item may carry (as nsbox._display.MIME_TYPES), with the
+#: IPython method that gives each; image/png is base64 text on the wire.
+REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("text/latex", "_repr_latex_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("application/json", "_repr_json_"),
+)
+MAX_ITEMS = 100  #: display items a cell returns at most (as nsbox._display.MAX_ITEMS)
+MAX_NOTES, MAX_NOTE = 3, 300  #: an item's errors, and their length (as nsbox._display's)
 MAX_VALUE_DEPTH = 60  # as nsbox._protocol.VALUE_DEPTH: a frame nests at most 64 deep
 PACKAGES = "/workspace/.packages"  # where install_packages puts them (pip --target)
 _SIGINT = {signal.SIGINT}
@@ -41,6 +61,80 @@ _SIGINT = {signal.SIGINT}
 def short_repr(value: object) -> str:
     text = repr(value)
     return text if len(text) <= MAX_REPR else text[:MAX_REPR] + f"... ({len(text)} characters)"
+
+
+class Display:
+    """A cell's display items, within its budget (bytes of representations)."""
+
+    def __init__(self, budget: int) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.budget = budget
+
+    def __call__(self, *objects: object) -> None:
+        """``display(obj, ...)``: one item per object, in order."""
+        for obj in objects:
+            self.add(obj)
+
+    def add(self, obj: object) -> None:
+        """The object's item; each representation that does not fit what is left of the
+        budget (as JSON: escapes counted) is left out, its size noted (text/plain then says so)."""
+        if len(self.items) >= MAX_ITEMS:
+            return
+        text, errors = short_repr(obj), list[str]()
+        shown = [("text/plain", text), *self._representations(obj, errors).items()]
+        item: dict[str, Any] = {"data": {}, "errors": [e[:MAX_NOTE] for e in errors[:MAX_NOTES]], "omitted": {}}
+        for mime, value in shown:
+            size = len(json.dumps(value))
+            if size > self.budget:
+                item["omitted"][mime] = size
+                if mime == "text/plain":
+                    item["data"][mime] = f"<{len(text)} characters: past the display budget>"
+                continue
+            self.budget -= size
+            item["data"][mime] = value
+        self.items.append(item)
+
+    @staticmethod
+    def _representations(obj: object, errors: list[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if isinstance(obj, type):  # a class: its _repr_*_ are unbound functions, as IPython skips them
+            return found
+        calls = [("_repr_mimebundle_", None)] + [(name, mime) for mime, name in REPR_METHODS]
+        for name, mime in calls:
+            method = getattr(obj, name, None)
+            if method is None or (mime is not None and mime in found):
+                continue
+            try:
+                given = method(include=None, exclude=None) if mime is None else method()
+                if mime is None:  # _repr_mimebundle_: a mapping, or (mapping, metadata)
+                    bundle = given[0] if isinstance(given, tuple) else given
+                    for key, value in (bundle or {}).items():
+                        if key != "text/plain" and key in dict(REPR_METHODS):
+                            found[key] = _wire_form(key, value)
+                elif given is not None:
+                    found[mime] = _wire_form(mime, given)
+            except Exception as exc:  # the object's own failure: noted, the cell goes on
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        return found
+
+
+def _wire_form(mime: str, value: Any) -> Any:
+    """A representation as it crosses: text for text types, base64 for a PNG's bytes,
+    a JSON value for application/json."""
+    if mime == "image/png":
+        if isinstance(value, (bytes, bytearray)):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"image/png must be bytes, not {type(value).__name__}")
+    if mime == "application/json":
+        json.dumps(value, allow_nan=False)  # raises if it is not JSON
+        return value
+    if isinstance(value, tuple):  # (data, metadata), as IPython allows
+        value = value[0]
+    if not isinstance(value, str):
+        raise TypeError(f"{mime} must be str, not {type(value).__name__}")
+    return value
 
 
 def describe(exc: BaseException, own_file: str) -> dict[str, str]:
@@ -65,6 +159,8 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
     result: Any = None
     has_result = False
     own_file = run_cell.__code__.co_filename
+    display = Display(int(cell.get("display_limit", 1 << 20)))
+    builtins.display = display  # type: ignore[attr-defined]  # the cell's display()
     try:
         inputs = cell.get("inputs") or {}
         namespace.update(inputs)
@@ -80,6 +176,7 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
                 if shown is not None:
                     namespace["_"] = shown
                     value = short_repr(shown)
+                    display.add(shown)
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
         if cell.get("want_result"):
@@ -90,7 +187,7 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
     except BaseException as exc:  # the cell's failure, whatever it is, is its result
         error = describe(exc, own_file)
     reply = {"type": "cell_done", "number": cell.get("number"), "value": value, "error": error}
-    reply.update(has_result=has_result, result=result)
+    reply.update(has_result=has_result, result=result, results=display.items[: MAX_ITEMS + 1])  # +1: "more" said
     return reply
 
 

@@ -1,6 +1,7 @@
 """What a tool answers: text for the model, with the verdict first, then stdout, stderr,
-the value and the error; ``isError`` when the code did not succeed (an exception, a
-non-zero exit, a limit) or the call was refused.
+the value and the error, then the PNGs the cell displayed as image content; ``isError``
+when the code did not succeed (an exception, a non-zero exit, a limit) or the call was
+refused.
 
 Everything here comes from the sandbox and stays untrusted: it is text handed to the
 client, never interpreted. Each stream is cut at ``REPLY_LIMIT`` characters (an agent's
@@ -10,7 +11,9 @@ whole output can go to a file in the workspace and be read in parts).
 
 from __future__ import annotations
 
-from mcp.types import CallToolResult, TextContent
+import base64
+
+from mcp.types import CallToolResult, ImageContent, TextContent
 
 from nsbox import ExecutionResult, RunResult, Status
 
@@ -18,6 +21,8 @@ from ._options import McpOptions
 
 #: Characters of one stream (stdout, stderr, a file) in a reply, at most.
 REPLY_LIMIT = 64 * 1024
+#: PNGs a cell displayed that a reply carries (as image content), at most.
+MAX_IMAGES = 8
 
 
 def text(body: str, *, error: bool = False) -> CallToolResult:
@@ -97,4 +102,12 @@ def of_cell(
         parts.append(f"--- value ---\n{cut(result.value)}")
     if result.traceback or (result.error and result.status is Status.EXCEPTION):
         parts.append(f"--- error ---\n{cut(result.traceback or result.error or '')}")
-    return text("\n".join(parts), error=not result.success)
+    images = [item.png for item in result.results if item.png is not None][:MAX_IMAGES]
+    if images:
+        parts.append(f"--- {len(images)} image(s) follow (image/png) ---")
+    reply = text("\n".join(parts), error=not result.success)
+    # Checked on the host (valid base64 of a PNG signature); the client shows them or not.
+    reply.content += [
+        ImageContent(type="image", data=base64.b64encode(png).decode("ascii"), mime_type="image/png") for png in images
+    ]
+    return reply

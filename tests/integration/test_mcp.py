@@ -12,6 +12,7 @@ client goes away, its sandboxes go too.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -116,6 +117,22 @@ def test_state_persists_within_a_client_session_and_not_across_two(endpoint: End
             assert not failed and "destroyed" in text
             failed, text = await call(first, "execute_python", code="x")
             assert failed and "NameError" in text, "reset_session starts anew"
+
+    asyncio.run(body(endpoint))
+
+
+def test_a_png_the_cell_displays_comes_back_as_image_content(endpoint: Endpoint) -> None:
+    from tests.integration.test_display import MAKE_PNG, png_size
+
+    async def body(endpoint: Endpoint) -> None:
+        async with endpoint.client() as client:
+            reply = await client.call_tool("execute_python", {"code": MAKE_PNG + "display(Chart(30, 20))\n'done'"})
+            assert not reply.is_error, reply
+            said = reply.content[0].text
+            assert "--- value ---\n'done'" in said and "1 image(s) follow" in said, said
+            (image,) = reply.content[1:]
+            assert image.type == "image" and image.mime_type == "image/png", image
+            assert png_size(base64.b64decode(image.data)) == (30, 20)
 
     asyncio.run(body(endpoint))
 

@@ -26,7 +26,7 @@ def test_a_raylet_killed_mid_batch_the_batch_completes_with_retries_and_its_sess
             victim_id = victim.node_id
             doomed = _session_on(sandboxes, victim_id)
             assert doomed.execute_code("1").status is nsbox.Status.OK
-            programs = [f"import time; time.sleep(0.02); print({i})" for i in range(500)]
+            programs = [f"print({i})" for i in range(500)]
             got: list[Any] = []
             for done in sandboxes.as_completed(programs):
                 got.append(done)

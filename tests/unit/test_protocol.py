@@ -11,9 +11,10 @@ import pytest
 
 from nsbox import Limits, ProtocolError
 from nsbox._channel import Channel, socketpair
+from nsbox._display import MAX_ITEMS, MAX_NOTE, MAX_NOTES
 from nsbox._guest.kernel import MAX_REPR
 from nsbox._guest.kernel import MAX_VALUE_DEPTH as GUEST_VALUE_DEPTH
-from nsbox._kernel import REPLY_ROOM, result_limit
+from nsbox._kernel import DISPLAY_ROOM, REPLY_ROOM, display_limit, result_limit
 from nsbox._protocol import (
     HEADER,
     MAX_FRAME_SESSION,
@@ -198,7 +199,10 @@ def test_every_allowed_output_limit_fits_the_frame_cap() -> None:
     frame to the front-end; the kernel's replies fit the cap of its wire."""
     reply_text = 3 * MAX_REPR * 12  # value, error message, traceback: 12 bytes a character at worst
     assert reply_text <= REPLY_ROOM
-    largest = 2 * MAX_OUTPUT_LIMIT + result_limit(MAX_OUTPUT_LIMIT) + REPLY_ROOM
+    notes = MAX_ITEMS * (MAX_NOTES * MAX_NOTE * 12 + 200)  # display items' errors, and the JSON around each
+    assert notes <= DISPLAY_ROOM
+    shown = display_limit(MAX_OUTPUT_LIMIT) + DISPLAY_ROOM
+    largest = 2 * MAX_OUTPUT_LIMIT + result_limit(MAX_OUTPUT_LIMIT) + shown + REPLY_ROOM
     assert largest <= MAX_FRAME_SESSION, (largest, MAX_FRAME_SESSION)
     assert Limits(output_limit="64M").output_limit == MAX_OUTPUT_LIMIT
     with pytest.raises(ValueError):
