@@ -17,18 +17,19 @@ demo: $(STAMP)
 # user with a delegated cgroup subtree (and test_rootless.py without one); then the limit
 # tests in a VM whose kernel has only cgroup v2 (this host's memory, pids and cpu
 # controllers are on v1), as root and as an ordinary user: every code path, for real.
-test: $(STAMP) lint
+test: $(STAMP) lint $(WHEELHOUSE)/.fetched
 	NSBOX_TEST_STRICT=1 $(PY) -m pytest -q tests
 	$(MAKE) rootless-test
 	$(MAKE) vm-test
 
 # As a user with a subordinate id range (the whole integration and security suites, but
 # test_ray_nodes.py: Ray's node loss, joins and shutdown, whose code does not depend on who
-# the sandboxes run as; test_ray.py shows rootless nodes work), then as one without ("own"
-# mode: the suites where the difference shows).
+# the sandboxes run as; test_ray.py shows rootless nodes work; and test_display_data.py:
+# the kernel's figures and tables, test_display.py shows its items rootless), then as one
+# without ("own" mode: the suites where the difference shows).
 rootless-test: $(STAMP)
 	NSBOX_TEST_STRICT=1 scripts/rootless-test.sh -- -q tests/integration tests/security \
-		--ignore=tests/integration/test_ray_nodes.py
+		--ignore=tests/integration/test_ray_nodes.py --ignore=tests/integration/test_display_data.py
 	NSBOX_TEST_STRICT=1 NSBOX_ROOTLESS_IDS=own scripts/rootless-test.sh -- -q tests/security \
 		tests/integration/test_isolation.py tests/integration/test_workloads.py tests/integration/test_rootless.py \
 		tests/integration/test_run_code.py
@@ -48,6 +49,13 @@ vm-test: $(STAMP)
 		.venv/bin/python -m pytest -q -p no:cacheprovider $(VM_TESTS)
 	NSBOX_TEST_STRICT=1 VM_TIMEOUT=$${VM_TIMEOUT:-1200} scripts/vm-test.sh -- \
 		scripts/rootless-test.sh -- -q $(VM_ROOTLESS_TESTS)
+
+# The data stack of the display tests (tests/integration/test_display_data.py): wheels of
+# matplotlib and pandas for the sandbox's python3 (the host's), fetched from the index once.
+WHEELHOUSE := $(VENV)/wheelhouse
+$(WHEELHOUSE)/.fetched: $(STAMP)
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --only-binary=:all: --dest $(WHEELHOUSE) matplotlib pandas
+	touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nsbox tests scripts

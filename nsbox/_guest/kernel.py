@@ -14,7 +14,8 @@ Wire (``wire.py``): fd 0 is a socket to the supervisor when we start. We send
 A cell runs in one persistent namespace (registered as ``__main__``, so pickling and
 ``if __name__ == "__main__"`` behave); if its last statement is an expression, its repr
 is the cell's value, as in a notebook. Display items (``results``): each ``display(obj)``
-the cell calls (a builtin here), then the last expression's value, each as the MIME types
+the cell calls (a builtin here), the last expression's value, then the matplotlib figures
+the cell left open (drawn by Agg as PNGs, then closed), each as the MIME types
 its IPython ``_repr_*_`` methods give (``text/plain`` always); a method that raises is
 noted in the item's ``errors``, a representation past the cell's display budget is left
 out and noted in ``omitted`` (its size). The supervisor checks all of it again.
@@ -29,6 +30,8 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import contextlib
+import io
 import json
 import linecache
 import os
@@ -118,6 +121,46 @@ class Display:
         return found
 
 
+class Figure:
+    """A matplotlib figure as a display item: its PNG (or why it has none), its repr as text."""
+
+    def __init__(self, text: str, png: bytes | None = None, failure: Exception | None = None) -> None:
+        self.text, self.png, self.failure = text, png, failure
+
+    def _repr_png_(self) -> bytes | None:
+        if self.failure is not None:
+            raise self.failure  # noted in the item's errors
+        return self.png
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def show_figures(display: Display) -> None:
+    """The matplotlib figures the cell left open, each a PNG item (at the figure's size and
+    dpi), then closed. Nothing if the cell never imported pyplot; a figure that fails to
+    render is an item with its error."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    try:
+        numbers = list(pyplot.get_fignums())
+    except Exception:  # nosec B110  # the cell broke pyplot: there is nothing to show
+        return
+    for number in numbers:
+        text = f"<figure {number}>"
+        try:
+            figure = pyplot.figure(number)
+            text = short_repr(figure)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png")
+            display.add(Figure(text, png=buffer.getvalue()))
+        except Exception as exc:  # the figure's own failure: its item says it
+            display.add(Figure(text, failure=exc))
+    with contextlib.suppress(Exception):
+        pyplot.close("all")
+
+
 def _wire_form(mime: str, value: Any) -> Any:
     """A representation as it crosses: text for text types, base64 for a PNG's bytes,
     a JSON value for application/json."""
@@ -186,6 +229,7 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
             result, has_result = namespace["result"], True
     except BaseException as exc:  # the cell's failure, whatever it is, is its result
         error = describe(exc, own_file)
+    show_figures(display)  # as a notebook's inline backend: after the cell, even one that failed
     reply = {"type": "cell_done", "number": cell.get("number"), "value": value, "error": error}
     reply.update(has_result=has_result, result=result, results=display.items[: MAX_ITEMS + 1])  # +1: "more" said
     return reply
@@ -227,6 +271,7 @@ def main() -> None:
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     sys.path.insert(1, PACKAGES)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # matplotlib draws to memory: figures are shown as PNGs
     me = os.getpid()
     wire.send({"type": "kernel_ready", "python": sys.version.split()[0]})
     number = 0
