@@ -7,6 +7,7 @@ PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WHEELHOUSE := $(VENV)/wheelhouse
 
 .PHONY: demo test lint rootless-test vm-test bench deps clean
 
@@ -52,7 +53,6 @@ vm-test: $(STAMP)
 
 # The data stack of the display tests (tests/integration/test_display_data.py): wheels of
 # matplotlib and pandas for the sandbox's python3 (the host's), fetched from the index once.
-WHEELHOUSE := $(VENV)/wheelhouse
 $(WHEELHOUSE)/.fetched: $(STAMP)
 	$(PYTHON) -m pip download --quiet --disable-pip-version-check --only-binary=:all: --dest $(WHEELHOUSE) matplotlib pandas
 	touch $@
