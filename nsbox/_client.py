@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._display import DisplayItem
 from ._errors import SandboxError, SpecError
 from ._files import FileInfo
 from ._remote import RemoteSandbox
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a client is used,
     from ._pool import SandboxPool
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")  #: what a callback is given: text, or a DisplayItem
 #: The constructor's defaults, as NsSandbox options (a pooled client must keep them).
 _DEFAULTS: dict[str, Any] = {"memory": "512M", "cpus": 1, "pids": 64, "timeout": 60.0, "network": NetworkPolicy()}
 
@@ -152,15 +154,17 @@ class SandboxClient:
         timeout: Any = None,
         on_stdout: Callable[[str], Any] | None = None,
         on_stderr: Callable[[str], Any] | None = None,
+        on_result: Callable[[DisplayItem], Any] | None = None,
     ) -> ExecutionResult:
         """``on_stdout`` / ``on_stderr``: called on this event loop with the output as it
-        comes; plain functions or coroutine functions (each call is then a task). The loop
-        is never blocked: the cell runs in the client's worker thread."""
+        comes, ``on_result`` with each display item as the cell shows it; plain functions or
+        coroutine functions (each call is then a task). The loop is never blocked: the cell
+        runs in the client's worker thread."""
         import asyncio
 
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         loop = asyncio.get_running_loop()
-        for name, callback in (("on_stdout", on_stdout), ("on_stderr", on_stderr)):
+        for name, callback in (("on_stdout", on_stdout), ("on_stderr", on_stderr), ("on_result", on_result)):
             if callback is not None:
                 kwargs[name] = _on_loop(loop, callback)
         return await self._call(self.sandbox.execute_code, code, **kwargs)
@@ -219,13 +223,13 @@ class SandboxClient:
         return await loop.run_in_executor(self._worker, functools.partial(method, *args, **kwargs))
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[str], Any]) -> Callable[[str], None]:
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[_A], Any]) -> Callable[[_A], None]:
     """``callback`` called on ``loop`` from another thread, in order; a coroutine it returns
     runs as a task whose exception is dropped, as a plain callback's is."""
 
-    def call(text: str) -> None:
+    def call(given: _A) -> None:
         try:
-            result = callback(text)
+            result = callback(given)
         except Exception:  # the caller's code: it must not break the session
             return
         if inspect.isawaitable(result):
@@ -234,7 +238,7 @@ def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[str], Any]) ->
             task = asyncio.ensure_future(result)
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def hand_over(text: str) -> None:
-        loop.call_soon_threadsafe(call, text)
+    def hand_over(given: _A) -> None:
+        loop.call_soon_threadsafe(call, given)
 
     return hand_over

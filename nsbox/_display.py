@@ -7,7 +7,8 @@ always, and ``text/html``, ``text/markdown``, ``text/latex``, ``image/svg+xml``,
 
 Everything comes from inside the sandbox and stays untrusted: only these MIME types are
 kept, each of the right type, a PNG only if its base64 decodes and it starts with PNG's
-signature; at most MAX_ITEMS items; nothing is rendered or sanitised here (an ``html``
+signature; at most MAX_ITEMS items, and the cell's display budget in bytes (``DisplayIntake``,
+as the kernel sends them one by one); nothing is rendered or sanitised here (an ``html``
 shown in a browser is the sandbox's HTML: show it in a sandboxed iframe, or not at all).
 """
 
@@ -122,18 +123,37 @@ def _png(value: Any) -> bytes:
     return png
 
 
-def items_from_wire(raw: Any) -> tuple[tuple[DisplayItem, ...], list[str]]:
-    """The kernel's items, checked; and a note for each one refused (why)."""
-    if raw is None:
-        return (), []
-    if not isinstance(raw, list):
-        return (), ["the display items were not a list: dropped"]
-    items, refused = [], []
-    for index, one in enumerate(raw[:MAX_ITEMS]):
+class DisplayIntake:
+    """A cell's display items as the kernel sends them, one frame each: checked, counted,
+    and bounded in bytes (``limit``, as the frames' JSON). A frame refused is an item saying
+    why, in its place; past MAX_ITEMS frames, one item says the rest were dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.items: list[DisplayItem] = []
+        self.frames = 0
+        self.left = limit
+
+    def take(self, raw: Any) -> DisplayItem | None:
+        """The item a frame gives (the one added to ``items``), or None for nothing."""
+        index, self.frames = self.frames, self.frames + 1
+        if index > MAX_ITEMS:
+            return None
+        if index == MAX_ITEMS:
+            return self._add(_refusal(f"display items past the first {MAX_ITEMS} dropped"))
+        size = len(json.dumps(raw))
+        if size > self.left:
+            self.left = 0
+            return self._add(_refusal(f"display item {index} dropped: past the cell's display budget"))
+        self.left -= size
         try:
-            items.append(DisplayItem.from_dict(one))
+            return self._add(DisplayItem.from_dict(raw))
         except ValueError as exc:
-            refused.append(f"display item {index} dropped: {exc}")
-    if len(raw) > MAX_ITEMS:
-        refused.append(f"display items past the first {MAX_ITEMS} dropped")
-    return tuple(items), refused
+            return self._add(_refusal(f"display item {index} dropped: {exc}"))
+
+    def _add(self, item: DisplayItem) -> DisplayItem:
+        self.items.append(item)
+        return item
+
+
+def _refusal(why: str) -> DisplayItem:
+    return DisplayItem({"text/plain": f"<{why}>"}, (why,))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import select
 import signal
@@ -28,10 +29,10 @@ import time
 from typing import TYPE_CHECKING
 
 from . import _guest, _guests
-from ._display import DisplayItem, items_from_wire
+from ._display import DisplayIntake, DisplayItem
 from ._errors import ProtocolError, SandboxError
 from ._guests import Guest
-from ._protocol import KERNEL, Cell, CellDone, CellStarted, Execute, Exited, KernelReady, KillRun, Signal
+from ._protocol import KERNEL, Cell, CellDisplay, CellDone, CellStarted, Execute, Exited, KernelReady, KillRun, Signal
 from ._result import Executed, ExecutionResult, RunResult, Status
 from ._spec import WORKSPACE
 from ._stdio import Capture
@@ -113,6 +114,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
         poller.register(events.fileno(), select.POLLIN)
     streaming = request.stream and events is not None
     forwarded = [0, 0]  #: bytes of each capture sent to the front-end so far (streaming)
+    intake = DisplayIntake(display_limit(sup.kernel.output_limit) + DISPLAY_ROOM)
     try:
         if wire is not None and sent:
             sup.kernel.requests += 1
@@ -146,11 +148,19 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
                     if watch.kill_by is None:
                         raise SandboxError("the sandbox died during the execution")
                 elif wire is not None and fd == wire.fileno():
-                    got = _guests.serve_wire(wire, mask, poller, CellStarted, CellDone)
-                    if not isinstance(got, CellStarted | CellDone) or got.number != sup.kernel.requests:
+                    got = _guests.serve_wire(wire, mask, poller, CellStarted, CellDisplay, CellDone)
+                    if not isinstance(got, CellStarted | CellDisplay | CellDone) or got.number != sup.kernel.requests:
                         continue  # none, stale, or forged by a cell
+                    if reply is not None:
+                        continue  # after the cell's end: the next cell's, or forged
                     if isinstance(got, CellStarted):
                         acknowledged = True
+                    elif isinstance(got, CellDisplay):
+                        item = intake.take(got.item)
+                        if item is not None and streaming and events is not None:
+                            _guests.drain(*output)  # what the cell printed before it displayed goes first
+                            forward(events, output, forwarded)
+                            events.output("display", json.dumps(item.to_dict()).encode())
                     else:
                         reply = got
                 elif events is not None and fd == events.fileno():
@@ -187,6 +197,7 @@ def _cell(sup: Supervisor, request: Execute, watch: Watch, events: Events | None
     used = sup.usage().since(watch.before)
     result = verdict(
         reply if sup.kernel.running else None,
+        tuple(intake.items),
         sup.kernel.last_exit,
         interrupted=interrupted,
         killed_for=watch.killed_for,
@@ -214,6 +225,7 @@ def forward(events: Events, output: tuple[Capture | None, Capture | None], forwa
 
 def verdict(
     reply: CellDone | None,
+    shown: tuple[DisplayItem, ...],
     exited: Exited | None,
     *,
     interrupted: bool,
@@ -224,7 +236,7 @@ def verdict(
     output: tuple[Capture, Capture],
     **usage: object,
 ) -> ExecutionResult:
-    """How a cell ended, by precedence: the kernel's death (oom > cpu_time > timeout >
+    """How a cell ended (``shown``: its display items), by precedence: the kernel's death (oom > cpu_time > timeout >
     signal > exit) > oom > pids > timeout > exception > output_limit > ok. The output
     itself is not in it (see ``Executed``): only whether some was dropped."""
     out, err = output
@@ -257,7 +269,7 @@ def verdict(
         else:
             status, error = Status.ERROR, "the Python kernel stopped answering"
         return ExecutionResult(status, error=error + lost, **fields)  # type: ignore[arg-type]
-    fields.update(value=reply.value, has_result=reply.has_result, result=reply.result, results=display_items(reply))
+    fields.update(value=reply.value, has_result=reply.has_result, result=reply.result, results=shown)
     exception = None
     if reply.error is not None:
         exception = ": ".join(filter(None, (reply.error.get("type"), reply.error.get("message"))))
@@ -278,9 +290,3 @@ def verdict(
     if status in (Status.OOM, Status.PIDS) and exception is not None:
         error = f"{error} ({exception})"
     return ExecutionResult(status, error=error, traceback=traceback, **fields)  # type: ignore[arg-type]
-
-
-def display_items(reply: CellDone) -> tuple[DisplayItem, ...]:
-    """The reply's display items, checked; each one refused is a text item after them saying why."""
-    items, refused = items_from_wire(reply.results)
-    return items + tuple(DisplayItem({"text/plain": f"<{why}>"}, (why,)) for why in refused)

@@ -163,7 +163,8 @@ class Done(Message):
 @record
 class Output(Message):
     """Output while a cell or a run goes on (an Execute or a Run with ``stream``): ``stream``
-    is stdout or stderr; what is sent is within the output limit, and Done still has all of it."""
+    is stdout or stderr, what is sent within the output limit; or ``display``, a cell's display
+    item as the supervisor checked it (its JSON, ``DisplayItem.to_dict``). Done still has all of it."""
 
     TYPE: ClassVar[str] = "output"
     stream: str
@@ -294,7 +295,16 @@ class CellDone(Message):
     error: dict[str, str] | None
     has_result: bool = False
     result: Any = None
-    results: Any = None  #: display items (checked by nsbox._display, never trusted)
+
+
+@record
+class CellDisplay(Message):
+    """Kernel -> supervisor: an item the cell displayed, sent as it is displayed (before the
+    cell's CellDone); ``item`` is checked by nsbox._display, never trusted."""
+
+    TYPE: ClassVar[str] = "cell_display"
+    number: int
+    item: Any = None
 
 
 # --- the warm interpreter (nsbox/_guest/warm.py, inside) <-> supervisor ----------------------
@@ -372,7 +382,8 @@ _REGISTRY: dict[str, type[Message]] = {
     for cls in (
         Open, Run, Execute, RunCode, FileRequest, Signal, Close, Ready, Failed, Done, Output, FileReply, Go,
         InitStarted, StepFailed, Attached, InitReady, Exec, Started, Exited, KillRun, Cell, KernelReady,
-        CellStarted, CellDone, Program, StopProgram, ProgramStarted, WarmReady, ProgramDone, Spawn, Spawned,
+        CellStarted, CellDisplay, CellDone, Program, StopProgram, ProgramStarted, WarmReady, ProgramDone, Spawn,
+        Spawned,
     )
 }  # fmt: skip
 

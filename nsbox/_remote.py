@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._display import DisplayItem
 from ._errors import ExecutionFailed, NsboxError, SandboxError, SecurityError, SpecError
 from ._files import FILE_LIMIT, FileInfo
 from ._hostfiles import read_host_file, write_host_file
@@ -136,12 +137,14 @@ class RemoteSandbox:
         timeout: float | None = None,
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
+        on_result: Callable[[DisplayItem], object] | None = None,
     ) -> ExecutionResult:
-        """As NsSandbox.execute_code; with callbacks, the output comes as server-sent events."""
+        """As NsSandbox.execute_code; with callbacks, the output and the display items come
+        as server-sent events."""
         body = {"code": code, "timeout": timeout}
-        if on_stdout is None and on_stderr is None:
+        if on_stdout is None and on_stderr is None and on_result is None:
             return ExecutionResult.from_dict(self._call("execute", body, timeout))
-        return ExecutionResult.from_dict(self._streamed("execute", body, timeout, on_stdout, on_stderr))
+        return ExecutionResult.from_dict(self._streamed("execute", body, timeout, on_stdout, on_stderr, on_result))
 
     def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = None) -> Any:
         body = {"code": code, "timeout": timeout, "inputs": dict(inputs or {}), "want_result": True}
@@ -252,9 +255,11 @@ class RemoteSandbox:
         timeout: float | None,
         on_stdout: Callable[[str], object] | None,
         on_stderr: Callable[[str], object] | None,
+        on_result: Callable[[DisplayItem], object] | None = None,
     ) -> dict[str, Any]:
-        """POST ``body`` to the session's ``what`` as events: the output to the callbacks (an
-        exception a callback raises is ignored), the result's JSON returned."""
+        """POST ``body`` to the session's ``what`` as events: the output and the display items
+        (checked: the server's word is not trusted either) to the callbacks (an exception a
+        callback raises is ignored), the result's JSON returned."""
         callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         for event, data in self._events(self._path(f"/{what}"), body, timeout):
             if event in callbacks and isinstance(data, dict):
@@ -262,6 +267,9 @@ class RemoteSandbox:
                 if callback is not None:
                     with contextlib.suppress(Exception):  # the caller's code: it must not end the call
                         callback(str(data.get("text", "")))
+            elif event == "display" and on_result is not None:
+                with contextlib.suppress(Exception):  # a bad item is dropped (the result has the checked ones)
+                    on_result(DisplayItem.from_dict(data))
             elif event == "result" and isinstance(data, dict):
                 return data
             elif event == "error" and isinstance(data, dict):

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._channel import Channel, readable
+from ._display import DisplayItem
 from ._errors import ExecutionFailed, ProtocolError, RunFailed, SandboxError, SecurityError, SetupError, SpecError
 from ._fds import close_fds
 from ._files import FILE_LIMIT, FileInfo
@@ -116,7 +117,7 @@ class _RemoteBackend:
     def _streamed(self, on_output: OnOutput | None) -> Ready | Done | Failed | FileReply | Output:
         """The request's answer, its Output frames before it handed to ``on_output``."""
         while isinstance(message := self._receive(Done, Failed, Output), Output):
-            if on_output is not None and message.stream in ("stdout", "stderr"):
+            if on_output is not None and message.stream in ("stdout", "stderr", "display"):
                 on_output(message.stream, message.data or b"")
         return message
 
@@ -249,7 +250,11 @@ class _LocalBackend:
     def execute(self, request: Execute, on_output: OnOutput | None = None) -> ExecutionResult:
         executed = _forwarding(lambda events: self.supervisor.execute(request, events))
         _deliver(on_output, executed.stdout, executed.stderr)
-        return executed.decoded()
+        result = executed.decoded()
+        if on_output is not None:
+            for item in result.results:
+                on_output("display", json.dumps(item.to_dict()).encode())
+        return result
 
     def run_code(self, request: RunCode) -> RunResult:
         return _forwarding(lambda events: self.supervisor.run_code(request, events))
@@ -429,16 +434,20 @@ class NsSandbox:
         timeout: float | None = _UNSET,
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
+        on_result: Callable[[DisplayItem], object] | None = None,
     ) -> ExecutionResult:
         """Run Python ``code`` in the session's kernel: variables persist between calls,
         and the repr of a last expression is the result's ``value``. Never raises for the
         code's own failure (see ``status``, ``error``, ``traceback``, ``state_lost``).
 
         ``on_stdout`` / ``on_stderr`` are called with the output as it comes (text, in
-        chunks, within the output limit), in this thread, while the cell runs; the result
-        still holds all of it. An exception a callback raises is ignored (the cell and the
-        session go on); a slow callback holds back only the output's delivery."""
-        return self._execute(code, timeout, None, want_result=False, streams=_Streams.of(on_stdout, on_stderr))
+        chunks, within the output limit), ``on_result`` with each display item as the cell
+        shows it (``display(obj)`` at once; the last value and open figures at the end), in
+        this thread, while the cell runs; the result still holds all of it (``results``).
+        An exception a callback raises is ignored (the cell and the session go on); a slow
+        callback holds back only the delivery."""
+        streams = _Streams.of(on_stdout, on_stderr, on_result)
+        return self._execute(code, timeout, None, want_result=False, streams=streams)
 
     def execute_ai_code(self, code: str, inputs: Mapping[str, Any] | None = None, *, timeout: Any = _UNSET) -> Any:
         """Run ``code`` with ``inputs`` (JSON values) as variables and return the JSON value
@@ -659,22 +668,42 @@ OnOutput = Callable[[str, bytes], None]
 
 
 class _Streams:
-    """A cell's callbacks: bytes decoded as UTF-8 incrementally (a character cut between
-    two chunks comes whole), a callback's exception ignored."""
+    """A call's callbacks: bytes decoded as UTF-8 incrementally (a character cut between
+    two chunks comes whole), display items as DisplayItem, a callback's exception ignored."""
 
-    def __init__(self, on_stdout: Callable[[str], object] | None, on_stderr: Callable[[str], object] | None) -> None:
+    def __init__(
+        self,
+        on_stdout: Callable[[str], object] | None,
+        on_stderr: Callable[[str], object] | None,
+        on_result: Callable[[DisplayItem], object] | None = None,
+    ) -> None:
         self.callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        self.on_result = on_result
         self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in self.callbacks}
 
     @classmethod
     def of(
-        cls, on_stdout: Callable[[str], object] | None, on_stderr: Callable[[str], object] | None
+        cls,
+        on_stdout: Callable[[str], object] | None,
+        on_stderr: Callable[[str], object] | None,
+        on_result: Callable[[DisplayItem], object] | None = None,
     ) -> _Streams | None:
         """A call's streams, or None if it has no callback."""
-        return None if on_stdout is None and on_stderr is None else cls(on_stdout, on_stderr)
+        if on_stdout is None and on_stderr is None and on_result is None:
+            return None
+        return cls(on_stdout, on_stderr, on_result)
 
     def take(self, stream: str, data: bytes) -> None:
-        self._call(stream, self.decoders[stream].decode(data))
+        if stream == "display":
+            if self.on_result is not None:
+                try:
+                    item = DisplayItem.from_dict(json.loads(data))  # the supervisor checked it: again here
+                except ValueError:
+                    return
+                with contextlib.suppress(Exception):  # the caller's code: it must not break the session
+                    self.on_result(item)
+        elif stream in self.callbacks:
+            self._call(stream, self.decoders[stream].decode(data))
 
     def end(self) -> None:
         for stream, decoder in self.decoders.items():

@@ -7,9 +7,10 @@ It is a payload like any other, with the same limits, filter and identity; the
 supervisor trusts nothing it says (every frame is parsed with size caps).
 
 Wire (``wire.py``): fd 0 is a socket to the supervisor when we start. We send
-``kernel_ready`` once, then for each ``cell`` received ``cell_started`` at once and
-``cell_done`` when it ends. The code's output goes to fds
-1 and 2 (pipes the supervisor captures), so subprocesses' output is captured too.
+``kernel_ready`` once, then for each ``cell`` received ``cell_started`` at once, a
+``cell_display`` for each item the cell shows, as it shows it, and ``cell_done`` when it
+ends. The code's output goes to fds 1 and 2 (pipes the supervisor captures), so
+subprocesses' output is captured too (flushed before each item, so it comes first).
 
 A cell runs in one persistent namespace (registered as ``__main__``, so pickling and
 ``if __name__ == "__main__"`` behave); if its last statement is an expression, its repr
@@ -18,11 +19,12 @@ the cell calls (a builtin here), the last expression's value, then the matplotli
 the cell left open (drawn by Agg as PNGs, then closed), each as the MIME types
 its IPython ``_repr_*_`` methods give (``text/plain`` always); a method that raises is
 noted in the item's ``errors``, a representation past the cell's display budget is left
-out and noted in ``omitted`` (its size). The supervisor checks all of it again.
+out and noted in ``omitted`` (its size). The supervisor checks all of it again. The cell's
+threads may display too; a process it forked may not (the wire is not its own).
 
 SIGINT raises KeyboardInterrupt in the cell (the supervisor's first answer to a timeout);
-it is blocked outside cells, so it cannot break a frame half-written, and one left over
-from the last cell is discarded.
+it is blocked outside cells, and held back while a frame is written (``Sender``), so it
+cannot break a frame half-written; one left over from the last cell is discarded.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import linecache
 import os
 import signal
 import sys
+import threading
 import traceback
 import types
 from typing import Any
 
-from nsbox._guest.wire import take_stdin
+from nsbox._guest.wire import Wire, take_stdin
 
 MAX_REPR = 100_000
 #: The MIME types a display item may carry (as nsbox._display.MIME_TYPES), with the
@@ -66,12 +69,42 @@ def short_repr(value: object) -> str:
     return text if len(text) <= MAX_REPR else text[:MAX_REPR] + f"... ({len(text)} characters)"
 
 
-class Display:
-    """A cell's display items, within its budget (bytes of representations)."""
+class Sender:
+    """The wire, shared by the kernel's loop and a cell's threads: one frame at a time,
+    whole. In the main thread SIGINT is held back while a frame is written (a thread that
+    took the signal only sets the flag the main thread acts on), then delivered again."""
 
-    def __init__(self, budget: int) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.budget = budget
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.lock = threading.Lock()
+        self.owner = os.getpid()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if os.getpid() != self.owner:
+            return  # a process the cell forked: its frames would tear ours
+        if threading.current_thread() is not threading.main_thread():
+            with self.lock:
+                self.wire.send(frame)
+            return
+        held: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+        try:
+            with self.lock:
+                self.wire.send(frame)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # to the cell's handler now (or pending, if blocked)
+
+
+class Display:
+    """A cell's ``display``: each item sent as it is made, within the cell's budget (bytes
+    of representations) and MAX_ITEMS (one more frame says there were more)."""
+
+    def __init__(self, budget: int, number: Any, sender: Sender) -> None:
+        self.budget, self.number, self.sender = budget, number, sender
+        self.count = 0
+        self.lock = threading.Lock()
 
     def __call__(self, *objects: object) -> None:
         """``display(obj, ...)``: one item per object, in order."""
@@ -81,21 +114,31 @@ class Display:
     def add(self, obj: object) -> None:
         """The object's item; each representation that does not fit what is left of the
         budget (as JSON: escapes counted) is left out, its size noted (text/plain then says so)."""
-        if len(self.items) >= MAX_ITEMS:
-            return
+        with self.lock:
+            self.count += 1
+            if self.count > MAX_ITEMS:
+                if self.count == MAX_ITEMS + 1:
+                    self.emit({"data": {}})  # the supervisor says the rest were dropped
+                return
         text, errors = short_repr(obj), list[str]()
         shown = [("text/plain", text), *self._representations(obj, errors).items()]
         item: dict[str, Any] = {"data": {}, "errors": [e[:MAX_NOTE] for e in errors[:MAX_NOTES]], "omitted": {}}
-        for mime, value in shown:
-            size = len(json.dumps(value))
-            if size > self.budget:
-                item["omitted"][mime] = size
-                if mime == "text/plain":
-                    item["data"][mime] = f"<{len(text)} characters: past the display budget>"
-                continue
-            self.budget -= size
-            item["data"][mime] = value
-        self.items.append(item)
+        with self.lock:
+            for mime, value in shown:
+                size = len(json.dumps(value))
+                if size > self.budget:
+                    item["omitted"][mime] = size
+                    if mime == "text/plain":
+                        item["data"][mime] = f"<{len(text)} characters: past the display budget>"
+                    continue
+                self.budget -= size
+                item["data"][mime] = value
+        flush_output()  # what the cell printed before comes before the item
+        self.emit(item)
+
+    def emit(self, item: Any) -> None:
+        """Send one item (the supervisor checks it: a cell calling this sends what it likes)."""
+        self.sender.send({"type": "cell_display", "number": self.number, "item": item})
 
     @staticmethod
     def _representations(obj: object, errors: list[str]) -> dict[str, Any]:
@@ -192,7 +235,7 @@ def describe(exc: BaseException, own_file: str) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)[:MAX_REPR], "traceback": "".join(lines)[-MAX_REPR:]}
 
 
-def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> dict[str, Any]:
+def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int, sender: Sender) -> dict[str, Any]:
     """Execute one cell; returns the cell_done frame."""
     name = f"<cell {number}>"
     code = cell.get("code", "")
@@ -202,7 +245,7 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
     result: Any = None
     has_result = False
     own_file = run_cell.__code__.co_filename
-    display = Display(int(cell.get("display_limit", 1 << 20)))
+    display = Display(int(cell.get("display_limit", 1 << 20)), cell.get("number"), sender)
     builtins.display = display  # type: ignore[attr-defined]  # the cell's display()
     try:
         inputs = cell.get("inputs") or {}
@@ -231,7 +274,7 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int) -> di
         error = describe(exc, own_file)
     show_figures(display)  # as a notebook's inline backend: after the cell, even one that failed
     reply = {"type": "cell_done", "number": cell.get("number"), "value": value, "error": error}
-    reply.update(has_result=has_result, result=result, results=display.items[: MAX_ITEMS + 1])  # +1: "more" said
+    reply.update(has_result=has_result, result=result)
     return reply
 
 
@@ -268,25 +311,26 @@ def discard_pending_interrupt() -> None:
 def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
     wire = take_stdin()  # the cells' subprocesses do not get it
+    sender = Sender(wire)
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     sys.path.insert(1, PACKAGES)
     os.environ.setdefault("MPLBACKEND", "Agg")  # matplotlib draws to memory: figures are shown as PNGs
     me = os.getpid()
-    wire.send({"type": "kernel_ready", "python": sys.version.split()[0]})
+    sender.send({"type": "kernel_ready", "python": sys.version.split()[0]})
     number = 0
     while True:
         cell = wire.recv()
         if cell is None or cell.get("type") != "cell":
             return
         number += 1  # for tracebacks: <cell N>
-        wire.send({"type": "cell_started", "number": cell.get("number")})
+        sender.send({"type": "cell_started", "number": cell.get("number")})
         discard_pending_interrupt()
-        reply = run_cell(cell, module.__dict__, number)
+        reply = run_cell(cell, module.__dict__, number, sender)
         if os.getpid() != me:  # a cell forked and its child came back here: not our reply to send
             os._exit(0)
         flush_output()
-        wire.send(reply)
+        sender.send(reply)
 
 
 if __name__ == "__main__":

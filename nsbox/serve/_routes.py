@@ -33,7 +33,7 @@ from ._models import (
     capped_timeout,
 )
 from ._sessions import Session
-from ._stream import outcome, streamed
+from ._stream import Sinks, outcome, streamed
 
 
 def add(app: FastAPI, server: Server) -> None:
@@ -93,7 +93,8 @@ def add(app: FastAPI, server: Server) -> None:
         session = server.session(who, session_id)
         if _wants_events(request):  # its output as it comes
 
-            def run_streamed(on_stdout: Any, on_stderr: Any) -> Any:
+            def run_streamed(sinks: Sinks) -> Any:
+                on_stdout, on_stderr, _ = sinks
                 return _in(
                     server,
                     session,
@@ -115,12 +116,15 @@ def add(app: FastAPI, server: Server) -> None:
 
         if _wants_events(request) and not (body.want_result or body.inputs is not None):
 
-            def cell(on_stdout: Any, on_stderr: Any) -> Any:
+            def cell(sinks: Sinks) -> Any:
+                on_stdout, on_stderr, on_result = sinks
                 return _in(
                     server,
                     session,
                     "execute",
-                    lambda s: s.execute_code(body.code, on_stdout=on_stdout, on_stderr=on_stderr, **kwargs).to_dict(),
+                    lambda s: s.execute_code(
+                        body.code, on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, **kwargs
+                    ).to_dict(),
                 )
 
             return sse(streamed(cell))

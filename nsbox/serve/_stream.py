@@ -1,9 +1,11 @@
 """A session's run or cell as server-sent events, its output sent while it runs.
 
-The output comes through the engine's callbacks (``on_stdout``, ``on_stderr``: called in
-the server's thread as the supervisor forwards each chunk), is handed to the event loop and
-sent at once as a ``stdout`` or ``stderr`` event (``{"text": ...}``); the engine's output
-limit bounds what is held. Then ``result`` (the call's JSON answer), or ``error``: the
+The output comes through the engine's callbacks (``on_stdout``, ``on_stderr``, ``on_result``:
+called in the server's thread as the supervisor forwards each chunk or display item), is
+handed to the event loop and sent at once as a ``stdout`` or ``stderr`` event
+(``{"text": ...}``) or a ``display`` event (the item, as ``DisplayItem.to_dict``: the
+sandbox's content, checked but not rendered or sanitised); the engine's output and display
+limits bound what is held. Then ``result`` (the call's JSON answer), or ``error``: the
 answer has begun (200), so a refusal is an event.
 """
 
@@ -13,32 +15,36 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from nsbox import DisplayItem
+
 from ._errors import error_event
 
+#: What the call is given: its on_stdout, on_stderr and on_result.
+Sinks = tuple[Callable[[str], None], Callable[[str], None], Callable[[DisplayItem], None]]
 
-async def streamed(
-    call: Callable[[Callable[[str], None], Callable[[str], None]], Awaitable[dict[str, Any]]],
-) -> AsyncIterator[tuple[str, Any]]:
-    """``call(on_stdout, on_stderr)`` runs the run or the cell with those callbacks (called from
-    another thread) and returns its answer; the events of its output, then the last one."""
+
+async def streamed(call: Callable[[Sinks], Awaitable[dict[str, Any]]]) -> AsyncIterator[tuple[str, Any]]:
+    """``call(sinks)`` runs the run or the cell with those callbacks (called from another
+    thread) and returns its answer; the events of its output and items, then the last one."""
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-    def sink(name: str) -> Callable[[str], None]:
-        def hand_over(text: str) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, (name, text))
+    def hand_over(name: str, data: Any) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, (name, data))
 
-        return hand_over
-
+    sinks: Sinks = (
+        lambda text: hand_over("stdout", {"text": text}),
+        lambda text: hand_over("stderr", {"text": text}),
+        lambda item: hand_over("display", item.to_dict()),
+    )
     yield "started", {}
-    task = asyncio.ensure_future(call(sink("stdout"), sink("stderr")))
+    task = asyncio.ensure_future(call(sinks))
     try:
-        async for name, text in _while_running(chunks, task):
-            yield name, {"text": text}
+        async for event in _while_running(events, task):
+            yield event
         await asyncio.sleep(0)  # the callbacks' last hand-overs, queued before the call returned
-        while not chunks.empty():
-            name, text = chunks.get_nowait()
-            yield name, {"text": text}
+        while not events.empty():
+            yield events.get_nowait()
         yield outcome(task)
     finally:  # the client may have gone away: the call goes on to its end, its result unread
         task.add_done_callback(_unread)

@@ -13,6 +13,7 @@ said.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -115,18 +116,22 @@ def test_a_representation_past_the_display_budget_is_left_out_and_its_size_said(
 
 
 def test_items_a_cell_forges_are_refused_on_our_side_each_said(session: Any) -> None:
-    """The item list is the cell's to tamper with (``display.items``): nothing in it is trusted."""
+    """The cell can send what it likes as an item (``display.emit``, the kernel's own sender):
+    nothing in it is trusted, and each refusal is an item in its place, streamed as such."""
     code = """
 import base64
-items = display.items
-items.append({'data': {'text/plain': 'ok', 'image/png': 'not base64!'}})
-items.append({'data': {'image/png': base64.b64encode(b'GIF89a' + bytes(10)).decode()}})
-items.append({'data': {'text/html': ['<script>']}})
-items.append({'data': {'text/plain': 'kept', 'application/x-evil': 'dropped silently'}})
-items.append('not an item')
-items.extend({'data': {'text/plain': str(i)}} for i in range(200))
+send = display.emit
+send({'data': {'text/plain': 'ok', 'image/png': 'not base64!'}})
+send({'data': {'image/png': base64.b64encode(b'GIF89a' + bytes(10)).decode()}})
+send({'data': {'text/html': ['<script>']}})
+send({'data': {'text/plain': 'kept', 'application/x-evil': 'dropped silently'}})
+send('not an item')
+for i in range(200):
+    send({'data': {'text/plain': str(i)}})
 """
-    result = session.execute_code(code)
+    streamed: list[Any] = []
+    result = session.execute_code(code, on_result=streamed.append)
+    assert streamed == list(result.results), "on_result got the checked items, refusals included"
     assert result.status is Status.OK, result
     texts = [item.text for item in result.results]
     assert "kept" in texts and "ok" not in texts
@@ -138,4 +143,46 @@ items.extend({'data': {'text/plain': str(i)}} for i in range(200))
     assert "display item 2 dropped: text/html must be text" in said, said
     assert "display item 4 dropped: a display item is a mapping with 'data'" in said, said
     assert "display items past the first 100 dropped" in said, said
+    assert len(result.results) == 101, "100 items, then the one that says the rest were dropped"
     assert all(item.png is None and item.html is None for item in result.results)
+
+
+def test_items_reach_on_result_as_the_cell_shows_them_after_the_output_printed_before(session: Any) -> None:
+    """``display()`` sends its item at once (the value and the figures come at the cell's end);
+    what the cell printed before an item reaches its callback first."""
+    started = time.monotonic()
+    seen: list[tuple[float, str, Any]] = []
+    code = MAKE_PNG + "print('before', flush=False)\ndisplay(Chart(4, 3))\nimport time\ntime.sleep(1.0)\n"
+    code += "display('second')\n'last'"
+    result = session.execute_code(
+        code,
+        on_stdout=lambda text: seen.append((time.monotonic() - started, "stdout", text)),
+        on_result=lambda item: seen.append((time.monotonic() - started, "result", item)),
+    )
+    assert result.status is Status.OK, result
+    items = [(at, item) for at, kind, item in seen if kind == "result"]
+    assert [item for _, item in items] == list(result.results), "each item once, in order, as the result has them"
+    assert png_size(items[0][1].png) == (4, 3) and items[1][1].text == "'second'" and items[2][1].text == "'last'"
+    assert items[1][0] - items[0][0] > 0.7, f"the first item came while the cell slept: {seen}"
+    assert seen[0][1:] == ("stdout", "before\n"), f"the output printed before the item came first: {seen}"
+
+
+def test_a_raising_on_result_leaves_the_cell_and_the_session_alone(session: Any) -> None:
+    def on_result(item: Any) -> None:
+        raise RuntimeError("the caller's bug")
+
+    result = session.execute_code("display(1)\ndisplay(2)\n3", on_result=on_result)
+    assert result.status is Status.OK and [item.text for item in result.results] == ["1", "2", "3"], result
+    again = session.execute_code("4", on_result=on_result)
+    assert again.status is Status.OK and again.value == "4", again
+
+
+def test_a_timeout_while_items_are_sent_interrupts_the_cell_not_a_frame(session: Any) -> None:
+    """SIGINT (the first answer to a timeout) is held back while a frame is written: a cell
+    sending items of some 50 packets each when it comes keeps its state, and so does the wire.
+    (Without the hold-back, 5 runs in 6 broke a frame: the kernel and its state were lost.)"""
+    code = "x = 7\nwhile True:\n    display.emit({'data': {'text/plain': 'y' * 3_000_000}})"
+    result = session.execute_code(code, timeout=1.0)
+    assert result.status is Status.TIMEOUT and not result.state_lost, result
+    assert "KeyboardInterrupt" in (result.traceback or ""), result.traceback
+    assert session.execute_code("x").value == "7", "the kernel and its wire are whole"

@@ -166,9 +166,10 @@ def test_execute_streams_server_sent_events(server: Served) -> None:
     assert reply.status == 200 and reply.headers["content-type"].startswith("text/event-stream")
     events = [block.split("\n") for block in reply.body.decode().strip().split("\n\n")]
     names = [lines[0].removeprefix("event: ") for lines in events]
-    assert names == ["started", "stdout", "result"], reply.body
+    assert names == ["started", "stdout", "display", "result"], reply.body
     assert json.loads(events[1][1].removeprefix("data: ")) == {"text": "out\n"}
-    assert json.loads(events[2][1].removeprefix("data: "))["value"] == "42"
+    assert json.loads(events[2][1].removeprefix("data: "))["data"] == {"text/plain": "42"}, "the value's item"
+    assert json.loads(events[3][1].removeprefix("data: "))["value"] == "42"
     ai = {"code": "result = {'sum': a + b}", "inputs": {"a": 1, "b": 2}, "want_result": True}
     reply = server.request("POST", path, ai, headers={"Accept": "text/event-stream"})
     blocks = [block.split("\n") for block in reply.body.decode().strip().split("\n\n")]

@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from nsbox import DisplayItem, ExecutionResult, Status
-from nsbox._display import MAX_ITEMS, items_from_wire
+from nsbox._display import MAX_ITEMS, DisplayIntake
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
 
@@ -40,11 +40,27 @@ def test_a_bad_item_is_refused_with_why(raw: object, why: str) -> None:
         DisplayItem.from_dict(raw)
 
 
-def test_unknown_mime_types_are_dropped_and_too_many_items_said() -> None:
-    items, refused = items_from_wire([{"data": {"text/plain": "a", "text/x-evil": "b"}}] * (MAX_ITEMS + 3))
-    assert len(items) == MAX_ITEMS and items[0].data == {"text/plain": "a"}
-    assert refused == [f"display items past the first {MAX_ITEMS} dropped"]
-    assert items_from_wire("nope") == ((), ["the display items were not a list: dropped"])
+def test_the_intake_drops_unknown_mime_types_says_each_refusal_in_place_and_bounds_count_and_bytes() -> None:
+    intake = DisplayIntake(limit=10_000)
+    taken = [intake.take({"data": {"text/plain": "a", "text/x-evil": "b"}}) for _ in range(MAX_ITEMS + 3)]
+    assert len(intake.items) == MAX_ITEMS + 1 and taken[-2:] == [None, None], "frames past the first 101 are nothing"
+    assert intake.items[0].data == {"text/plain": "a"}
+    assert intake.items[-1].errors == (f"display items past the first {MAX_ITEMS} dropped",)
+    assert taken[: MAX_ITEMS + 1] == intake.items, "what take gives is what the result keeps, in order"
+
+    intake = DisplayIntake(limit=300)
+    first = intake.take({"data": {"text/plain": "x" * 100}})
+    refused = intake.take("nope")
+    big = intake.take({"data": {"text/plain": "y" * 300}})
+    after = intake.take({"data": {"text/plain": "z"}})
+    assert first is not None and first.text == "x" * 100
+    assert refused is not None and refused.errors == (
+        "display item 1 dropped: a display item is a mapping with 'data'",
+    )
+    assert big is not None and big.errors == ("display item 2 dropped: past the cell's display budget",)
+    assert after is not None and after.errors == ("display item 3 dropped: past the cell's display budget",), (
+        "once the budget is spent, it stays spent"
+    )
 
 
 def test_the_kernels_bounds_and_mime_types_are_the_hosts() -> None:

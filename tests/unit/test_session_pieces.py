@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from nsbox import ExecutionResult, SecurityError, SpecError, Status, safe_path_a
 from nsbox._channel import Channel, socketpair
 from nsbox._files import workspace_path
 from nsbox._kernel import KERNEL_SOURCE, verdict
-from nsbox._protocol import Cell, CellDone, CellStarted, Exited, KernelReady, ProtocolError, parse
+from nsbox._protocol import Cell, CellDisplay, CellDone, CellStarted, Exited, KernelReady, ProtocolError, parse
 from nsbox._result import Executed
 from nsbox._stdio import Capture
 
@@ -50,7 +51,7 @@ def _verdict(reply: CellDone | None, exited: Exited | None = None, **kw: object)
     args: dict[str, object] = dict(interrupted=False, killed_for=None, oom_killed=False, pids_hit=False)
     args.update(kw)
     out, err = _captures()
-    result = verdict(reply, exited, state_lost_before=False, output=(out, err), **args)  # type: ignore[arg-type]
+    result = verdict(reply, (), exited, state_lost_before=False, output=(out, err), **args)  # type: ignore[arg-type]
     return Executed(result, bytes(out.data), bytes(err.data)).decoded()
 
 
@@ -103,17 +104,22 @@ def test_the_guest_kernel_keeps_state_and_reports_values(tmp_path: object) -> No
         assert isinstance(wire.recv(KernelReady, timeout=10)[0], KernelReady)
 
         numbers = iter(range(1, 100))
+        shown: list[Any] = []  #: the last cell's display items, as sent before its cell_done
 
         def cell(code: str, **kw: object) -> CellDone:
             number = next(numbers)
             wire.send(Cell(number, code, **kw))  # type: ignore[arg-type]
             assert wire.recv(CellStarted, timeout=10)[0] == CellStarted(number)
-            done = wire.recv(CellDone, timeout=10)[0]
+            shown.clear()
+            while isinstance(done := wire.recv(CellDisplay, CellDone, timeout=10)[0], CellDisplay):
+                assert done.number == number
+                shown.append(done.item)
             assert done.number == number
             return done
 
         assert cell("x = 41").value is None
         assert cell("x + 1").value == "42"
+        assert shown == [{"data": {"text/plain": "42"}, "errors": [], "omitted": {}}], "its value, sent before the end"
         assert cell("import sys; sys.stdin.read()").value == "''", "stdin is /dev/null, not the wire"
         failed = cell("def f():\n    return 1/0\nf()")
         assert failed.error is not None and failed.error["type"] == "ZeroDivisionError"
