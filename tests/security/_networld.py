@@ -1,8 +1,9 @@
-"""A private little internet for ``test_network_policy.py``.
+"""A private little internet for the network tests (``test_network_policy.py``,
+``test_egress.py``).
 
-``network_world()`` creates a network namespace of its own (``nsbox-uplink-<random>``),
-brings up its ``lo`` and puts every test host's address on it, then starts ONE server process
-inside it (``ip netns exec``) that serves all of them from threads:
+``network_world()`` creates a network namespace of its own (``nsbox-uplink-<random>``, by
+netlink: ``nsbox._netlink.NetNamespace``), puts every test host's address on its ``lo``, then
+starts ONE server process inside it that serves all of them from threads:
 
 * HTTP servers that answer ``GET`` with a body of their own (``allowed``, ``denied``,
   ``metadata``...), one that sleeps before answering (``slow``) and one that sends 4 MiB
@@ -19,7 +20,7 @@ ADDRESS:PORT PATH`` for each request into a log, so that a test can assert that 
 arrived. Sandboxes in the tests make their connections out from this namespace
 (``NetworkPolicy.uplink``), so even a broken policy can only ever reach these servers.
 Nothing here sends a packet outside the namespace; teardown kills the one process it started
-and deletes the namespace.
+and removes the namespace.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import json
 import secrets
 import subprocess  # nosec B404  # the tests' own commands
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nsbox._netlink import NetNamespace, global_ipv4_addresses
 
 SLOW_SECONDS = 4.0
 BIG_BYTES = 4 << 20
@@ -174,18 +176,6 @@ CONTRACT_BLOCKED = [
 ]
 
 
-def host_addresses() -> list[ipaddress.IPv4Interface]:
-    """The global IPv4 addresses of this host (``ip -4 addr`` in the test's own network
-    namespace: the one nsbox's supervisors, and so their proxies, start in)."""
-    argv = ["ip", "-4", "-o", "addr", "show", "scope", "global"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    found = []
-    for line in out.splitlines():
-        words = line.split()
-        found.append(ipaddress.IPv4Interface(words[words.index("inet") + 1]))
-    return found
-
-
 @dataclass
 class World:
     name: str
@@ -213,6 +203,10 @@ class World:
     def requested(self, address: str, port: int, path: str) -> bool:
         return f"request {address}:{port} {path}" in self.lines()
 
+    def requests(self) -> list[str]:
+        """Every request so far, as ``ADDRESS:PORT PATH``."""
+        return [line.removeprefix("request ") for line in self.lines() if line.startswith("request ")]
+
 
 @contextmanager
 def network_world(tmp: Path) -> Iterator[World]:
@@ -220,7 +214,7 @@ def network_world(tmp: Path) -> Iterator[World]:
     log = tmp / "requests.log"
     log.write_text("")
     errors = (tmp / "server.err").open("wb")
-    own_interfaces = host_addresses()
+    own_interfaces = global_ipv4_addresses()  # in our namespace: where supervisors and proxies start
     assert own_interfaces, "premise: this host has a global IPv4 address"
     own_set = {str(i.ip) for i in own_interfaces}
     own = str(own_interfaces[0].ip)
@@ -232,29 +226,19 @@ def network_world(tmp: Path) -> Iterator[World]:
     servers = [*SERVERS, (own, 80, "http", "own")]
     if neighbour is not None:
         servers.append((neighbour, 80, "http", "neighbour"))
-    subprocess.run(["ip", "netns", "add", name], check=True)
     server: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        for address in dict.fromkeys(a for a, _, _, _ in servers if a != "127.0.0.1"):
-            subprocess.run(["ip", "-n", name, "addr", "add", f"{address}/32", "dev", "lo"], check=True)
-        argv = [sys.executable, "-c", SERVER_PROGRAM, str(log), json.dumps(servers), str(SLOW_SECONDS), str(BIG_BYTES)]
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", name, *argv],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-        )
-        assert server.stdout is not None
-        ready = server.stdout.readline().split()
-        assert ready[:1] == [b"ready"], (ready, (tmp / "server.err").read_text())
-        hosts = {**BASE_HOSTS, **EXTRA_HOSTS, "self.test": own}
-        yield World(name, log, own, neighbour, ready[1].decode(), server.pid, hosts)
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        errors.close()
-        for _ in range(100):  # the namespace goes once its last socket has
-            if subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
+    with NetNamespace(name) as namespace:
+        try:
+            namespace.add_local_addresses(a for a, _, _, _ in servers)
+            argv = [sys.executable, "-c", SERVER_PROGRAM, str(log), json.dumps(servers)]
+            server = namespace.popen([*argv, str(SLOW_SECONDS), str(BIG_BYTES)], stdout=subprocess.PIPE, stderr=errors)
+            assert server.stdout is not None
+            ready = server.stdout.readline().split()
+            assert ready[:1] == [b"ready"], (ready, (tmp / "server.err").read_text())
+            hosts = {**BASE_HOSTS, **EXTRA_HOSTS, "self.test": own}
+            yield World(name, log, own, neighbour, ready[1].decode(), server.pid, hosts)
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+            errors.close()

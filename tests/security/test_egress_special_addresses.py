@@ -18,7 +18,6 @@ import json
 import secrets
 import subprocess  # nosec B404  # the tests' own commands
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pytest
 
 import nsbox
 from nsbox import NetworkPolicy
+from nsbox._netlink import NetNamespace
 from tests.conftest import NSBOX_CLI, require_root
 from tests.security.test_network_policy import ask, connect, get, network_events, refused, settle, token
 
@@ -136,28 +136,18 @@ def special_world(tmp: Path) -> Iterator[World]:
     served = {address: name for name, (address, _) in FORMS.items()}
     served |= {address: name for name, address in CONTROLS.items()}
     served[METADATA] = "metadata"
-    subprocess.run(["ip", "netns", "add", name], check=True)
     server: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        for address in served:
-            argv = ["ip", "-n", name, "addr", "add", f"{address}/{128 if ':' in address else 32}", "dev", "lo"]
-            subprocess.run([*argv, *(["nodad"] if ":" in address else [])], check=True)
-        specs = [f"{address}={body}" for address, body in served.items()]
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", name, sys.executable, "-c", SERVER, str(log), *specs],
-            stdout=subprocess.PIPE,
-        )
-        assert server.stdout is not None and server.stdout.readline() == b"ready\n", "our servers did not start"
-        yield World(name, log)
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        for _ in range(100):  # the namespace goes once its last socket has
-            if subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
+    with NetNamespace(name) as namespace:
+        try:
+            namespace.add_local_addresses(served)
+            specs = [f"{address}={body}" for address, body in served.items()]
+            server = namespace.popen([sys.executable, "-c", SERVER, str(log), *specs], stdout=subprocess.PIPE)
+            assert server.stdout is not None and server.stdout.readline() == b"ready\n", "our servers did not start"
+            yield World(name, log)
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
 
 
 @pytest.fixture(scope="module")

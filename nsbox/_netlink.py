@@ -1,0 +1,105 @@
+"""Network namespaces and their addresses, by netlink (pyroute2), never by ``ip`` commands.
+
+What nsbox builds in network namespaces other than a sandbox's own, where the sandbox
+cannot reach: today the tests' stand-in internet (a namespace whose loopback holds the test
+hosts' addresses, servers started inside it, sandboxes connecting out from it as their
+``NetworkPolicy.uplink``); the routed network mode (issue 24) builds its veth pairs here.
+
+pyroute2 costs ~200 ms to import, so nothing on a sandbox's path imports this module; the
+one-interface step a sandbox needs (``lo`` up) is an ioctl in ``_net``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess  # nosec B404  # Popen of the caller's argv, no shell
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+
+from . import _linux
+
+#: Where named network namespaces live (as ``ip netns``): a bind mount of each, by name.
+NETNS_DIR = "/run/netns"
+#: How long close() retries removing a namespace that is still busy.
+REMOVE_TIMEOUT = 10.0
+IFA_F_NODAD = 0x02  #: an IPv6 address without duplicate address detection
+
+
+class NetNamespace:
+    """A named network namespace (``/run/netns/NAME``, as ``ip netns add``) with its ``lo``
+    up, made here and removed by ``close()``: what it holds goes with its last process."""
+
+    def __init__(self, name: str) -> None:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a namespace name")
+        self.name = name
+        self.path = f"{NETNS_DIR}/{name}"
+        if os.path.exists(self.path):
+            raise FileExistsError(f"a network namespace named {name!r} exists already")
+        netns.create(name)
+        try:
+            with self._ipr() as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        except BaseException:
+            self.close()
+            raise
+
+    def add_local_addresses(self, addresses: Iterable[str]) -> None:
+        """Each address on ``lo`` (a /32, or /128): servers in the namespace can bind it,
+        and a connection made from the namespace to it stays inside."""
+        with self._ipr() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            for text in dict.fromkeys(addresses):
+                address = ipaddress.ip_address(text)
+                if address.is_loopback:
+                    continue  # on lo already
+                flags = IFA_F_NODAD if address.version == 6 else 0  # usable at once
+                ipr.addr("add", index=lo, address=str(address), prefixlen=address.max_prefixlen, flags=flags)
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """``argv`` started inside the namespace (subprocess.Popen's keyword arguments)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return subprocess.Popen(  # nosec B603  # the caller's argv, no shell
+                list(argv), preexec_fn=lambda: _linux.setns(fd, _linux.CLONE_NEWNET), **kwargs
+            )
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Remove the name (the namespace goes once nothing uses it); retried while busy."""
+        deadline = time.monotonic() + REMOVE_TIMEOUT
+        while os.path.exists(self.path):
+            try:
+                netns.remove(self.name)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _ipr(self) -> IPRoute:
+        return IPRoute(netns=self.name)
+
+    def __enter__(self) -> NetNamespace:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def global_ipv4_addresses() -> list[ipaddress.IPv4Interface]:
+    """The global-scope IPv4 addresses of this process's network namespace, with their prefix."""
+    with IPRoute() as ipr:
+        found = []
+        for message in ipr.get_addr(family=socket.AF_INET):
+            if message["scope"] == 0:  # RT_SCOPE_UNIVERSE
+                found.append(ipaddress.IPv4Interface(f"{message.get('IFA_ADDRESS')}/{message['prefixlen']}"))
+        return found
