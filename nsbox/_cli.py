@@ -1,7 +1,7 @@
 """The command line: a thin client of NsSandbox. Nothing past this module sees argparse.
 
 Exit codes: the payload's own (128+N for signal N, 124 timeout, 126/127 could not
-execute / not found); 2 for bad options; 125 when nsbox itself failed.
+execute / not found); 125 when nsbox itself failed, bad options included.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from ._errors import NsboxError, SecurityError, SpecError
+from ._errors import NsboxError, RunFailed, SecurityError, SpecError
 from ._files import FILE_LIMIT
-from ._flags import add_sandbox_options, spec_from_args
+from ._flags import EXIT_USAGE, Parser, add_sandbox_options, spec_from_args
 from ._hostfiles import read_host_file, write_host_file
 from ._result import EXIT_NSBOX_FAILURE, RunResult
-from ._spec import WORKSPACE
-
-EXIT_USAGE = 2
+from ._spec import PACKAGES, WORKSPACE
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nsbox",
         description="Run untrusted code in a Linux-namespace sandbox.",
     )
@@ -65,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         usage="nsbox judge [options] FILE.jsonl",
     )
     judge.add_argument("--workers", metavar="N", type=int, default=2, help="sandboxes working at once (2)")
-    _sandbox_options(judge)
+    _sandbox_options(judge, install=False)
     judge.add_argument("file", metavar="FILE.jsonl", help="one JSON object per line")
 
     # Their options are their own (nsbox/serve/_command.py, nsbox/mcp/_command.py): main() hands
@@ -110,9 +108,17 @@ def _rootfs_commands(commands: Any) -> None:
     remove.add_argument("name", metavar="NAME")
 
 
-def _sandbox_options(run: argparse.ArgumentParser) -> None:
+def _sandbox_options(run: argparse.ArgumentParser, install: bool = True) -> None:
     groups = add_sandbox_options(run)
     groups["environment"].add_argument("--cwd", default=WORKSPACE, help=f"working directory inside ({WORKSPACE})")
+    if install:
+        groups["filesystem"].add_argument(
+            "--install",
+            metavar="NAME",
+            action="append",
+            default=[],
+            help="pip-install a package from --wheels first (repeatable; on the run's PYTHONPATH)",
+        )
     groups["limits"].add_argument("--report", metavar="PATH", help="write the result as JSON to PATH ('-' = stderr)")
 
 
@@ -159,16 +165,29 @@ def _exec(args: argparse.Namespace) -> int:
             raise SpecError("COMMAND", "no command given; usage: nsbox exec [options] -- COMMAND [ARG...]")
         if spec.seccomp.unconfined:
             print("nsbox: warning: --seccomp unconfined: the payload runs with NO syscall filter", file=sys.stderr)
+        from ._module_hint import StderrTail, is_python, missing_module_hint
         from ._sandbox import NsSandbox
 
-        with NsSandbox._in_process(spec) as sandbox:
-            if script is not None:
-                sandbox.write_file(command[1], script)
-            stdio = [fd if _is_open(fd) else subprocess.DEVNULL for fd in (0, 1, 2)]
-            result = sandbox.run(command, cwd=args.cwd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+        stdio = [fd if _is_open(fd) else subprocess.DEVNULL for fd in (0, 1, 2)]
+        tail = StderrTail(stdio[2]) if is_python(command) and stdio[2] == 2 else None
+        try:
+            with NsSandbox._in_process(spec) as sandbox:
+                env = _install(sandbox, args.install, spec)
+                if script is not None:
+                    sandbox.write_file(command[1], script)
+                stderr = stdio[2] if tail is None else tail.fd
+                result = sandbox.run(command, cwd=args.cwd, env=env, stdin=stdio[0], stdout=stdio[1], stderr=stderr)
+        finally:
+            hint = None if tail is None else missing_module_hint(tail.end())
+        if hint and not result.ok:
+            print(f"nsbox: {hint}", file=sys.stderr)
     except SpecError as exc:
         print(f"nsbox: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunFailed as exc:  # --install: pip failed
+        print(f"nsbox: --install failed: {exc}", file=sys.stderr)
+        sys.stderr.write((exc.stderr or b"").decode("utf-8", "replace"))
+        return EXIT_NSBOX_FAILURE
     except NsboxError as exc:  # SetupError, SandboxError: nsbox itself failed
         print(f"nsbox: {exc}", file=sys.stderr)
         _report(args.report, {"status": "error", "exit_code": EXIT_NSBOX_FAILURE, "error": str(exc)})
@@ -178,6 +197,16 @@ def _exec(args: argparse.Namespace) -> int:
     if not _report(args.report, _report_data(result)):
         return EXIT_NSBOX_FAILURE
     return result.exit_code
+
+
+def _install(sandbox: Any, packages: list[str], spec: Any) -> dict[str, str] | None:
+    """``--install``: the packages pip-installed from ``--wheels``, and the run's environment
+    that finds them (PYTHONPATH, before the one ``--env`` gave); None when there are none."""
+    if not packages:
+        return None
+    sandbox.install_packages(packages)
+    given = dict(spec.env).get("PYTHONPATH")
+    return {"PYTHONPATH": PACKAGES if not given else f"{PACKAGES}:{given}"}
 
 
 def _judge(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 ::
 
     NsboxError                      everything nsbox raises on purpose
-    ├── SpecError (ValueError)      bad options; names the option(s); the CLI exits 2
+    ├── SpecError (ValueError)      bad options; names the option(s); the CLI exits 125
     ├── SetupError                  a step of building the sandbox failed (stage, call, args,
     │                               errno, remedy); the CLI exits 125
     ├── SandboxError                the sandbox broke during use: it died, or sent something

@@ -1,12 +1,27 @@
 """The sandbox options of the commands that make sandboxes (``nsbox exec``, ``python``,
-``judge``, ``mcp``): one set of flags, one way from them to a SandboxSpec."""
+``judge``, ``mcp``): one set of flags, one way from them to a SandboxSpec; and the parser
+every nsbox command uses, whose usage errors exit EXIT_USAGE."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
+from ._result import EXIT_NSBOX_FAILURE
 from ._spec import Limits, Mount, NetworkPolicy, SandboxSpec
+
+#: Bad options: nsbox's own failure, as ``env``, ``timeout``, podman and docker say it (125),
+#: never a code a payload's exit could be mistaken for (argparse's 2 is a common exit status).
+EXIT_USAGE = EXIT_NSBOX_FAILURE
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error exits EXIT_USAGE (its subcommands' parsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def add_sandbox_options(run: argparse.ArgumentParser) -> dict[str, Any]:
@@ -25,6 +40,7 @@ def add_sandbox_options(run: argparse.ArgumentParser) -> dict[str, Any]:
         "--bind", metavar="SRC[:DST]", action="append", default=[], help="make a host path visible, writable"
     )
     fs.add_argument("--workspace-size", metavar="SIZE", default="256M", help="size of /workspace and /tmp (256M)")
+    fs.add_argument("--wheels", metavar="DIR", help="a host directory of wheels, bound read-only at /wheels")
     env = run.add_argument_group("environment")
     env.add_argument("--hostname", default="nsbox", help="the sandbox's hostname (nsbox)")
     env.add_argument("--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)")
@@ -85,6 +101,7 @@ def spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         rootfs=args.rootfs,
         mounts=tuple(Mount.parse(m) for m in args.ro_bind) + tuple(Mount.parse(m, writable=True) for m in args.bind),
         workspace_size=args.workspace_size,
+        wheels=args.wheels,
         hostname=args.hostname,
         env=tuple(args.env),
         limits=Limits(

@@ -52,7 +52,7 @@ from ._protocol import (
     nesting,
 )
 from ._result import ExecutionResult, RunResult
-from ._spec import WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_size, parse_timeout
+from ._spec import PACKAGES, WHEELS, WORKSPACE, Limits, SandboxSpec, _clean_env, option_name, parse_size, parse_timeout
 from ._stdio import check_stdio_fd
 from ._supervisor import Supervisor
 
@@ -70,8 +70,6 @@ REQUEST_LIMIT = 64 * 1024 * 1024
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-#: Where install_packages puts packages (the kernel has it on sys.path).
-PACKAGES = f"{WORKSPACE}/.packages"
 #: A requirement as pip takes it from a wheelhouse: a name, maybe a version; never an option.
 _REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!-]+)?")
 

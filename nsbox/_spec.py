@@ -28,6 +28,7 @@ __all__ = ["GiB", "MiB", "option_name", "parse_size", "parse_timeout"]  # re-exp
 #: Where things are inside every sandbox.
 WORKSPACE = "/workspace"
 WHEELS = "/wheels"
+PACKAGES = f"{WORKSPACE}/.packages"  #: where install_packages puts packages (on the kernel's sys.path)
 #: Where a sandbox with network "allow" finds its egress proxy: its own loopback (the
 #: listening socket belongs to the supervisor's proxy process, outside).
 PROXY_ADDRESS = ("127.0.0.1", 3128)  #: where the wheelhouse (the ``wheels`` option) is bound, read-only

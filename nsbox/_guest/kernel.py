@@ -188,7 +188,7 @@ def show_figures(display: Display) -> None:
         return
     try:
         numbers = list(pyplot.get_fignums())
-    except Exception:  # nosec B110  # the cell broke pyplot: there is nothing to show
+    except Exception:  # the cell broke pyplot: there is nothing to show
         return
     for number in numbers:
         text = f"<figure {number}>"
@@ -256,7 +256,8 @@ def run_cell(cell: dict[str, Any], namespace: dict[str, Any], number: int, sende
             last = ast.Expression(tree.body.pop().value)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGINT)
         try:
-            exec(compile(tree, name, "exec"), namespace)  # nosec B102  # inside the sandbox: running its code is the point
+            compiled = compile(tree, name, "exec")
+            exec(compiled, namespace)  # nosec B102  # inside the sandbox: running its code is the point
             if last is not None:
                 shown = eval(compile(last, name, "eval"), namespace)  # nosec B307  # the cell's last expression
                 if shown is not None:

@@ -74,7 +74,8 @@ from nsbox._guest.wire import PACKET, Wire, take_stdin
 
 #: What programs commonly import, loaded once here (a program pays nothing for them).
 PRELOAD = ("collections", "functools", "itertools", "math", "re", "typing")
-SWEPT = ("/tmp", "/dev/shm", "/workspace", "/dev/mqueue")  # nosec B108  # the sandbox's own tmpfs and mqueue mount
+TMP_DIRS = ("/tmp", "/dev/shm")  # nosec B108  # the sandbox's own tmpfs mounts
+SWEPT = (*TMP_DIRS, "/workspace", "/dev/mqueue")
 SWEEP_TIMEOUT = 2.0
 #: How deep a swept tree is walked with directory fds held; deeper directories of the
 #: program uid are moved up first.
@@ -413,7 +414,7 @@ def _program_main(sock_fd: int, memfd: int, uid: int) -> None:
         if failure is not None:
             _show(failure, failure.__traceback__)
             os._exit(127)
-        workdir = tempfile.mkdtemp(prefix="program-", dir="/tmp")  # nosec B108  # the sandbox's own /tmp
+        workdir = tempfile.mkdtemp(prefix="program-", dir=TMP_DIRS[0])  # the sandbox's own /tmp
         os.chdir(workdir)
         os.environ["HOME"] = workdir
         stdin = _memfd(base64.b64decode(request.get("stdin") or ""))
@@ -501,7 +502,8 @@ def _run_python(source: str, path: str) -> int:
     sys.path.insert(0, os.path.dirname(path))
     status = 0
     try:
-        exec(compile(source, path, "exec"), module.__dict__)  # nosec B102  # inside the sandbox: running it is the point
+        compiled = compile(source, path, "exec")
+        exec(compiled, module.__dict__)  # nosec B102  # inside the sandbox: running it is the point
     except SystemExit as exc:
         status = _exit_status(exc.code)
     except BaseException as exc:

@@ -9,27 +9,23 @@ SIGHUP), then destroys every sandbox and exits 0.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 
 from nsbox import NsboxError, SpecError
-from nsbox._flags import add_sandbox_options, spec_from_args
+from nsbox._flags import EXIT_USAGE, Parser, add_sandbox_options, spec_from_args
 
 from ._options import McpOptions
-
-EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     d = McpOptions()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nsbox mcp",
         description="Serve nsbox's tools to one MCP client over stdio (see the README's 'nsbox mcp').",
     )
     add_sandbox_options(p)
     tools = p.add_argument_group("tools")
-    tools.add_argument("--wheels", metavar="DIR", help="a folder of wheels install_packages may install (none)")
     tools.add_argument("--workers", type=int, default=d.workers, help=f"run_code's sandboxes ({d.workers})")
     tools.add_argument(
         "--idle-ttl", type=float, default=d.idle_ttl, help=f"seconds a session may go unused ({d.idle_ttl:g})"
@@ -39,10 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def options_from(argv: list[str]) -> McpOptions:
     args = _parser().parse_args(argv)
-    spec = spec_from_args(args)
-    if args.wheels is not None:
-        spec = dataclasses.replace(spec, wheels=args.wheels)
-    return McpOptions(spec=spec, workers=args.workers, idle_ttl=args.idle_ttl, max_sessions=1)
+    return McpOptions(spec=spec_from_args(args), workers=args.workers, idle_ttl=args.idle_ttl, max_sessions=1)
 
 
 def main(argv: list[str]) -> int:

@@ -14,15 +14,14 @@ import socket
 import sys
 
 from nsbox import NsboxError, SpecError
+from nsbox._flags import EXIT_USAGE, Parser
 
 from ._options import MiB, ServeOptions
-
-EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     d = ServeOptions()
-    p = argparse.ArgumentParser(prog="nsbox serve", description="Serve sandboxes over HTTP (see the README).")
+    p = Parser(prog="nsbox serve", description="Serve sandboxes over HTTP (see the README).")
     p.add_argument("--host", default=d.host, help=f"address to listen on ({d.host}; others need --token-file)")
     p.add_argument("--port", type=int, default=d.port, help=f"TCP port ({d.port}; 0: any free one, printed)")
     p.add_argument("--token-file", metavar="FILE", help="bearer tokens, one per line with an optional name (mode 600)")

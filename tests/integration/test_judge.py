@@ -154,4 +154,4 @@ def test_the_cli_judges_json_lines_in_order(tmp_path: Path) -> None:
 def test_the_cli_refuses_a_bad_file_before_it_runs_anything(text: str, why: str) -> None:
     require_sandbox()
     done = subprocess.run([NSBOX_CLI, "judge", "-"], input=text.encode(), capture_output=True, timeout=60)
-    assert done.returncode == 2 and why in done.stderr.decode() and done.stdout == b"", done
+    assert done.returncode == 125 and why in done.stderr.decode() and done.stdout == b"", done

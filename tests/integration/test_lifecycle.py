@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,9 +137,9 @@ def test_failed_setup_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
     ],
 )
 @pytest.mark.usefixtures("no_leftovers")
-def test_bad_input_exits_2_naming_the_option_and_creates_nothing(args: list[str], names: str) -> None:
+def test_bad_input_exits_125_naming_the_option_and_creates_nothing(args: list[str], names: str) -> None:
     proc = subprocess.run([NSBOX_CLI, "exec", *args], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 125, proc.stderr
     assert names in proc.stderr
 
 
@@ -286,4 +287,37 @@ def test_nsbox_python_runs_code_and_files_with_the_exit_code(tmp_path: Path) -> 
     proc = subprocess.run([NSBOX_CLI, "python", "--timeout", "0.5", "-c", "while True: pass"], capture_output=True)
     assert proc.returncode == 124
     proc = subprocess.run([NSBOX_CLI, "python"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "-c CODE or a script" in proc.stderr
+    assert proc.returncode == 125 and "-c CODE or a script" in proc.stderr
+    proc = subprocess.run([NSBOX_CLI, "python", "-c", "import sys; sys.exit(2)"], capture_output=True, text=True)
+    assert proc.returncode == 2, "a payload's own 2 is not nsbox's usage error (125)"
+
+
+def test_a_missing_module_gets_a_hint_and_install_gets_it_from_a_wheelhouse(host_tmp: Any) -> None:
+    """The stderr of a Python payload goes through nsbox (live, whole); a ModuleNotFoundError at
+    its end adds one line naming the ways to get the package; --wheels DIR --install NAME does."""
+    require_sandbox()
+    from tests.security.test_workspace_files import build_wheel
+
+    wheels = host_tmp("wheels", 0o755)
+    build_wheel(wheels)
+    code = "import sys; print('x' * 100000, file=sys.stderr); import nsbox_demo_pkg; print(nsbox_demo_pkg.VALUE)"
+    missing = subprocess.run([NSBOX_CLI, "python", "-c", code], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "x" * 100000 in missing.stderr, "all of stderr came through"
+    hint = missing.stderr.splitlines()[-1]
+    assert hint.startswith("nsbox: the sandbox's Python has no module 'nsbox_demo_pkg'"), missing.stderr[-600:]
+    assert "--rootfs python" in hint and "--wheels DIR --install nsbox_demo_pkg" in hint, hint
+    failed_otherwise = subprocess.run(
+        [NSBOX_CLI, "python", "-c", "raise SystemExit(3)"], capture_output=True, text=True
+    )
+    assert failed_otherwise.returncode == 3 and "nsbox:" not in failed_otherwise.stderr, "no hint without the error"
+
+    argv = [NSBOX_CLI, "python", "--wheels", str(wheels), "--install", "nsbox_demo_pkg", "-c", code]
+    installed = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert (installed.returncode, installed.stdout) == (0, "42\n"), installed.stderr[-600:]
+    argv = [NSBOX_CLI, "exec", "--wheels", str(wheels), "--install", "nsbox_demo_pkg", "--env", "PYTHONPATH=/opt"]
+    shown = subprocess.run([*argv, "--", "sh", "-c", "echo $PYTHONPATH"], capture_output=True, text=True)
+    assert shown.stdout == "/workspace/.packages:/opt\n", (shown.stdout, shown.stderr)
+    absent = subprocess.run([NSBOX_CLI, "exec", "--install", "nsbox_demo_pkg", "--", "true"], capture_output=True)
+    assert absent.returncode == 125 and b"wheels" in absent.stderr, absent.stderr
+    unknown = subprocess.run([*argv[:4], "--install", "not_there", "--", "true"], capture_output=True, text=True)
+    assert unknown.returncode == 125 and "--install failed" in unknown.stderr, unknown.stderr[-600:]

@@ -188,7 +188,7 @@ def _v2_peak_resettable() -> bool:
 def test_bad_limits_name_the_option_and_the_range(args: list[str], option: str, allowed: str) -> None:
     before = nsbox_cgroups()
     proc = subprocess.run([NSBOX_CLI, "exec", *args, "--", "true"], capture_output=True, text=True)
-    assert proc.returncode == 2 and option in proc.stderr and allowed in proc.stderr, proc.stderr
+    assert proc.returncode == 125 and option in proc.stderr and allowed in proc.stderr, proc.stderr
     assert nsbox_cgroups() == before
 
 

@@ -347,7 +347,7 @@ def test_nsbox_mcp_refuses_bad_options_and_nsbox_exec_imports_no_service() -> No
         (["--workers", "0"], "workers"),
     ):
         done = subprocess.run([NSBOX_CLI, "mcp", *argv], capture_output=True, text=True, timeout=60, check=False)
-        assert done.returncode == 2 and expected in done.stderr, (argv, done.stderr)
+        assert done.returncode == 125 and expected in done.stderr, (argv, done.stderr)
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
     done = subprocess.run([NSBOX_CLI, "exec", "--", "true"], capture_output=True, text=True, env=env, check=True)
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}

@@ -193,7 +193,7 @@ def test_an_unknown_root_name_is_a_usage_error_that_says_how_to_make_it() -> Non
     out = subprocess.run(
         [NSBOX_CLI, "exec", "--rootfs", "no-such-root", "--", "true"], capture_output=True, text=True, check=False
     )
-    assert out.returncode == 2
+    assert out.returncode == 125
     assert "no root named 'no-such-root'" in out.stderr and "nsbox rootfs build" in out.stderr
 
 

@@ -51,7 +51,7 @@ def test_the_log_is_never_opened_through_a_symlink(tmp_path: Path) -> None:
     link = tmp_path / "audit.jsonl"
     link.symlink_to(target)
     proc = subprocess.run([NSBOX_CLI, "exec", "--audit-log", str(link), "--", "true"], capture_output=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 125
     assert b"audit_log (--audit-log)" in proc.stderr
     assert target.read_text() == ""
 

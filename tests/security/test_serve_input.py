@@ -796,7 +796,7 @@ def test_the_log_names_the_token_never_the_token_itself(server: Served, session_
 
 def start_refused(*args: str, tokens: str | None = None, mode: int = 0o600, link: bool = False) -> str:
     """Runs ``nsbox serve --port 0 ARGS`` (with a token file of ``tokens``, its mode, or a
-    symlink to it); asserts it refuses to start (exit 2, at once); its stderr."""
+    symlink to it); asserts it refuses to start (exit 125, at once); its stderr."""
     with tempfile.TemporaryDirectory(prefix="tmp-nsbox-serve-") as folder:
         argv = [NSBOX_CLI, "serve", "--port", "0", "--workers", "1", "--pool-size", "0", *args]
         if tokens is not None:
@@ -816,7 +816,7 @@ def start_refused(*args: str, tokens: str | None = None, mode: int = 0o600, link
             _, stderr = process.communicate(timeout=90)
             pytest.fail(f"nsbox serve {' '.join(args)} started: {stderr.decode()[-500:]}")
     text = stderr.decode("utf-8", "replace")
-    assert process.returncode == 2, (process.returncode, text)
+    assert process.returncode == 125, (process.returncode, text)
     assert "listening on" not in text, text
     return text
 
@@ -824,13 +824,13 @@ def start_refused(*args: str, tokens: str | None = None, mode: int = 0o600, link
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "example.com"])
 def test_serving_beyond_loopback_needs_a_token_file(host: str) -> None:
     """Without --token-file, nsbox serve refuses to listen on an address other hosts reach
-    (every request would be anonymous): exit 2 before it listens, naming --token-file."""
+    (every request would be anonymous): exit 125 before it listens, naming --token-file."""
     assert "--token-file" in start_refused("--host", host)
 
 
 def test_a_weak_token_file_is_refused_at_start() -> None:
     """A token file readable by group or others (like ssh's keys), a symlink to one, a token
-    shorter than 16 characters, a name given twice, a file with no token: exit 2, saying why.
+    shorter than 16 characters, a name given twice, a file with no token: exit 125, saying why.
     (The same file, mode 600 with long tokens, is what the served fixtures start with.)"""
     good = f"{ALICE} alice\n"
     for mode in (0o644, 0o640, 0o604, 0o660):

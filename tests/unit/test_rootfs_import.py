@@ -615,7 +615,7 @@ def test_cli_a_tampered_image_and_a_bad_name(tmp_path: Path, data_dir: Path) -> 
     assert done.returncode == 1 and "its digest is" in done.stderr
     _nothing_stored(data_dir, "img")
     bad = _nsbox("rootfs", "import", str(_write(tmp_path, oci_archive([[file("a")]]))), "Bad/Name")
-    assert bad.returncode == 2 and "is not a root name" in bad.stderr
+    assert bad.returncode == 125 and "is not a root name" in bad.stderr
 
 
 # --- a full disk ----------------------------------------------------------------------------

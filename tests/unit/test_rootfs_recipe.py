@@ -38,10 +38,10 @@ def test_an_unknown_key_is_refused_by_name_with_a_suggestion(tmp_path: Path) -> 
         load_recipe(path)
 
 
-def test_the_cli_says_so_too_and_exits_2(tmp_path: Path) -> None:
+def test_the_cli_says_so_too_and_exits_125(tmp_path: Path) -> None:
     path = _recipe(tmp_path, 'suite = "bookworm"\nmirrorr = "http://x"\n')
     out = subprocess.run([NSBOX_CLI, "rootfs", "build", str(path)], capture_output=True, text=True, check=False)
-    assert out.returncode == 2
+    assert out.returncode == 125
     assert (
         "unknown recipe key 'mirrorr'" in out.stderr
         and "the keys are: description, suite, mirror, security_mirror" in out.stderr
