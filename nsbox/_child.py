@@ -129,9 +129,12 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
         with step("open the bind sources"):
             if not plan.mapping.privileged:  # with the caller's permissions, before our uid changes
                 source_fds = _mount.open_sources(plan.root.sources)
-            if len(source_fds) != len(plan.root.sources):
+            idmapped = plan.root.writable_binds if plan.mapping.privileged else ()
+            if len(source_fds) != len(plan.root.sources) + len(idmapped):
                 raise OSError(22, "the number of bind sources does not match the plan")
-            sources = dict(zip((path for path, _ in plan.root.sources), source_fds, strict=True))
+            count = len(plan.root.sources)
+            sources = dict(zip((path for path, _ in plan.root.sources), source_fds[:count], strict=True))
+            idmapped_trees = dict(zip(idmapped, source_fds[count:], strict=True))
         with step("become root of the sandbox's user namespace"):
             _userns.become_root_in_child(plan.mapping)
             # A change of euid clears the parent-death signal (prctl(2)): set it again.
@@ -156,11 +159,11 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
                 os.close(reply_w)
                 sync_sock.close()
                 os.close(host_proc)
-                init_main(plan, ctl_sock, sources, request_w, reply_r)
+                init_main(plan, ctl_sock, sources, idmapped_trees, request_w, reply_r)
             os.close(request_w)
             os.close(reply_r)
             ctl_sock.close()
-            for fd in sources.values():
+            for fd in (*sources.values(), *idmapped_trees.values()):
                 os.close(fd)
         with step("watch init"):
             pidfd = os.pidfd_open(init_pid)
@@ -179,8 +182,15 @@ def intermediate_main(plan: SandboxPlan, sync_sock: socket.socket, ctl_sock: soc
 
 # --- init (PID 1) -----------------------------------------------------------------------
 def init_main(
-    plan: SandboxPlan, ctl_sock: socket.socket, sources: dict[str, int], request_fd: int, reply_fd: int
+    plan: SandboxPlan,
+    ctl_sock: socket.socket,
+    sources: dict[str, int],
+    idmapped_trees: dict[_mount.Bind, int],
+    request_fd: int,
+    reply_fd: int,
 ) -> NoReturn:
+    """``sources``: O_PATH fds of the bind sources, by path; ``idmapped_trees``: as root, the
+    supervisor's idmapped copies of the writable binds (attached as they are)."""
     ctl = Channel(ctl_sock, MAX_FRAME_TO_INIT)
     root = plan.root
     try:
@@ -213,7 +223,10 @@ def init_main(
         user_trees = []
         for bind in root.user_binds:
             with step(f"clone {bind.source} for {bind.target}"):
-                user_trees.append(_mount.clone_in_child(bind, sources[bind.source]))
+                if bind in idmapped_trees:  # the supervisor's idmapped copy, attached as it is
+                    user_trees.append(idmapped_trees.pop(bind))
+                else:
+                    user_trees.append(_mount.clone_in_child(bind, sources[bind.source]))
         with step("detach the host's root"):
             for fd in sources.values():
                 os.close(fd)

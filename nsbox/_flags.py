@@ -41,6 +41,11 @@ def add_sandbox_options(run: argparse.ArgumentParser) -> dict[str, Any]:
     )
     fs.add_argument("--workspace-size", metavar="SIZE", default="256M", help="size of /workspace and /tmp (256M)")
     fs.add_argument("--wheels", metavar="DIR", help="a host directory of wheels, bound read-only at /wheels")
+    fs.add_argument(
+        "--bind-owner",
+        metavar="UID:GID",
+        help="who owns on the host what the sandbox writes into --bind folders (as root; default: you)",
+    )
     env = run.add_argument_group("environment")
     env.add_argument("--hostname", default="nsbox", help="the sandbox's hostname (nsbox)")
     env.add_argument("--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)")
@@ -102,6 +107,7 @@ def spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         mounts=tuple(Mount.parse(m) for m in args.ro_bind) + tuple(Mount.parse(m, writable=True) for m in args.bind),
         workspace_size=args.workspace_size,
         wheels=args.wheels,
+        bind_owner=args.bind_owner,
         hostname=args.hostname,
         env=tuple(args.env),
         limits=Limits(

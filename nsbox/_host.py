@@ -50,6 +50,7 @@ def probe() -> list[Check]:
         _check_identity(),
         *_check_userns(),
         _check_userns_works(),
+        _check_idmapped_binds(),
         _check_seccomp(),
         *_check_cgroups(),
         _check_rootfs_build(),
@@ -153,6 +154,40 @@ def _check_userns_works() -> Check:
     return Check("user namespace trial", False, f"{failed} failed", remedy)
 
 
+def _check_idmapped_binds() -> Check:
+    """As root, writable binds are idmapped mounts: try one of this folder (where a bind's
+    source often is) in a child's private mount namespace. Not required: read-only binds and
+    sandboxes without writable binds do not need it."""
+    name = "idmapped binds"
+    if os.geteuid() != 0:
+        return Check(name, True, "not used as an ordinary user (writable binds are plain binds)", required=False)
+    from . import _linux, _userns
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the probe child
+        code = 1
+        try:
+            _linux.unshare(_linux.CLONE_NEWNS)
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            userns = _userns.idmap_namespace((os.getuid(), os.getgid()), (2**31, 2**31))
+            code = 2
+            tree = _linux.open_tree(_linux.AT_FDCWD, ".", _linux.OPEN_TREE_CLONE | _linux.AT_RECURSIVE)
+            attrs = _linux.MOUNT_ATTR_IDMAP | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
+            _linux.mount_setattr(tree, "", _linux.AT_EMPTY_PATH | _linux.AT_RECURSIVE, attrs, userns_fd=userns)
+            code = 0
+        except BaseException:  # the exit code says which step failed
+            pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    here = os.getcwd()
+    if code == 0:
+        return Check(name, True, f"the filesystem of {here} can be idmapped", required=False)
+    failed = "a user namespace for the idmap" if code == 1 else f"an idmapped mount of {here}"
+    remedy = remedy_for("", "mount_setattr", _errno.EINVAL) if code == 2 else "see the user namespace lines above"
+    return Check(name, False, f"{failed} could not be made", remedy, required=False)
+
+
 def _sysctl_check(name: str, sysctl: str, good: Callable[[str], bool], fix: str) -> Check | None:
     """A check of one sysctl, or None where this kernel does not have it."""
     value = _read("/proc/sys/" + sysctl.replace(".", "/"))
@@ -245,6 +280,12 @@ def remedy_for(stage: str, call: str, err: int | None) -> str:
         return "the id map was refused; run `nsbox check`, and see user_namespaces(7) on defining id mappings"
     if err == _errno.EROFS:
         return "a mount destination lies in a read-only part of the sandbox; choose one under /workspace or /mnt"
+    if call == "mount_setattr" and err in (_errno.EINVAL, _errno.EOPNOTSUPP, _errno.EPERM):
+        return (
+            "a writable bind is an idmapped mount (what the sandbox writes lands as you, or --bind-owner), and this "
+            "source's filesystem, or one mounted below it, cannot be idmapped (Linux 5.12+: ext4, xfs, btrfs; tmpfs "
+            "6.3+): bind it read-only (--ro-bind), or bind a folder on such a filesystem (`nsbox check` tests one)"
+        )
     return ""
 
 

@@ -48,6 +48,7 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x00100000
 
 # prctl(2) options that python-prctl does not wrap
 PR_CAP_AMBIENT = 47
@@ -232,9 +233,10 @@ def move_mount(from_fd: int, to_dirfd: int, to_path: str, flags: int = MOVE_MOUN
     _check(res, "move_mount", from_fd, to_dirfd, to_path, hex(flags))
 
 
-def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0) -> None:
-    """Set mount attributes; with AT_RECURSIVE on every mount below path too."""
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, userns_fd: int = 0) -> None:
+    """Set mount attributes; with AT_RECURSIVE on every mount below path too. ``userns_fd``:
+    the user namespace whose maps an idmapped mount (MOUNT_ATTR_IDMAP) applies."""
+    attr = _MountAttr(attr_set, attr_clr, 0, userns_fd)
     res = _libc.syscall(
         _MOUNT_SETATTR,
         ctypes.c_int(dirfd),

@@ -34,6 +34,7 @@ O_NOFOLLOW, so a symlink in the new tree can never steer a mkdir into the host.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -93,6 +94,11 @@ class RootPlan:
     workspace_owner: tuple[int, int]
 
     @property
+    def writable_binds(self) -> tuple[Bind, ...]:
+        """The user's writable binds: as root, each is an idmapped mount the supervisor makes."""
+        return tuple(b for b in self.user_binds if b.writable)
+
+    @property
     def sources(self) -> tuple[tuple[str, str], ...]:
         """Every host path the root is built from, each once, with its kind (dir, file, device)."""
         kinds = {b.source: "dir" if b.is_dir else "file" for b in self.system_binds + self.user_binds}
@@ -127,7 +133,8 @@ def plan_root(spec: SandboxSpec, workspace_owner: tuple[int, int]) -> RootPlan:
         dirs += _parents(target)
     for bind in binds:
         dirs += _parents(bind.target)
-    if len({b.source for b in binds + list(user_binds)}) + len(DEVICES) > MAX_SOURCES:
+    writable = sum(1 for b in user_binds if b.writable)  # as root, each also an idmapped copy
+    if len({b.source for b in binds + list(user_binds)}) + len(DEVICES) + writable > MAX_SOURCES:
         raise SpecError(option_name("mounts"), f"more than {MAX_SOURCES} host paths to bind (with --rootfs entries)")
     return RootPlan(
         dirs=tuple(dict.fromkeys(dirs)),
@@ -220,26 +227,59 @@ def open_sources(sources: Sequence[tuple[str, str]]) -> list[int]:
     return fds
 
 
-def open_sources_from_parent(pid: int, sources: Sequence[tuple[str, str]]) -> list[int]:
+def open_sources_from_parent(
+    pid: int, sources: Sequence[tuple[str, str]], idmapped: Sequence[Bind] = (), userns_fd: int = -1
+) -> tuple[list[int], list[int]]:
     """As root: step into the sandbox's new mount namespace (a copy of the host's, still
-    unchanged) just long enough to open the sources with root's own permissions.
+    unchanged) just long enough to open the sources with root's own permissions, and to make
+    a detached idmapped copy of each of the ``idmapped`` binds' sources (``idmapped_tree``).
 
     The fds must refer to mounts of that namespace: open_tree/mount refuse to clone a
-    mount of another namespace, and the sandbox side has no host privileges to open them.
+    mount of another namespace, and the sandbox side has no host privileges to open them
+    (nor, for an idmapped mount, the privilege over the host's filesystem it needs).
     """
     own_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     target = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    trees: list[int] = []
     try:
         _linux.setns(target, _linux.CLONE_NEWNS)
         try:
-            return open_sources(sources)
+            fds = open_sources(sources)
+            try:
+                by_path = dict(zip((path for path, _ in sources), fds, strict=True))
+                for bind in idmapped:
+                    trees.append(idmapped_tree(bind, by_path[bind.source], userns_fd))
+            except BaseException:
+                for fd in fds + trees:
+                    os.close(fd)
+                raise
+            return fds, trees
         finally:
             _linux.setns(own_ns, _linux.CLONE_NEWNS)
             os.fchdir(cwd)
     finally:
         for fd in (own_ns, cwd, target):
             os.close(fd)
+
+
+def idmapped_tree(bind: Bind, source_fd: int, userns_fd: int) -> int:
+    """A detached copy of a writable bind's source, idmapped through ``userns_fd`` (as root:
+    ``_userns.idmap_namespace``), nosuid and nodev; init attaches it as it is. A filesystem
+    that cannot be idmapped is an error that says so: never a bind without the idmap."""
+    tree = _linux.open_tree(source_fd, "", _linux.OPEN_TREE_CLONE | _linux.AT_RECURSIVE | _linux.AT_EMPTY_PATH)
+    try:
+        attrs = _linux.MOUNT_ATTR_IDMAP | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
+        try:
+            _linux.mount_setattr(tree, "", _linux.AT_EMPTY_PATH | _linux.AT_RECURSIVE, attrs, userns_fd=userns_fd)
+        except _linux.SyscallError as exc:  # the remedy (_host.remedy_for) says what to do
+            raise _linux.SyscallError(
+                exc.errno or errno.EINVAL, "mount_setattr", f"{bind.source!r}, MOUNT_ATTR_IDMAP"
+            ) from None
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
 
 
 def enter_staging_in_child() -> None:

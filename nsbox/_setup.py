@@ -124,7 +124,17 @@ class SandboxSetup:
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
-                    source_fds = _mount.open_sources_from_parent(pid, self.plan.root.sources)
+                    idmapped = self.plan.root.writable_binds  # as root, each an idmapped mount
+                    owner = self.spec.bind_owner or (os.getuid(), os.getgid())
+                    userns = _userns.idmap_namespace(owner, mapping.payload_host_ids) if idmapped else -1
+                    try:
+                        source_fds, trees = _mount.open_sources_from_parent(
+                            pid, self.plan.root.sources, idmapped, userns
+                        )
+                    finally:
+                        if userns >= 0:
+                            os.close(userns)
+                    source_fds += trees  # after the sources, in the order of writable_binds
             try:
                 with _setup_stage("start the sandbox's init", "send"):
                     sync.send(Go(), source_fds, deadline=time.monotonic() + SETUP_TIMEOUT)

@@ -321,6 +321,9 @@ class SandboxSpec:
     audit_log: str | None = None  #: a file on the host for JSON lines of security events
     wheels: str | None = None  #: a host directory of wheels, bound read-only at /wheels (install_packages)
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    #: "UID:GID" (or a pair) who owns on the host what the sandbox writes into its writable
+    #: binds (as root, idmapped mounts); None: the caller (the supervisor's own ids)
+    bind_owner: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.rootfs is not None:
@@ -338,6 +341,8 @@ class SandboxSpec:
         if dupes := sorted({t for t in targets if targets.count(t) > 1}):
             raise SpecError(option_name("mounts"), f"destination(s) used twice: {', '.join(dupes)}")
         object.__setattr__(self, "mounts", mounts)
+        if self.bind_owner is not None:
+            object.__setattr__(self, "bind_owner", _id_pair(self.bind_owner, "bind_owner"))
         if self.wheels is not None:
             wheels = canonical_path(str(self.wheels), what=option_name("wheels"))
             if not os.path.isdir(wheels):
@@ -403,6 +408,7 @@ class SandboxSpec:
             "audit_log": self.audit_log,
             "wheels": self.wheels,
             "network": self.network.to_dict(),
+            "bind_owner": None if self.bind_owner is None else list(self.bind_owner),
         }
 
     @classmethod
@@ -454,6 +460,22 @@ class SandboxSpec:
             lines.append("[[mounts]]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in mount.items()]
         return "\n".join(lines) + "\n"
+
+
+#: The largest id a user namespace maps (2**32 - 1 is the kernel's "no id").
+MAX_ID = 2**32 - 2
+
+
+def _id_pair(value: Any, option: str) -> tuple[int, int]:
+    """``"UID:GID"``, or a pair of ids -> (uid, gid)."""
+    parts = value.split(":") if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else []
+    try:
+        ids = tuple(int(p) if not isinstance(p, bool) else -1 for p in parts)
+    except (TypeError, ValueError):
+        ids = ()
+    if len(ids) != 2 or not all(0 <= i <= MAX_ID for i in ids):
+        raise SpecError(option_name(option), f"{value!r} is not UID:GID (numbers, 0 to {MAX_ID})")
+    return ids[0], ids[1]
 
 
 def _mount_from_dict(data: Any) -> Mount:

@@ -95,6 +95,12 @@ class Supervisor(SandboxSetup):
         """``guard_cgroup``: fork a guard that removes the cgroups if this process is
         killed (for the one-shot CLI; an embedded supervisor's spawner sweeps instead)."""
         mapping = _userns.mapping_for_host()
+        if spec.bind_owner is not None and not mapping.privileged:
+            raise SpecError(
+                option_name("bind_owner"),
+                "needs root (a writable bind is then an idmapped mount); as an ordinary user, what the sandbox "
+                "writes into a bind lands as the id the sandbox's user runs as on the host",
+            )
         root = _mount.plan_root(spec, (mapping.payload_outer_uid, mapping.payload_outer_gid))
         limits = spec.limits
         self.spec = spec

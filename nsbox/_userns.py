@@ -311,3 +311,39 @@ def become_payload_in_child() -> None:
     effective capabilities (capabilities(7), "Effect of user ID changes")."""
     os.setresgid(PAYLOAD_GID, PAYLOAD_GID, PAYLOAD_GID)
     os.setresuid(PAYLOAD_UID, PAYLOAD_UID, PAYLOAD_UID)
+
+
+def idmap_namespace(owner: tuple[int, int], payload: tuple[int, int]) -> int:
+    """As root: an fd of a user namespace that maps ``owner`` (inside) to the payload's host
+    ids (outside), and nothing else: the idmap of a writable bind (MOUNT_ATTR_IDMAP). Files
+    the owner has on disk appear as the payload's, and what the payload writes lands as the
+    owner's. A child makes the namespace and waits; its maps written, it is ended and reaped."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the namespace's holder
+        code = 0
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            _linux.unshare(_linux.CLONE_NEWUSER)
+            os.write(ready_w, b"x")
+            os.read(done_r, 1)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"x":
+            raise _linux.SyscallError(errno.ECHILD, "unshare", "the idmap namespace's holder failed")
+        proc_dir = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            write_maps_from_parent(proc_dir, f"{owner[0]} {payload[0]} 1", f"{owner[1]} {payload[1]} 1")
+            return os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_dir)
+        finally:
+            os.close(proc_dir)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)  # the holder reads EOF and exits
+        os.waitpid(pid, 0)

@@ -34,6 +34,7 @@ CLI_FLAGS = {
     "cgroups": "--no-cgroups",
     "seccomp": "--seccomp",
     "audit_log": "--audit-log",
+    "bind_owner": "--bind-owner",
     "cwd": "--cwd",
     "network": "--net",
     "allowed_hosts": "--allow-host",

@@ -7,9 +7,13 @@ Two filters, both loaded by the payload as its last step before execve:
    with some arguments only (anything else falls to the default action).
 2. the *argument refusals*: default ALLOW, and an errno for argument patterns the
    allowlist cannot refuse on its own (libseccomp lets an unconditional rule for a syscall
-   win over its conditional ones): TIOCSTI/TIOCLINUX, and, to give a better errno than
-   ENOSYS, clone with a namespace flag (EPERM) and socket families nsbox refuses
-   (EAFNOSUPPORT). It only ever refuses what the first refuses too, or narrows ``ioctl``.
+   win over its conditional ones): TIOCSTI/TIOCLINUX; a mode with the set-user-ID or
+   set-group-ID bit in the calls that create a file or change its mode (EPERM: a file the
+   sandbox writes into a writable bind is a file of the host, and must never become a
+   set-id program there: ``openat2``, whose mode a filter cannot read, is not implemented);
+   and, to give a better errno than ENOSYS, clone with a namespace flag (EPERM) and socket
+   families nsbox refuses (EAFNOSUPPORT). It only ever refuses what the first refuses too,
+   or narrows ``ioctl`` and the mode calls.
 
 The kernel runs every filter and keeps the strictest answer (seccomp(2)), so the pair is
 as strict as the union of their refusals.
@@ -35,6 +39,12 @@ LOW32 = 0xFFFFFFFF
 #: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (CLONE_NEWTIME only exists for clone3).
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+S_ISUID, S_ISGID = 0o4000, 0o2000
+#: The calls that take a file's mode, and which argument holds it.
+MODE_ARGUMENTS = (
+    ("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("open", 2), ("openat", 3), ("creat", 1),
+    ("mkdir", 1), ("mkdirat", 2), ("mknod", 1), ("mknodat", 2),
+)  # fmt: skip
 PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)  # PER_LINUX, PER_LINUX32, UNAME26 (+32), query
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_MAX = 1, 2, 10, 16, 46
 SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET, SOCK_TYPE_MASK = 1, 2, 3, 10, 0xF
@@ -111,6 +121,10 @@ def _argument_refusals(refuse_errno: int, overridden: set[str]) -> sc.SyscallFil
     if "ioctl" not in overridden:
         for request in (TIOCSTI, TIOCLINUX):
             filt.add_rule(sc.ERRNO(refuse_errno), "ioctl", _low32(1, request))
+    for name, argument in MODE_ARGUMENTS:
+        if name not in overridden and _number(name) is not None:
+            for bit in (S_ISUID, S_ISGID):
+                filt.add_rule(sc.ERRNO(errno.EPERM), name, sc.Arg(argument, sc.MASKED_EQ, bit, bit))
     if "socket" not in overridden:
         for family in set(range(AF_MAX)) - {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK}:
             filt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", _low32(0, family))

@@ -32,7 +32,7 @@ ALLOWED = (
     _group(
         "files",
         "reading and writing files, directories, pipes and their metadata",
-        "read write open openat openat2 close close_range creat lseek pread64 pwrite64 readv writev preadv "
+        "read write open openat close close_range creat lseek pread64 pwrite64 readv writev preadv "
         "pwritev preadv2 pwritev2 stat fstat lstat newfstatat statx statfs fstatfs access faccessat faccessat2 "
         "truncate ftruncate fallocate fadvise64 readahead fsync fdatasync sync syncfs sync_file_range getdents "
         "getdents64 getcwd chdir fchdir rename renameat renameat2 mkdir mkdirat rmdir link linkat unlink unlinkat "
@@ -117,9 +117,15 @@ CONDITIONAL = (
     _group("socketpair", "AF_UNIX only (the only family the kernel pairs)", "socketpair"),
 )
 
-#: ENOSYS, so that glibc falls back to clone(2), whose flags a filter can read (clone3's
-#: flags sit in memory, out of a filter's reach).
-NOT_IMPLEMENTED = _group("clone3", "its flags are in memory, where a filter cannot check them", "clone3")
+#: ENOSYS, so that glibc falls back to clone(2) and programs to openat(2), whose flags and
+#: mode a filter can read (clone3's flags and openat2's mode sit in memory, out of its reach).
+NOT_IMPLEMENTED = _group(
+    "not implemented",
+    "their arguments are in memory, where a filter cannot check them (clone3's namespace flags, openat2's "
+    "set-id mode bits); glibc then falls back to clone, and callers of openat2 to openat, whose arguments the filter "
+    "checks",
+    "clone3 openat2",
+)
 
 REFUSED = (
     _group(

@@ -187,3 +187,19 @@ def test_names_that_are_no_syscall_are_refused_when_compiled() -> None:
         compile_filters(Seccomp(allow=("nosuchcall",)))
     assert compile_filters(Seccomp(unconfined=True)) == ()
     assert len(compile_filters(Seccomp())) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "pair"),
+    [("1234:2345", (1234, 2345)), ((0, 0), (0, 0)), ([7, 8], (7, 8)), ("4294967294:1", (2**32 - 2, 1))],
+)
+def test_bind_owner_takes_uid_gid_and_round_trips(value: object, pair: tuple[int, int]) -> None:
+    spec = SandboxSpec(bind_owner=value)  # type: ignore[arg-type]
+    assert spec.bind_owner == pair
+    assert SandboxSpec.from_dict(spec.to_dict()).bind_owner == pair
+
+
+@pytest.mark.parametrize("value", ["me", "1:2:3", "-1:0", "1:", (1,), (True, 0), "4294967295:0", 5])
+def test_a_bad_bind_owner_names_the_option(value: object) -> None:
+    with pytest.raises(SpecError, match=r"bind_owner \(--bind-owner\)"):
+        SandboxSpec(bind_owner=value)  # type: ignore[arg-type]
