@@ -330,27 +330,27 @@ def test_read_file_does_not_borrow_the_embedding_processs_groups(host_dirs: Call
 
 
 def test_a_refused_write_file_leaves_the_file_untouched(host_dirs: Callable[[], tuple[Path, Path]]) -> None:
-    """Groups [0]: root:root 0660 in a writable bind (the payload may not write it) and
-    root:root 0666 (it may, but does not own it: no fchmod): write_file must not truncate
-    first and fail after; a refusal leaves content, size, mode and mtime as they were. (In
-    a directory the payload cannot write: it could not replace the files by a rename either.)"""
+    """Groups [0]: 4242:0 0660 and 4242:0 0666 in a writable bind, in a folder of 4242's. As
+    root a writable bind is idmapped (root's files are the payload's own there), and the kernel
+    gives no write access through an idmap to a file whose owner it does not map: the payload
+    may write neither, even the 0666 one, nor replace them by a rename. write_file must not
+    truncate first and fail after: each refusal leaves content, size, mode and mtime as they
+    were."""
     require_sandbox()
-    require_root("sets the embedding process's groups and makes root-owned files")
+    require_root("sets the embedding process's groups and makes files of other users")
     scene = Scene([], [])
-    scene.add(FIXED_ROOT)
-    scene.write(Node("rw/fixed/group0", 0o660, 0, 0))
-    scene.write(Node("rw/fixed/everyone", 0o666, 0, 0))
+    scene.add(Node("rw/others", 0o755, 4242, 0, "dir"))
+    scene.write(Node("rw/others/group0", 0o660, 4242, 0))
+    scene.write(Node("rw/others/everyone", 0o666, 4242, 0))
     report = run_scene(host_dirs(), scene, [0])
-    group0, everyone = report["probes"]
     failures: list[str] = []
-    assert group0["payload"]["exit"] != 0, f"premise: the payload may not write a root:root 0660 file: {group0}"
-    assert everyone["payload"]["exit"] == 0, f"premise: the payload may append to a 0666 file: {everyone}"
-    if group0["api"]["ok"]:
-        failures.append("write_file wrote a root:root 0660 file the payload cannot write (groups [0])")
-    elif not _refusal_ok(group0["api"]):
-        failures.append(f"write_file(0660) {_said(group0['api'])}; expected PermissionError")
-    for probe in (group0, everyone):
-        if not probe["api"]["ok"] and probe["before"] != probe["after"]:
+    for probe in report["probes"]:
+        assert probe["payload"]["exit"] != 0, f"premise: the payload may not write {probe['what']}: {probe}"
+        if probe["api"]["ok"]:
+            failures.append(f"write_file wrote {probe['what']}, which the payload cannot write (groups [0])")
+        elif not _refusal_ok(probe["api"]):
+            failures.append(f"write_file({probe['what']}) {_said(probe['api'])}; expected PermissionError")
+        elif probe["before"] != probe["after"]:
             failures.append(
                 f"write_file({probe['path']}) {_said(probe['api'])} after changing the file: "
                 f"{probe['before']} -> {probe['after']} (size {probe['before'][1]} -> {probe['after'][1]})"

@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 
 import nsbox
-from nsbox import SecurityError, SpecError
+from nsbox import SecurityError, SpecError, _linux
 from tests.conftest import call_within, expect_refusal, fingerprint, restoring, session, sh
 
 MiB = 1 << 20
@@ -469,16 +469,20 @@ def racing(host_tmp: Callable[..., Path], mode: str) -> Iterator[Race]:
 def test_premise_a_check_then_open_is_redirected_by_the_swap(host_tmp: Callable[..., Path]) -> None:
     """Through /proc/PID/root, lstat each directory on the way (no symlink), then open
     the file with O_NOFOLLOW: the swap lands between the check and the open, and the host
-    writes into, and reads from, the outside directory."""
+    writes into, and reads from, the outside directory. The host acts as the payload's ids,
+    as the file API does (as root, /outside is an idmapped bind: root itself has no id in it
+    to create a file as)."""
     with racing(host_tmp, "rel") as race:
         base = f"/proc/{race.pid}/root/workspace"
         assert os.path.isdir(base + "/swap") or os.path.islink(base + "/swap")
+        payload = os.stat(base)  # the workspace is the payload's
+        as_payload = functools.partial(_linux.filesystem_ids, payload.st_uid, payload.st_gid)
         writes = reads = tries = 0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (writes and reads):
             tries += 1
             swap = base + "/swap"
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError), as_payload():
                 if not os.path.islink(swap) and os.path.isdir(swap):  # the check ...
                     fd = os.open(
                         swap + "/w", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644
