@@ -74,12 +74,12 @@ class SandboxClient:
         self.allowed_hosts = tuple(allowed_hosts)
         self.network_timeout = network_timeout
         network = NetworkPolicy.parse(options.pop("network", None))  # its other settings (hosts, rate...)
-        if network.mode == "allow" and not allow_network:
-            raise SpecError(("allow_network", "network"), "network 'allow' needs allow_network=True")
+        if network.mode != "none" and not allow_network:
+            raise SpecError(("allow_network", "network"), f"network {network.mode!r} needs allow_network=True")
         if allow_network:
             network = dataclasses.replace(
                 network,
-                mode="allow",
+                mode="allow" if network.mode == "none" else network.mode,
                 allowed_hosts=self.allowed_hosts or network.allowed_hosts,
                 timeout=network.timeout if network_timeout is None else network_timeout,
             )

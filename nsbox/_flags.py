@@ -80,9 +80,10 @@ def add_sandbox_options(run: argparse.ArgumentParser) -> dict[str, Any]:
     net = run.add_argument_group("network (default: none, loopback only)")
     net.add_argument(
         "--net",
-        metavar="none|allow",
+        metavar="none|allow|routed",
         default="none",
-        help="'allow': connections to the --allow-host list only, through nsbox's proxy (HTTP_PROXY inside)",
+        help="'allow': connections to the --allow-host list only, through nsbox's proxy (HTTP_PROXY inside); "
+        "'routed' (root): a real interface, the kernel letting TCP/UDP reach that list only",
     )
     net.add_argument(
         "--allow-host",
@@ -98,6 +99,9 @@ def add_sandbox_options(run: argparse.ArgumentParser) -> dict[str, Any]:
         "--add-host", metavar="NAME=IP", action="append", default=[], help="resolve NAME to IP (repeatable)"
     )
     net.add_argument("--net-uplink", metavar="NETNS", help="connect out from this network namespace (a path)")
+    net.add_argument(
+        "--net-resolver", metavar="IP[:PORT]", help="routed: the DNS server allowed names are resolved by (the host's)"
+    )
     return {"filesystem": fs, "environment": env, "limits": limits, "security": security, "network": net}
 
 
@@ -131,5 +135,6 @@ def spec_from_args(args: argparse.Namespace) -> SandboxSpec:
             max_bytes=args.net_bytes,
             hosts=tuple(args.add_host),
             uplink=args.net_uplink,
+            resolver=args.net_resolver,
         ),
     )

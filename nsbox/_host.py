@@ -51,6 +51,7 @@ def probe() -> list[Check]:
         *_check_userns(),
         _check_userns_works(),
         _check_idmapped_binds(),
+        _check_routed_network(),
         _check_seccomp(),
         *_check_cgroups(),
         _check_rootfs_build(),
@@ -186,6 +187,51 @@ def _check_idmapped_binds() -> Check:
     failed = "a user namespace for the idmap" if code == 1 else f"an idmapped mount of {here}"
     remedy = remedy_for("", "mount_setattr", _errno.EINVAL) if code == 2 else "see the user namespace lines above"
     return Check(name, False, f"{failed} could not be made", remedy, required=False)
+
+
+def _check_routed_network() -> Check:
+    """``--net routed``: as root, a veth pair and the router's whole nftables table, tried in
+    a child's new network namespace; then whether this namespace, the default uplink,
+    forwards. Not required: the other network modes do not need it."""
+    name = "routed network"
+    if os.geteuid() != 0:
+        detail = "needs root (a veth pair and nftables rules outside the sandbox)"
+        return Check(name, False, detail, "run nsbox as root for --net routed; else --net allow", required=False)
+    from . import _linux
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the probe child
+        code = 1
+        try:
+            _linux.unshare(_linux.CLONE_NEWNET)
+            from pyroute2 import IPRoute
+
+            from ._audit import AuditLog
+            from ._routed import _nft, _router
+            from ._spec import NetworkPolicy
+
+            with IPRoute() as ipr:
+                ipr.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
+            code = 2
+            policy = NetworkPolicy("routed", ("probe.test", "192.0.2.0/24"), max_bytes=1)
+            router = _router.Router(policy, (), None, AuditLog(None))
+            router.slot, router.table = 0, "nsbox-probe"
+            router.install(_nft.Nft(), "probe0")
+            code = 0
+        except BaseException:  # the exit code says which step failed
+            pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        failed = "a veth pair" if code == 1 else "the router's nftables table (nf_tables, its set, limit, quota, masq)"
+        return Check(name, False, f"{failed} could not be made in a new network namespace",
+                     "use a kernel with veth and nf_tables (CONFIG_VETH, CONFIG_NF_TABLES and its expressions)",
+                     required=False)  # fmt: skip
+    if _read("/proc/sys/net/ipv4/ip_forward") != "1":
+        return Check(name, True, "veth and nftables work; this namespace does not forward (net.ipv4.ip_forward = 0), "
+                     "so routed sandboxes need --net-uplink NETNS of one that does", required=False)  # fmt: skip
+    return Check(name, True, "veth and nftables work; this namespace forwards: the default uplink", required=False)
 
 
 def _sysctl_check(name: str, sysctl: str, good: Callable[[str], bool], fix: str) -> Check | None:

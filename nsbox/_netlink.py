@@ -62,6 +62,59 @@ class NetNamespace:
                 flags = IFA_F_NODAD if address.version == 6 else 0  # usable at once
                 ipr.addr("add", index=lo, address=str(address), prefixlen=address.max_prefixlen, flags=flags)
 
+    @classmethod
+    def existing(cls, name: str) -> NetNamespace:
+        """A namespace made elsewhere (``/run/netns/NAME``), to look at: close() removes it too."""
+        namespace = cls.__new__(cls)
+        namespace.name, namespace.path = name, f"{NETNS_DIR}/{name}"
+        if not os.path.exists(namespace.path):
+            raise FileNotFoundError(namespace.path)
+        return namespace
+
+    def link_to(self, other: NetNamespace, name: str, here: str, there: str) -> None:
+        """A veth pair between this namespace and ``other``, both ends named ``name`` and up,
+        with the addresses ``here`` and ``there`` (each ``IP/PREFIX``)."""
+        fd = os.open(other.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with self._ipr() as ipr:
+                ipr.link("add", ifname=name, kind="veth", peer={"ifname": name, "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+        for namespace, address in ((self, here), (other, there)):
+            with namespace._ipr() as ipr:
+                index = ipr.link_lookup(ifname=name)[0]
+                interface = ipaddress.ip_interface(address)
+                ipr.addr("add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+                ipr.link("set", index=index, state="up")
+
+    def default_route(self, gateway: str) -> None:
+        with self._ipr() as ipr:
+            ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+    def sysctl(self, name: str, value: str) -> None:
+        """A sysctl of this namespace (``net.ipv4.ip_forward``): written by a child inside."""
+        path = "/proc/sys/" + name.replace(".", "/")  # what /proc/sys/net shows is the reader's namespace
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    _linux.setns(fd, _linux.CLONE_NEWNET)
+                    with open(path, "w", encoding="ascii") as sysctl:
+                        sysctl.write(value)
+                    code = 0
+                finally:
+                    os._exit(code)
+        finally:
+            os.close(fd)
+        if os.waitpid(pid, 0)[1] != 0:
+            raise OSError(f"cannot set {name} in {self.name}")
+
+    def link_names(self) -> list[str]:
+        with self._ipr() as ipr:
+            return [str(link.get("IFLA_IFNAME")) for link in ipr.get_links()]
+
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """``argv`` started inside the namespace (subprocess.Popen's keyword arguments)."""
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)

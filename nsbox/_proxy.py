@@ -35,7 +35,9 @@ import prctl
 
 from . import _linux
 from ._audit import AuditLog
+from ._egress import RateBucket, own_addresses
 from ._fds import close_all_but, close_fds, stdio_to_devnull
+from ._net import socket_in_namespace
 from ._netpolicy import Entry, IPAddress, Verdict, check_addresses, check_host, parse_allowlist
 from ._spec import PROXY_ADDRESS, NetworkPolicy
 
@@ -43,26 +45,9 @@ HEAD_LIMIT = 16 * 1024  #: bytes of a request head, its final empty line include
 MAX_HEADER_FIELDS = 100  #: header lines of a request (as Apache's LimitRequestFields)
 MAX_CONNECTIONS = 256
 CHUNK = 64 * 1024
-_CLONE_NEWNET = 0x40000000
 _HOP_HEADERS = {b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive"}
 _STATUS_TEXT = {403: "Forbidden", 429: "Too Many Requests", 400: "Bad Request", 502: "Bad Gateway",
                 504: "Gateway Timeout", 431: "Request Header Fields Too Large", 408: "Request Timeout"}  # fmt: skip
-
-
-def own_addresses() -> tuple[IPAddress, ...]:
-    """This host's addresses (read in its own network namespace, before forking)."""
-    found: list[IPAddress] = []
-    with contextlib.suppress(OSError), open("/proc/net/fib_trie", encoding="ascii") as fib:
-        last = None
-        for line in fib:  # "|-- 10.0.2.15" then, for an address of ours, "/32 host LOCAL"
-            text = line.strip()
-            if text.startswith("|-- "):
-                last = text[4:]
-            elif text == "/32 host LOCAL" and last is not None:
-                found.append(ipaddress.IPv4Address(last))
-    with contextlib.suppress(OSError), open("/proc/net/if_inet6", encoding="ascii") as inet6:
-        found += [ipaddress.IPv6Address(int(line.split()[0], 16)) for line in inet6]
-    return tuple(dict.fromkeys(found))
 
 
 def start(policy: NetworkPolicy, netns_fd: int, userns_fd: int | None, audit: AuditLog) -> tuple[int, int]:
@@ -115,10 +100,10 @@ def _main(
         stdio_to_devnull()
         keep = [fd for fd in (*ns_fds, uplink) if fd is not None]
         close_all_but(0, 1, 2, ready, *keep, *audit.fds())
-        listener = _listen_in_sandbox(*ns_fds)
+        listener = socket_in_namespace(*ns_fds, socket.SOCK_STREAM, PROXY_ADDRESS)
         close_fds([fd for fd in ns_fds if fd is not None])
         if uplink is not None:
-            _linux.setns(uplink, _CLONE_NEWNET)  # every connection out is made from there
+            _linux.setns(uplink, _linux.CLONE_NEWNET)  # every connection out is made from there
             os.close(uplink)
     except OSError as exc:
         os.write(ready, f"{getattr(exc, 'call', 'setup')}: {exc}".encode()[:500])
@@ -126,59 +111,6 @@ def _main(
     os.write(ready, b"ok")
     os.close(ready)
     Proxy(listener, policy, own, audit).serve()
-
-
-def _listen_in_sandbox(netns_fd: int, userns_fd: int | None) -> socket.socket:
-    """The listening socket, made in the sandbox's network namespace by a short-lived child
-    (so that this process never has to come back from there: rootless, it could not)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            ours.close()
-            if userns_fd is not None:
-                _linux.setns(userns_fd, _linux.CLONE_NEWUSER)
-            _linux.setns(netns_fd, _CLONE_NEWNET)
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            listener.bind(PROXY_ADDRESS)
-            listener.listen(128)
-            socket.send_fds(theirs, [b"l"], [listener.fileno()])
-            code = 0
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                theirs.send(f"{getattr(exc, 'call', 'listen')}: {exc}".encode()[:400])
-        finally:
-            os._exit(code)
-    theirs.close()
-    try:
-        data, fds, _, _ = socket.recv_fds(ours, 512, 1)
-    finally:
-        ours.close()
-        os.waitpid(pid, 0)
-    if data != b"l" or len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
-        raise OSError(errno.EIO, data.decode(errors="replace") or "the listener could not be made")
-    return socket.socket(fileno=fds[0])
-
-
-class _Bucket:
-    """New connections per second, with a burst of the same size."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = max(rate, 1.0)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class _Conn:
@@ -212,7 +144,7 @@ class Proxy:
         self.hosts = dict(policy.hosts)
         self.own = tuple(own)
         self.audit = audit
-        self.bucket = _Bucket(policy.rate)
+        self.bucket = RateBucket(policy.rate)
         self.bytes_used = 0
         self.selector = selectors.DefaultSelector()
         self.conns: set[_Conn] = set()

@@ -61,8 +61,8 @@ class SandboxSetup:
     _init_fd: int | None
     _sync: Channel | None
     _id_range_hold: socket.socket | None
-    _proxy_pid: int | None
-    _proxy_fd: int | None
+    _egress_pid: int | None
+    _egress_fd: int | None
     _root_hold: int | None
 
     def close(self) -> None:
@@ -88,6 +88,12 @@ class SandboxSetup:
 
             with _setup_stage("hold the root filesystem", "flock"):
                 self._root_hold = hold(self.spec.rootfs)
+        if self.spec.network.mode == "routed" and not self.plan.mapping.privileged:
+            raise SetupError(
+                "start the routed network",
+                detail="network 'routed' builds a veth pair and nftables rules outside the sandbox, which needs root",
+                remedy="run nsbox as root for --net routed, or use --net allow (the egress proxy) as an ordinary user",
+            )
         if self.plan.mapping.privileged:
             with _setup_stage("reserve a host id range", "bind"):
                 host_base, self._id_range_hold = _userns.allocate_host_range()
@@ -107,9 +113,10 @@ class SandboxSetup:
             # namespace (rootless through A: setns(2) wants CAP_SYS_ADMIN in the caller's
             # own user namespace too); join_from_parent enters A.
             mapping = self.plan.mapping
-            allow = self.spec.network.mode == "allow"
+            mode = self.spec.network.mode
+            allow = mode == "allow"
             with _setup_stage("open the sandbox's namespaces", "open"):
-                if allow:
+                if mode != "none":
                     ns_fds["net"] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 if mapping.mode == "subordinate" or (allow and not mapping.privileged):
                     ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
@@ -172,9 +179,14 @@ class SandboxSetup:
                 from . import _proxy  # only for sandboxes with a way out
 
                 with _setup_stage("start the egress proxy", "fork"):
-                    self._proxy_pid, self._proxy_fd = _proxy.start(
+                    self._egress_pid, self._egress_fd = _proxy.start(
                         self.spec.network, ns_fds["net"], ns_fds.get("user"), self.audit
                     )
+            elif self.spec.network.mode == "routed":
+                from ._routed import _router  # only for sandboxes with a routed interface
+
+                with _setup_stage("start the router", "fork"):
+                    self._egress_pid, self._egress_fd = _router.start(self.spec.network, ns_fds["net"], self.audit)
             if mapping.mode == "subordinate":
                 with _setup_stage("join the sandbox's user namespace", "setns"):
                     _userns.join_from_parent(ns_fds["user"])

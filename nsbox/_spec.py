@@ -237,15 +237,24 @@ class Seccomp:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
+#: The network modes: loopback only; the egress proxy; a routed interface (``NetworkPolicy``).
+MODES = ("none", "allow", "routed")
+
+
 @dataclass(frozen=True)
 class NetworkPolicy:
     """The sandbox's way out. ``none`` (the default): loopback only. ``allow``: still only
     loopback inside, plus an HTTP proxy (CONNECT and plain HTTP) at PROXY_ADDRESS that the
     supervisor owns: it lets through connections to ``allowed_hosts`` only (see
     ``_netpolicy``), with ``timeout`` (connect and idle seconds), ``rate`` (new connections per
-    second) and ``max_bytes`` (both ways, for the sandbox's life). ``hosts`` maps names to
-    addresses before DNS (as ``--add-host``); ``uplink`` is a network namespace (a path such as
-    /run/netns/NAME) in which the proxy connects out, instead of the supervisor's own."""
+    second) and ``max_bytes`` (both ways, for the sandbox's life). ``routed`` (root only): a
+    real interface, ``eth0``, whose traffic the kernel filters outside the sandbox to the
+    same allowlist, for any TCP or UDP program (``_routed``); its DNS, answered by nsbox at
+    the sandbox's 127.0.0.1:53, resolves allowed names only, through ``resolver`` ("IP" or
+    "IP:PORT"; default: this host's first IPv4 nameserver); ``rate`` and ``max_bytes`` hold
+    there too. ``hosts`` maps names to addresses before DNS (as ``--add-host``); ``uplink`` is
+    a network namespace (a path such as /run/netns/NAME) in which the proxy connects out, or
+    the routed sandbox's veth ends, instead of the supervisor's own."""
 
     mode: str = "none"
     allowed_hosts: tuple[str, ...] = ()
@@ -254,10 +263,11 @@ class NetworkPolicy:
     max_bytes: int | None = None
     hosts: tuple[tuple[str, str], ...] = ()
     uplink: str | None = None
+    resolver: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("none", "allow"):
-            raise SpecError(option_name("network"), f"{self.mode!r} is not 'none' or 'allow'")
+        if self.mode not in MODES:
+            raise SpecError(option_name("network"), f"{self.mode!r} is not 'none', 'allow' or 'routed'")
         hosts: Any = self.allowed_hosts  # checked: it may be anything a caller passed
         if isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts):
             raise SpecError(option_name("allowed_hosts"), f"{hosts!r} is not a list of hosts")
@@ -267,7 +277,15 @@ class NetworkPolicy:
             hosts = tuple(e.text for e in parse_allowlist(hosts))
         object.__setattr__(self, "allowed_hosts", tuple(hosts))
         if self.mode == "none" and self.allowed_hosts:
-            raise SpecError((option_name("network"), option_name("allowed_hosts")), "hosts need network 'allow'")
+            raise SpecError(
+                (option_name("network"), option_name("allowed_hosts")), "hosts need network 'allow' or 'routed'"
+            )
+        if self.mode == "routed":
+            self._check_routed()
+        elif self.resolver is not None:
+            raise SpecError(
+                (option_name("network"), option_name("network.resolver")), "a resolver needs network 'routed'"
+            )
         timeout = parse_timeout(self.timeout, "network.timeout")
         if timeout is None:
             raise SpecError(option_name("network.timeout"), "a network timeout is required")
@@ -290,15 +308,38 @@ class NetworkPolicy:
         if self.uplink is not None and not is_net_namespace(str(self.uplink)):
             raise SpecError(option_name("network.uplink"), f"{self.uplink!r} is not a network namespace file")
 
+    def _check_routed(self) -> None:
+        """What the kernel's filter cannot hold is refused here, not widened: it sees IPv4
+        addresses and ports, so an IPv6 entry or a network with a port has no rule."""
+        from ._netpolicy import parse_allowlist
+
+        for entry in parse_allowlist(self.allowed_hosts):
+            if entry.network is not None and entry.network.version == 6:
+                raise SpecError(option_name("allowed_hosts"), f"{entry.text!r}: network 'routed' is IPv4 only")
+            if entry.network is not None and entry.network.num_addresses > 1 and entry.port is not None:
+                raise SpecError(
+                    option_name("allowed_hosts"),
+                    f"{entry.text!r}: network 'routed' takes a port on a host or one IP, not on a network",
+                )
+        if self.resolver is not None:
+            text = str(self.resolver)
+            host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+            try:
+                ipaddress.IPv4Address(host)
+                if port and not 0 < int(port) < 65536:
+                    raise ValueError(port)
+            except ValueError:
+                raise SpecError(option_name("network.resolver"), f"{text!r} is not IPv4[:PORT]") from None
+
     @classmethod
     def parse(cls, value: NetworkPolicy | Mapping[str, Any] | str | None) -> NetworkPolicy:
         if isinstance(value, NetworkPolicy):
             return value
-        if value is None or value in ("none", "allow"):
+        if value is None or value in MODES:
             return cls(mode=value or "none")
         if isinstance(value, Mapping):
             return cls(**_known(cls, value, "network"))
-        raise SpecError(option_name("network"), f"{value!r} is not 'none', 'allow' or a NetworkPolicy")
+        raise SpecError(option_name("network"), f"{value!r} is not 'none', 'allow', 'routed' or a NetworkPolicy")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -63,6 +63,7 @@ from ._watch import Watch
 
 #: How long the intermediate gets to reap init and exit before it is killed too.
 TEARDOWN_TIMEOUT = 5.0
+EGRESS_TERM_TIMEOUT = 3.0  #: seconds the router has, at close, for its last audit events
 #: How long init gets to take a request (it always reads; stopping PID 1 from inside the
 #: namespace is impossible): a supervisor never waits longer on the sandbox's side.
 INIT_SEND_TIMEOUT = 5.0
@@ -125,8 +126,9 @@ class Supervisor(SandboxSetup):
         self._id_range_hold: socket.socket | None = None
         self.kernel = new_kernel(limits.output_limit)
         self._warm: Guest | None = None  #: run_code's (``warm``), made on first use
-        self._proxy_pid: int | None = None
-        self._proxy_fd: int | None = None  #: a pidfd of the egress proxy (network "allow")
+        self._egress_pid: int | None = None
+        #: a pidfd of the egress proxy (network "allow") or the router (network "routed")
+        self._egress_fd: int | None = None
         self._root_hold: int | None = None  #: a shared flock on a stored root (--rootfs NAME)
         self.workspace: Workspace | None = None
         self.alive = False
@@ -362,9 +364,7 @@ class Supervisor(SandboxSetup):
 
         Init is killed, not the intermediate: the intermediate then reaps init and
         exits, and we reap it, so no zombie is left to the host's init to collect."""
-        if self.alive:
-            self.audit.closed()
-        self.alive = False
+        was_alive, self.alive = self.alive, False
         if self._init_fd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
@@ -381,15 +381,22 @@ class Supervisor(SandboxSetup):
             if fd is not None:
                 os.close(fd)
         self._init_fd = self.intermediate_fd = None
-        if self._proxy_fd is not None:  # its socket in the sandbox's namespace keeps that alive
+        if self._egress_fd is not None:  # its socket in the sandbox's namespace keeps that alive
+            # SIGTERM first: the router writes its per-destination audit events and removes its
+            # veth (the proxy just ends); whatever does not end in time is killed.
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._proxy_fd, signal.SIGKILL)
-            os.close(self._proxy_fd)
-            self._proxy_fd = None
-        if self._proxy_pid is not None:
+                signal.pidfd_send_signal(self._egress_fd, signal.SIGTERM)
+            if not readable(self._egress_fd, timeout=EGRESS_TERM_TIMEOUT):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self._egress_fd, signal.SIGKILL)
+            os.close(self._egress_fd)
+            self._egress_fd = None
+        if self._egress_pid is not None:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._proxy_pid, 0)
-            self._proxy_pid = None
+                os.waitpid(self._egress_pid, 0)
+            self._egress_pid = None
+        if was_alive:  # after the router's last network events
+            self.audit.closed()
         for guest in (self.kernel, self._warm):
             if guest is None:
                 continue

@@ -43,6 +43,7 @@ CLI_FLAGS = {
     "network.max_bytes": "--net-bytes",
     "network.hosts": "--add-host",
     "network.uplink": "--net-uplink",
+    "network.resolver": "--net-resolver",
     "command": "COMMAND",
 }
 

@@ -72,7 +72,7 @@ SERVERS = [
 ]
 
 SERVER_PROGRAM = r"""
-import http.server, json, socket, sys, threading, time
+import http.server, json, socket, socketserver, sys, threading, time
 log = open(sys.argv[1], "a", buffering=1)
 servers = json.loads(sys.argv[2])
 slow_seconds, big_bytes = float(sys.argv[3]), int(sys.argv[4])
@@ -85,6 +85,9 @@ def note(text):
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    def server_bind(self):  # without HTTPServer's getfqdn: no DNS query leaves for a name
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "test", self.server_address[1]
     def verify_request(self, request, client_address):
         note(f"accept {self.server_address[0]}:{self.server_address[1]}")
         return True
@@ -123,9 +126,52 @@ def banner(listener, ip, port, body):
         note(f"accept {ip}:{port}")
         threading.Thread(target=talk, args=(conn,), daemon=True).start()
 
+def udp_echo(sock, ip, port):
+    while True:
+        data, peer = sock.recvfrom(2048)
+        note(f"request {ip}:{port} udp")
+        sock.sendto(data, peer)
+
+def dns(sock, ip, port, names):
+    # RFC 1035, written apart from nsbox's own codec: one question, A records only
+    while True:
+        data, peer = sock.recvfrom(2048)
+        try:
+            end, labels = 12, []
+            while data[end]:
+                labels.append(data[end + 1 : end + 1 + data[end]].decode().lower())
+                end += 1 + data[end]
+            question = data[12 : end + 5]
+            qtype = int.from_bytes(data[end + 1 : end + 3], "big")
+        except (IndexError, UnicodeDecodeError):
+            continue
+        name = ".".join(labels)
+        note(f"dns {name} {qtype}")
+        found = names.get(name)
+        head = data[:2] + (0x8180 | (0 if found else 3)).to_bytes(2, "big") + b"\x00\x01"
+        if found and qtype == 1:
+            address, ttl = found
+            record = b"\xc0\x0c\x00\x01\x00\x01" + ttl.to_bytes(4, "big") + b"\x00\x04" + socket.inet_aton(address)
+            sock.sendto(head + b"\x00\x01\x00\x00\x00\x00" + question + record, peer)
+        else:
+            sock.sendto(head + b"\x00\x00\x00\x00\x00\x00" + question, peer)
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        note(f"request {self.server.server_address[0]}:{self.server.server_address[1]} {self.path}")
+
 black = "none"
 for ip, port, kind, body in servers:
-    if kind == "banner":
+    if kind in ("udpecho", "dns"):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((ip, port))
+        args = (sock, ip, port) + ((json.loads(body),) if kind == "dns" else ())
+        threading.Thread(target=udp_echo if kind == "udpecho" else dns, args=args, daemon=True).start()
+    elif kind == "files":
+        handler = lambda *a, directory=body: Files(*a, directory=directory)
+        server = Server((ip, port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    elif kind == "banner":
         listener = socket.create_server((ip, port))
         threading.Thread(target=banner, args=(listener, ip, port, body.encode()), daemon=True).start()
     elif kind == "blackhole":
@@ -185,6 +231,7 @@ class World:
     blackhole: str  #: "black" when the black hole really swallows connects
     server_pid: int  #: the one process that belongs in the namespace
     hosts: dict[str, str] = field(default_factory=dict)  #: NetworkPolicy.hosts for every sandbox
+    resolver: str | None = None  #: the world's DNS server (routed_world)
 
     @property
     def path(self) -> str:
@@ -208,26 +255,42 @@ class World:
         return [line.removeprefix("request ") for line in self.lines() if line.startswith("request ")]
 
 
-@contextmanager
-def network_world(tmp: Path) -> Iterator[World]:
-    name = f"nsbox-uplink-{secrets.token_hex(4)}"
-    log = tmp / "requests.log"
-    log.write_text("")
-    errors = (tmp / "server.err").open("wb")
+#: The routed world's DNS (``routed_world``): name -> (address, TTL in seconds).
+ROUTED_NAMES = {
+    "api.test": ("198.51.100.10", 300),
+    "short.test": ("198.51.100.11", 2),
+    "denied.test": ("198.51.100.20", 300),
+    "private.test": ("10.0.0.5", 300),
+    "meta.test": ("169.254.169.254", 300),
+    "big.test": ("198.51.100.40", 300),
+}
+RESOLVER = "198.51.100.53"
+UPLINK_SIDE, HOSTS_SIDE = "198.18.0.1", "198.18.0.2"  #: the routed world's inner link (a blocked range)
+UDP_ECHO_PORT = 7
+GIT_PORT = 8000
+
+
+def _own_and_neighbour() -> tuple[str, str | None]:
+    """An address of this host (first global IPv4 of our namespace) and one next to it that
+    is neither ours nor blocked (None if its /30 has none)."""
     own_interfaces = global_ipv4_addresses()  # in our namespace: where supervisors and proxies start
     assert own_interfaces, "premise: this host has a global IPv4 address"
     own_set = {str(i.ip) for i in own_interfaces}
     own = str(own_interfaces[0].ip)
-    neighbour = None
     for candidate in ipaddress.ip_network(f"{own}/30", strict=False).hosts():
         if str(candidate) not in own_set and not any(candidate in n for n in CONTRACT_BLOCKED):
-            neighbour = str(candidate)
-            break
-    servers = [*SERVERS, (own, 80, "http", "own")]
-    if neighbour is not None:
-        servers.append((neighbour, 80, "http", "neighbour"))
+            return own, str(candidate)
+    return own, None
+
+
+@contextmanager
+def _servers(namespace: NetNamespace, tmp: Path, servers: list[tuple[str, int, str, str]]) -> Iterator[tuple[int, str]]:
+    """The one server process, inside ``namespace`` with every server address on its lo:
+    its pid and what the black hole probe found. Killed on the way out."""
+    log = tmp / "requests.log"
+    log.write_text("")
     server: subprocess.Popen[bytes] | None = None
-    with NetNamespace(name) as namespace:
+    with (tmp / "server.err").open("wb") as errors:
         try:
             namespace.add_local_addresses(a for a, _, _, _ in servers)
             argv = [sys.executable, "-c", SERVER_PROGRAM, str(log), json.dumps(servers)]
@@ -235,10 +298,71 @@ def network_world(tmp: Path) -> Iterator[World]:
             assert server.stdout is not None
             ready = server.stdout.readline().split()
             assert ready[:1] == [b"ready"], (ready, (tmp / "server.err").read_text())
-            hosts = {**BASE_HOSTS, **EXTRA_HOSTS, "self.test": own}
-            yield World(name, log, own, neighbour, ready[1].decode(), server.pid, hosts)
+            yield server.pid, ready[1].decode()
         finally:
             if server is not None:
                 server.kill()
                 server.wait()
-            errors.close()
+
+
+def _git_repository(tmp: Path) -> Path:
+    """A bare repository with one commit, ready for git's dumb HTTP protocol: served as files."""
+    work, served = tmp / "git-work", tmp / "git-served"
+    served.mkdir()
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@test", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@test", "HOME": str(tmp), "PATH": "/usr/bin:/bin"}  # fmt: skip
+    for argv in (
+        ["git", "init", "-q", "-b", "main", str(work)],
+        ["git", "-C", str(work), "commit", "-q", "--allow-empty", "-m", "routed"],
+        ["git", "clone", "-q", "--bare", str(work), str(served / "repo.git")],
+        ["git", "-C", str(served / "repo.git"), "update-server-info"],
+    ):
+        subprocess.run(argv, check=True, env=env, capture_output=True)
+    served.chmod(0o755)
+    for path in served.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return served
+
+
+@contextmanager
+def routed_world(tmp: Path) -> Iterator[World]:
+    """For ``--net routed``: an uplink namespace (``World.path``, where sandboxes' veths end)
+    that forwards, through a veth of its own, into a second namespace holding the test
+    hosts (as ``network_world``), a UDP echo on api.test:7, git's files on api.test:8000 and
+    a DNS server (``RESOLVER``) answering ``ROUTED_NAMES`` with their TTLs. Both namespaces
+    are removed on the way out."""
+    token = secrets.token_hex(4)
+    own, neighbour = _own_and_neighbour()
+    api = ROUTED_NAMES["api.test"][0]
+    servers = [
+        *SERVERS,
+        (own, 80, "http", "own"),
+        (ROUTED_NAMES["short.test"][0], 80, "http", "short"),
+        (api, UDP_ECHO_PORT, "udpecho", ""),
+        (api, GIT_PORT, "files", str(_git_repository(tmp))),
+        (RESOLVER, 53, "dns", json.dumps(ROUTED_NAMES)),
+    ]
+    if neighbour is not None:
+        servers.append((neighbour, 80, "http", "neighbour"))
+    with NetNamespace(f"nsbox-uplink-{token}") as uplink, NetNamespace(f"nsbox-hosts-{token}") as hosts:
+        assert not {own, neighbour} & {UPLINK_SIDE, HOSTS_SIDE}, "premise: the world's link is none of this host's"
+        uplink.link_to(hosts, "world0", f"{UPLINK_SIDE}/30", f"{HOSTS_SIDE}/30")
+        uplink.sysctl("net.ipv4.ip_forward", "1")
+        uplink.default_route(HOSTS_SIDE)
+        hosts.default_route(UPLINK_SIDE)
+        with _servers(hosts, tmp, servers) as (pid, black):
+            yield World(uplink.name, tmp / "requests.log", own, neighbour, black, pid, resolver=RESOLVER)
+
+
+@contextmanager
+def network_world(tmp: Path) -> Iterator[World]:
+    own, neighbour = _own_and_neighbour()
+    servers = [*SERVERS, (own, 80, "http", "own")]
+    if neighbour is not None:
+        servers.append((neighbour, 80, "http", "neighbour"))
+    with (
+        NetNamespace(f"nsbox-uplink-{secrets.token_hex(4)}") as namespace,
+        _servers(namespace, tmp, servers) as (pid, black),
+    ):
+        hosts = {**BASE_HOSTS, **EXTRA_HOSTS, "self.test": own}
+        yield World(namespace.name, tmp / "requests.log", own, neighbour, black, pid, hosts)
