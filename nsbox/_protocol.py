@@ -363,9 +363,12 @@ class ProgramDone(Message):
 # --- front-end <-> spawner -----------------------------------------------------------------
 @record
 class Spawn(Message):
-    """Fork a supervisor; the session socket's far end rides along."""
+    """Fork a supervisor; the session socket's far end rides along. ``routed``: its sandbox
+    has a routed network, whose router needs pyroute2 (~180 ms to import): the spawner
+    imports it once, before this fork, so that only the first such sandbox waits for it."""
 
     TYPE: ClassVar[str] = "spawn"
+    routed: bool = False
 
 
 @record

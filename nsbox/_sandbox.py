@@ -96,7 +96,8 @@ class _RemoteBackend:
     def start(self) -> None:
         from ._spawner import Spawner  # imported on first use: the CLI never needs it
 
-        sock, self.supervisor_pid, self.supervisor_fd = Spawner.get().spawn()
+        routed = self.spec.network.mode == "routed"
+        sock, self.supervisor_pid, self.supervisor_fd = Spawner.get().spawn(routed)
         self.channel = Channel(sock, MAX_FRAME_SESSION)
         self.channel.send(Open(self.spec.to_dict()))
         self._opening = self._receive(Ready, Failed)

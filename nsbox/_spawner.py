@@ -87,10 +87,14 @@ def _preload() -> None:
     gc.freeze()
 
 
-def _spawn(channel: Channel, _: Spawn, fds: list[int], own_fds: tuple[int, int]) -> None:
+def _spawn(channel: Channel, request: Spawn, fds: list[int], own_fds: tuple[int, int]) -> None:
     if len(fds) != 1:
         close_fds(fds)
         return
+    if request.routed:
+        from ._routed._router import preload
+
+        preload()
     pid = os.fork()
     if pid == 0:
         signal.set_wakeup_fd(-1)
@@ -155,12 +159,13 @@ class Spawner:
                 cls._instance = current = cls()
             return current
 
-    def spawn(self) -> tuple[socket.socket, int, int]:
-        """A new supervisor: (our end of its session socket, its pid, a pidfd of it)."""
+    def spawn(self, routed: bool = False) -> tuple[socket.socket, int, int]:
+        """A new supervisor: (our end of its session socket, its pid, a pidfd of it);
+        ``routed``: for a sandbox with a routed network (``Spawn``)."""
         ours, theirs = socketpair()
         try:
             with self._lock:
-                self.channel.send(Spawn(), [theirs.fileno()])
+                self.channel.send(Spawn(routed=routed), [theirs.fileno()])
                 spawned, fds = self.channel.recv(Spawned, timeout=SPAWN_TIMEOUT)
             if len(fds) != 1:
                 close_fds(fds)

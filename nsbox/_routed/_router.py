@@ -73,6 +73,13 @@ class _Refused(Exception):
     remedy: str
 
 
+def preload() -> None:
+    """Import what the router imports late (pyroute2, ~180 ms), in a process that will fork
+    routers: the spawner, on its first routed sandbox."""
+    import pyroute2
+    import pyroute2.netlink.exceptions  # noqa: F401
+
+
 def system_resolver() -> tuple[str, int] | None:
     """The first IPv4 nameserver of this host's /etc/resolv.conf."""
     with contextlib.suppress(OSError), open("/etc/resolv.conf", encoding="utf-8") as conf:
