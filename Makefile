@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_serve.py --json bench-serve.json
 	$(PY) scripts/bench_mcp.py --json bench-mcp.json
 	$(PY) scripts/bench_ray.py --json bench-ray.json
+	$(PY) scripts/bench_network.py --json bench-network.json
 
 deps:
 	scripts/install-deps.sh

@@ -1,6 +1,8 @@
-"""The network namespace. With the default policy it holds only ``lo``, brought up here.
+"""The network namespace. With the default policy it holds only ``lo``, brought up here;
+``socket_in_namespace`` makes the sockets that the egress proxy and the routed mode's
+resolver serve the sandbox from (bound inside it, owned by a process outside).
 
-Bringing one interface up is a single ioctl (netdevice(7)); pyroute2 costs ~200 ms to
+Bringing one interface up is a single ioctl (netdevice(7)); pyroute2 costs ~180 ms to
 import, so it is loaded only by the network policies that build veth pairs.
 """
 

@@ -1,11 +1,12 @@
-"""Network namespaces and their addresses, by netlink (pyroute2), never by ``ip`` commands.
+"""Network namespaces and their links, by netlink (pyroute2), never by ``ip`` commands.
 
 What nsbox builds in network namespaces other than a sandbox's own, where the sandbox
-cannot reach: today the tests' stand-in internet (a namespace whose loopback holds the test
-hosts' addresses, servers started inside it, sandboxes connecting out from it as their
-``NetworkPolicy.uplink``); the routed network mode (issue 24) builds its veth pairs here.
+cannot reach: the tests' and the benchmark's stand-in internet (a namespace whose loopback
+holds the test hosts' addresses, servers started inside it, sandboxes connecting out from
+it as their ``NetworkPolicy.uplink``; for routed mode an uplink forwarding into it through a
+veth pair). Routed mode's own veth pairs are built by its router (``_routed._router``).
 
-pyroute2 costs ~200 ms to import, so nothing on a sandbox's path imports this module; the
+pyroute2 costs ~180 ms to import, so nothing on a sandbox's path imports this module; the
 one-interface step a sandbox needs (``lo`` up) is an ioctl in ``_net``.
 """
 

@@ -7,9 +7,10 @@ attribute shared by every message. The nfnetlink format is small (netlink(7), th
 ``NFTA_*`` attributes of linux/netfilter/nf_tables.h), so it is written out here: TLV
 attributes, one transaction per ``Batch``, every message acknowledged.
 
-A sandbox's table is created with ``NFT_TABLE_F_OWNER``: the kernel removes it, with every
-chain, set and rule in it, when the netlink socket that made it is closed, so a router that
-dies for any reason leaves no table behind.
+Where the kernel has it (6.9), a sandbox's table is owned by its router's socket
+(``NFT_TABLE_F_OWNER``: no other process can change or flush it, not even ``nft flush
+ruleset``) and persistent (``NFT_TABLE_F_PERSIST``): a router that dies leaves its table in
+place, so the sandbox's traffic stays filtered (fail closed) until the table is deleted.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from dataclasses import dataclass
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11
-NEWTABLE, GETTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM, GETSETELEM = 0, 1, 3, 6, 9, 12, 13
+NEWTABLE, GETTABLE, DELTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM, GETSETELEM = 0, 1, 2, 3, 6, 9, 12, 13
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE, _F_APPEND, _F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 _NESTED = 0x8000
 NFPROTO_INET, NFPROTO_IPV4 = 1, 2
-TABLE_F_OWNER = 0x2  #: the table goes when the socket that made it closes
+TABLE_F_OWNER = 0x2  #: only the socket that made the table may change it
+TABLE_F_PERSIST = 0x4  #: an owned table stays when its owner's socket closes (Linux 6.9)
 
 # hooks (NF_INET_*) and chain types
 HOOK_INPUT, HOOK_FORWARD, HOOK_POSTROUTING = 1, 2, 4
@@ -221,8 +223,11 @@ class Nft:
     def add(self, kind: int, attrs: bytes, flags: int = _F_CREATE | _F_APPEND, family: int = NFPROTO_INET) -> None:
         self._pending.append((kind, flags, struct.pack("=BBH", family, 0, 0) + attrs))
 
-    def table(self, name: str, flags: int = TABLE_F_OWNER) -> None:
+    def table(self, name: str, flags: int = 0) -> None:
         self.add(NEWTABLE, text(1, name) + be32(2, flags), _F_CREATE | _F_EXCL)
+
+    def delete_table(self, name: str) -> None:
+        self.add(DELTABLE, text(1, name), 0)
 
     def chain(self, table: str, name: str, hook: int | None = None, priority: int = 0, kind: str = "filter") -> None:
         attrs = text(1, table) + text(3, name)
@@ -233,10 +238,16 @@ class Nft:
     def rule(self, table: str, chain: str, expressions: Sequence[bytes]) -> None:
         self.add(NEWRULE, text(1, table) + text(2, chain) + nest(4, *expressions))
 
-    def set(self, table: str, name: str, key_type: int, key_len: int, flags: int = 0, counted: bool = False) -> None:
+    def set(
+        self, table: str, name: str, key_type: int, key_len: int, flags: int = 0, size: int = 0, counted: bool = False
+    ) -> None:
+        """A set; ``size``: at most that many elements (the kernel refuses more, and a dynset
+        update that cannot add one does not match: rules must fail closed on it)."""
         self._seq += 1  # a set id, unique within the batch
         attrs = text(1, table) + text(2, name) + be32(3, flags) + be32(4, key_type) + be32(5, key_len)
         attrs += be32(10, self._seq)
+        if size:
+            attrs += nest(9, be32(1, size))  # NFTA_SET_DESC: NFTA_SET_DESC_SIZE
         if counted:
             attrs += nest(17, text(1, "counter"), nest(2))  # NFTA_SET_EXPR: a counter per element
         self.add(NEWSET, attrs)

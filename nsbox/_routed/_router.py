@@ -31,6 +31,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import prctl
 
@@ -56,6 +57,7 @@ from ._addresses import (
 )
 
 INNER_NAME = "eth0"
+MAX_ELEMENTS = 65536  #: per set: addresses allowed by DNS, destinations counted
 HOSTS_TTL = 60  #: seconds an answer from NetworkPolicy.hosts is good for
 MAX_TTL = 86400  #: longest an answer keeps its addresses reachable
 RESOLVER_ADDRESS = ("127.0.0.1", 53)  #: where the sandbox's DNS queries go: glibc's default, no resolv.conf needed
@@ -148,7 +150,7 @@ def _main(
 ) -> None:
     router = None
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)
+        prctl.set_pdeathsig(signal.SIGTERM)  # the supervisor gone: end as at close, the table deleted
         prctl.set_name("nsbox-router")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the CLI's to handle
         stdio_to_devnull()
@@ -162,13 +164,13 @@ def _main(
     except _Refused as refusal:
         os.write(ready, json.dumps(refusal.__dict__).encode()[:4000])
         if router is not None:
-            router.remove_link()
+            router.teardown()
         return
     except Exception as exc:  # any failure is reported to the supervisor, whole
         stage = getattr(exc, "call", None) or "set up the routed network"
         os.write(ready, json.dumps({"stage": stage, "detail": f"{type(exc).__name__}: {exc}"}).encode()[:4000])
         if router is not None:
-            router.remove_link()
+            router.teardown()
         return
     os.write(ready, b"ok")
     os.close(ready)
@@ -210,15 +212,16 @@ class Router:
                     self.own.add(address)
             self.slot = self._claim(ipr, netns_fd)
             outer = outer_name(self.slot)
+            self.table = table_name(self.slot)
+            self.nft = _nft.Nft()
+            _sweep_orphans(self.nft, ipr)
+            self.install(self.nft, outer)  # the filter in place before either end is up
             index = ipr.link_lookup(ifname=outer)[0]
             _write_sysctl(f"/proc/sys/net/ipv6/conf/{outer}/disable_ipv6", "1")
             ipr.addr("add", index=index, address=str(GATEWAY), prefixlen=32)
             ipr.link("set", index=index, state="up")
             ipr.route("add", dst=f"{sandbox_address(self.slot)}/32", oif=index, scope=253)  # RT_SCOPE_LINK
         _in_namespace(netns_fd, lambda: _configure_inner(sandbox_address(self.slot or 0)))
-        self.table = table_name(self.slot)
-        self.nft = _nft.Nft()
-        self.install(self.nft, outer)
         self.dns = socket_in_namespace(netns_fd, None, socket.SOCK_DGRAM, RESOLVER_ADDRESS)
         self.dns.setblocking(False)
 
@@ -242,22 +245,32 @@ class Router:
     def install(self, nft: _nft.Nft, outer: str) -> None:
         t = self.table
         exact, pairs, networks = listed_addresses(self.entries)
-        nft.table(t)
+        nft.table(t, _nft.TABLE_F_OWNER | _nft.TABLE_F_PERSIST)
+        try:
+            nft.commit()
+        except _nft.NftError as exc:  # before Linux 6.9: no persistent owned tables
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            nft.table(t)  # unowned: still deleted by finish(), or swept once its veth is gone
+            nft.commit()
         nft.chain(t, "forward", _nft.HOOK_FORWARD)
         nft.chain(t, "input", _nft.HOOK_INPUT)
         nft.chain(t, "postrouting", _nft.HOOK_POSTROUTING, 100, "nat")
-        for chain in ("egress", "ingress", "destination", "volume"):
+        for chain in ("egress", "ingress", "destination", "volume", "refuse"):
             nft.chain(t, chain)
         nft.set(t, "listed", _nft.TYPE_IPADDR, 4)
-        nft.set(t, "ports", _PAIR_TYPE, 8, _nft.SET_TIMEOUT)  # address . port
+        nft.set(t, "ports", _PAIR_TYPE, 8, _nft.SET_TIMEOUT, MAX_ELEMENTS)  # address . port
         nft.set(t, "networks", _nft.TYPE_IPADDR, 4, _nft.SET_INTERVAL)
         nft.set(t, "blocked", _nft.TYPE_IPADDR, 4, _nft.SET_INTERVAL)
-        nft.set(t, "resolved", _nft.TYPE_IPADDR, 4, _nft.SET_TIMEOUT)
+        nft.set(t, "resolved", _nft.TYPE_IPADDR, 4, _nft.SET_TIMEOUT, MAX_ELEMENTS)
         nft.set(t, "sensitive", _nft.TYPE_INET_SERVICE, 2)
-        nft.set(t, "sent", _nft.TYPE_IPADDR, 4, _nft.SET_EVAL, counted=True)
-        nft.set(t, "received", _nft.TYPE_IPADDR, 4, _nft.SET_EVAL, counted=True)
-        nft.set(t, "dropped", _PAIR_TYPE, 8, _nft.SET_EVAL, counted=True)
+        # per-destination counters for the audit log; a full one (a scan) only stops counting:
+        # an update that cannot add breaks its rule, so no verdict rides on one
+        nft.set(t, "sent", _nft.TYPE_IPADDR, 4, _nft.SET_EVAL, MAX_ELEMENTS, counted=True)
+        nft.set(t, "received", _nft.TYPE_IPADDR, 4, _nft.SET_EVAL, MAX_ELEMENTS, counted=True)
+        nft.set(t, "dropped", _PAIR_TYPE, 8, _nft.SET_EVAL, MAX_ELEMENTS, counted=True)
         volume = [_nft.verdict(_nft.JUMP, "volume")] if self.policy.max_bytes is not None else []
+        refuse = _nft.verdict(_nft.JUMP, "refuse")
         accept = [_nft.daddr(), _nft.update("sent"), _nft.verdict(_nft.ACCEPT)]
         nft.rule(t, "forward", [*_nft.iifname_is(outer), _nft.verdict(_nft.JUMP, "egress")])
         nft.rule(t, "forward", [*_nft.oifname_is(outer), _nft.verdict(_nft.JUMP, "ingress")])
@@ -267,10 +280,10 @@ class Router:
             nft.rule(t, "egress", volume)
         established = _nft.ct_state_in(_nft.CT_ESTABLISHED | _nft.CT_RELATED)
         nft.rule(t, "egress", [*established, *accept])
-        nft.rule(t, "egress", [_nft.limit_over(self.policy.rate), *_drop_counted()])
+        nft.rule(t, "egress", [_nft.limit_over(self.policy.rate), refuse])
         for proto in (_TCP, _UDP):
             nft.rule(t, "egress", [*_nft.l4proto_is(proto), _nft.verdict(_nft.JUMP, "destination")])
-        nft.rule(t, "egress", _drop_counted())
+        nft.rule(t, "egress", [refuse])
         # where a new connection may go (a return here is a drop, in egress)
         pair = _nft.daddr_dport()
         nft.rule(t, "destination", [*pair, _nft.lookup("ports", _nft.REG32_00), *accept])
@@ -291,7 +304,10 @@ class Router:
         if self.policy.max_bytes is not None:
             nft.rule(t, "volume", [_nft.quota_over(self.policy.max_bytes), _nft.counter(), _nft.verdict(_nft.DROP)])
         # to the uplink itself: nothing (the sandbox's resolver is a socket in its own namespace)
-        nft.rule(t, "input", [*_nft.iifname_is(outer), *_drop_counted()])
+        nft.rule(t, "input", [*_nft.iifname_is(outer), refuse])
+        # every refusal: counted per destination (while the set has room), then dropped whatever
+        nft.rule(t, "refuse", [*_nft.daddr_dport(), _nft.update("dropped", _nft.REG32_00)])
+        nft.rule(t, "refuse", [_nft.counter(), _nft.verdict(_nft.DROP)])
         address = sandbox_address(self.slot or 0)
         nft.rule(
             t, "postrouting", [*_nft.saddr_is(address.packed), *_nft.oifname_is(outer, _nft.NEQ), _nft.masquerade()]
@@ -327,7 +343,11 @@ class Router:
                     packet, peer = self.dns.recvfrom(_dns.MAX_UDP)
                     if not self.queries.take():
                         continue  # over DNS_RATE: dropped, as a busy resolver would
-                    reply = self.answer(packet)
+                    try:
+                        reply = self.answer(packet)
+                    except OSError as exc:  # the table refused (a full set): this answer fails, not the router
+                        self._log("?", "refused", f"the filter could not take the answer: {exc}")
+                        reply = _dns.error(packet, _dns.SERVFAIL)
                     if reply is not None:
                         with contextlib.suppress(OSError):
                             self.dns.sendto(reply, peer)
@@ -422,10 +442,16 @@ class Router:
                         kind="flow", address=str(address), port=port, verdict="dropped",
                         packets_out=element.packets, bytes_out=element.bytes,
                     )  # fmt: skip
-            self.nft.close()
-        self.remove_link()
+        self.teardown()
 
-    def remove_link(self) -> None:
+    def teardown(self) -> None:
+        """The table deleted, then the veth (the order the orphan sweep relies on)."""
+        if self.nft is not None:
+            with contextlib.suppress(OSError):
+                self.nft.delete_table(self.table)
+                self.nft.commit()
+            self.nft.close()
+            self.nft = None
         if self.slot is None:
             return
         from pyroute2 import IPRoute
@@ -443,10 +469,6 @@ def _pair_key(address: ipaddress.IPv4Address, port: int) -> bytes:
     return address.packed + struct.pack(">H", port) + b"\0\0"  # the port in a 4-byte register
 
 
-def _drop_counted() -> list[bytes]:
-    return [*_nft.daddr_dport(), _nft.update("dropped", _nft.REG32_00), _nft.verdict(_nft.DROP)]
-
-
 def _interval_elements(intervals: Iterable[tuple[int, int]]) -> list[tuple[bytes, int | None, int]]:
     """[start, end) intervals as nftables writes them: a start, then an end element."""
     keys: list[tuple[bytes, int | None, int]] = []
@@ -458,6 +480,20 @@ def _interval_elements(intervals: Iterable[tuple[int, int]]) -> list[tuple[bytes
         if end < 1 << 32:
             keys.append((struct.pack(">I", end), None, _nft.SET_ELEM_INTERVAL_END))
     return keys
+
+
+def _sweep_orphans(nft: _nft.Nft, ipr: Any) -> None:
+    """Delete the tables of routers that ended without deleting theirs (killed): those whose
+    veth is gone, i.e. whose sandbox is. The links are listed after the tables: a router
+    makes its veth before its table, so a table listed without its veth listed later is an
+    orphan. A table whose veth is there stays: its sandbox lives, and stays filtered."""
+    tables = [n for n in nft.table_names() if n.startswith("nsbox-") and n[6:].isdigit()]
+    links = {str(link.get("IFLA_IFNAME")) for link in ipr.get_links()}
+    for name in tables:
+        if outer_name(int(name[6:])) not in links:
+            nft.delete_table(name)
+            with contextlib.suppress(OSError):  # another router's sweep may have been first
+                nft.commit()
 
 
 def _check_forwarding() -> None:

@@ -1,5 +1,5 @@
 """A private little internet for the network tests (``test_network_policy.py``,
-``test_egress.py``).
+``test_egress.py``, ``test_routed.py``).
 
 ``network_world()`` creates a network namespace of its own (``nsbox-uplink-<random>``, by
 netlink: ``nsbox._netlink.NetNamespace``), puts every test host's address on its ``lo``, then
@@ -21,6 +21,10 @@ arrived. Sandboxes in the tests make their connections out from this namespace
 (``NetworkPolicy.uplink``), so even a broken policy can only ever reach these servers.
 Nothing here sends a packet outside the namespace; teardown kills the one process it started
 and removes the namespace.
+
+``routed_world()`` is the same hosts behind an uplink: the servers' namespace is reached
+through a veth pair from a second one that forwards (where routed sandboxes' veths end), and
+holds a UDP echo, git's files for its dumb HTTP protocol and a DNS server with TTLs too.
 """
 
 from __future__ import annotations

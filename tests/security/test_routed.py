@@ -201,14 +201,7 @@ def _leftovers(world: World) -> tuple[list[str], list[str], list[str], list[int]
     with uplink.popen([sys.executable, "-c", program], stdout=subprocess.PIPE) as lister:
         tables = (lister.communicate(timeout=30)[0] or b"").decode().split()
     own_links = [n for n in os.listdir("/sys/class/net") if n.startswith("nsbox")]
-    routers = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "nsbox-router":
-                routers.append(int(pid))
-        except OSError:
-            continue
-    return uplink.link_names(), tables, own_links, routers
+    return uplink.link_names(), tables, own_links, _leftovers_routers()
 
 
 def test_a_hundred_routed_sandboxes_and_a_killed_supervisor_leave_nothing(world: World) -> None:
@@ -217,8 +210,8 @@ def test_a_hundred_routed_sandboxes_and_a_killed_supervisor_leave_nothing(world:
             if i % 25 == 0:
                 assert probe(sandbox, ["tcp", "api.test", 80, f"/many{i}"]) == ["allowed"]
     assert _leftovers(world) == (["lo", "world0"], [], [], [])
-    # a supervisor killed outright: its router dies with it (parent-death signal), the table
-    # with the router's socket, the veth with the sandbox's namespace
+    # a supervisor killed outright: its router is told (parent-death signal, SIGTERM) and ends
+    # as at a close, deleting its table and veth
     cli = subprocess.Popen(
         [NSBOX_CLI, "exec", "--net", "routed", "--allow-host", "api.test", "--net-uplink", world.path,
          "--net-resolver", str(world.resolver), "--", "sleep", "60"],
@@ -236,6 +229,42 @@ def test_a_hundred_routed_sandboxes_and_a_killed_supervisor_leave_nothing(world:
     while _leftovers(world) != (["lo", "world0"], [], [], []) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _leftovers(world) == (["lo", "world0"], [], [], [])
+
+
+def _routers() -> set[int]:
+    return set(_leftovers_routers())
+
+
+def _leftovers_routers() -> list[int]:
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "nsbox-router":
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_router_leaves_its_sandbox_filtered_and_its_table_is_swept_later(world: World) -> None:
+    before = _routers()
+    with nsbox.NsSandbox(network=routed(world, "api.test")) as sandbox:
+        assert probe(sandbox, ["tcp", "api.test", 80, "/alive"]) == ["allowed"]
+        (router,) = _routers() - before
+        os.kill(router, signal.SIGKILL)  # ours: the router of the sandbox this test made
+        deadline = time.monotonic() + 10
+        while router in _routers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # its table stays (persistent): what was allowed still is, nothing else is
+        assert probe(sandbox, ["tcp", API, 80, "/after-kill"], ["tcp", DENIED, 80, "/after-kill", 1.5]) == [
+            "allowed",
+            TIMED_OUT,
+        ]
+    assert len(_leftovers(world)[1]) == 1, "the premise: the killed router's table outlived it"
+    with nsbox.NsSandbox(network=routed(world, "api.test")):
+        pass  # the next router in this uplink sweeps the orphan (its veth is gone)
+    assert _leftovers(world) == (["lo", "world0"], [], [], [])
+    assert not [line for line in world.lines() if line.startswith(f"accept {DENIED}")]
 
 
 def test_an_uplink_that_does_not_forward_is_refused_and_left_as_it_was(world: World, tmp_path: Path) -> None:
