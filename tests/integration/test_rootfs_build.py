@@ -232,11 +232,15 @@ def test_an_interrupted_build_leaves_no_mount_and_no_half_root(tmp_path: Path) -
         text=True,
         start_new_session=True,  # its own process group: Ctrl-C reaches it and debootstrap, nothing else
     )
+    seen: list[str] = []
     try:
         assert build.stderr is not None
         for line in build.stderr:
+            seen.append(line)
             if "I: Unpacking" in line or "I: Installing core packages" in line:
                 break  # debootstrap's second stage: its chroot and mounts are there
+        else:
+            raise AssertionError(f"the premise: interrupted mid-build; it ended first, showing {seen[-8:]}")
         os.killpg(build.pid, signal.SIGINT)
         build.wait(timeout=60)
     finally:
