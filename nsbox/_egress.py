@@ -1,12 +1,14 @@
 """What the two ways out share: the egress proxy (``_proxy``, network ``allow``) and the
-router (``_routed``, network ``routed``) both refuse this host's own addresses and count
-events per second."""
+router (``_routed``, network ``routed``) are each a helper process the supervisor forks
+(``fork_helper``), both refuse this host's own addresses and count events per second."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import time
+from collections.abc import Callable
 
 from ._netpolicy import IPAddress
 
@@ -43,3 +45,44 @@ class RateBucket:
             return False
         self.tokens -= 1
         return True
+
+
+class HelperFailed(Exception):
+    """The helper reported (or died) before it was ready: what it wrote, if anything."""
+
+    def __init__(self, report: bytes) -> None:
+        super().__init__(report.decode(errors="replace") or "it died")
+        self.report = report
+
+
+def fork_helper(uplink_path: str | None, main: Callable[[int | None, int], None]) -> tuple[int, int]:
+    """Fork a way out's helper process: ``main(uplink_fd, ready_fd)`` runs in the child and
+    writes ``ok`` to ``ready_fd`` once it serves (anything else is its failure report). The
+    uplink namespace file is opened here, O_NONBLOCK: checked to be a network namespace file
+    (NetworkPolicy), but a FIFO swapped in since must not hang us; setns refuses anything
+    else. Returns the helper's pid and a pidfd of it; raises HelperFailed (reaped)."""
+    uplink = os.open(uplink_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) if uplink_path else None
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the helper
+            code = 1
+            try:
+                os.close(ready_r)
+                main(uplink, ready_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        ready_w = -1
+        report = os.read(ready_r, 4096)
+    finally:
+        for fd in (ready_r, ready_w, uplink):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    if report != b"ok":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise HelperFailed(report)
+    return pid, os.pidfd_open(pid)

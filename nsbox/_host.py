@@ -125,32 +125,44 @@ def _check_identity() -> Check:
     )
 
 
+def _trial(*steps: Callable[[], object]) -> int:
+    """``steps`` run in order by a forked child (whatever they change goes with it): 0 when
+    all succeeded, else the number of the first that failed, from 1."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the probe child
+        code = 1
+        try:
+            for code, step in enumerate(steps, 1):  # noqa: B007  # the failing step's number is the exit code
+                step()
+            code = 0
+        except BaseException:  # the exit code says which step failed
+            pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 def _check_userns_works() -> Check:
     """Try it: a child unshares a user and a mount namespace, maps itself and makes a
     mount private, which needs the capabilities the namespace should give (an AppArmor
     restriction or a container's seccomp profile takes them, or the unshare itself)."""
     from . import _linux, _userns
 
+    uid, gid = os.geteuid(), os.getegid()
+
+    def write_maps() -> None:
+        proc_self = os.open("/proc/self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        _userns.write_maps_from_parent(proc_self, f"0 {uid} 1\n", f"0 {gid} 1\n")
+
     steps = ("unshare(CLONE_NEWUSER|CLONE_NEWNS)", "write its id maps", "mount (capabilities in the namespace)")
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the probe child
-        step = 0
-        try:
-            uid, gid = os.geteuid(), os.getegid()
-            _linux.unshare(_linux.CLONE_NEWUSER | _linux.CLONE_NEWNS)
-            step = 1
-            proc_self = os.open("/proc/self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            _userns.write_maps_from_parent(proc_self, f"0 {uid} 1\n", f"0 {gid} 1\n")
-            step = 2
-            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-            os._exit(0)
-        except BaseException:
-            os._exit(10 + step)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    code = _trial(
+        lambda: _linux.unshare(_linux.CLONE_NEWUSER | _linux.CLONE_NEWNS),
+        write_maps,
+        lambda: _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE),
+    )
     if code == 0:
         return Check("user namespace trial", True, "a user and mount namespace was made and used")
-    failed = steps[code - 10] if 10 <= code < 10 + len(steps) else f"the probe (exit {code})"
+    failed = steps[code - 1] if 1 <= code <= len(steps) else f"the probe (exit {code})"
     remedy = "see the sysctl lines above" if os.geteuid() != 0 else "run nsbox on the host, not in a confined container"
     return Check("user namespace trial", False, f"{failed} failed", remedy)
 
@@ -164,23 +176,19 @@ def _check_idmapped_binds() -> Check:
         return Check(name, True, "not used as an ordinary user (writable binds are plain binds)", required=False)
     from . import _linux, _userns
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the probe child
-        code = 1
-        try:
-            _linux.unshare(_linux.CLONE_NEWNS)
-            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-            userns = _userns.idmap_namespace((os.getuid(), os.getgid()), (2**31, 2**31))
-            code = 2
-            tree = _linux.open_tree(_linux.AT_FDCWD, ".", _linux.OPEN_TREE_CLONE | _linux.AT_RECURSIVE)
-            attrs = _linux.MOUNT_ATTR_IDMAP | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
-            _linux.mount_setattr(tree, "", _linux.AT_EMPTY_PATH | _linux.AT_RECURSIVE, attrs, userns_fd=userns)
-            code = 0
-        except BaseException:  # the exit code says which step failed
-            pass
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    held: list[int] = []
+
+    def idmap_namespace() -> None:
+        _linux.unshare(_linux.CLONE_NEWNS)
+        _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+        held.append(_userns.idmap_namespace((os.getuid(), os.getgid()), (2**31, 2**31)))
+
+    def idmapped_mount() -> None:
+        tree = _linux.open_tree(_linux.AT_FDCWD, ".", _linux.OPEN_TREE_CLONE | _linux.AT_RECURSIVE)
+        attrs = _linux.MOUNT_ATTR_IDMAP | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
+        _linux.mount_setattr(tree, "", _linux.AT_EMPTY_PATH | _linux.AT_RECURSIVE, attrs, userns_fd=held[0])
+
+    code = _trial(idmap_namespace, idmapped_mount)
     here = os.getcwd()
     if code == 0:
         return Check(name, True, f"the filesystem of {here} can be idmapped", required=False)
@@ -199,30 +207,25 @@ def _check_routed_network() -> Check:
         return Check(name, False, detail, "run nsbox as root for --net routed; else --net allow", required=False)
     from . import _linux
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the probe child
-        code = 1
-        try:
-            _linux.unshare(_linux.CLONE_NEWNET)
-            from pyroute2 import IPRoute
+    def veth_pair() -> None:
+        _linux.unshare(_linux.CLONE_NEWNET)
+        from pyroute2 import IPRoute
 
-            from ._audit import AuditLog
-            from ._routed import _nft, _router
-            from ._spec import NetworkPolicy
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
 
-            with IPRoute() as ipr:
-                ipr.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
-            code = 2
-            policy = NetworkPolicy("routed", ("probe.test", "192.0.2.0/24"), max_bytes=1)
-            router = _router.Router(policy, (), None, AuditLog(None))
-            router.slot, router.table = 0, "nsbox-probe"
-            router.install(_nft.Nft(), "probe0")
-            code = 0
-        except BaseException:  # the exit code says which step failed
-            pass
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    def routers_table() -> None:
+        from ._audit import AuditLog
+        from ._routed import _nft, _router
+        from ._spec import NetworkPolicy
+
+        router = _router.Router(
+            NetworkPolicy("routed", ("a.test", "192.0.2.0/24"), max_bytes=1), (), None, AuditLog(None)
+        )
+        router.slot, router.table = 0, "nsbox-probe"
+        router.install(_nft.Nft(), "probe0")
+
+    code = _trial(veth_pair, routers_table)
     if code != 0:
         failed = "a veth pair" if code == 1 else "the router's nftables table (nf_tables, its set, limit, quota, masq)"
         return Check(name, False, f"{failed} could not be made in a new network namespace",

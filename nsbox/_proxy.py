@@ -35,7 +35,7 @@ import prctl
 
 from . import _linux
 from ._audit import AuditLog
-from ._egress import RateBucket, own_addresses
+from ._egress import HelperFailed, RateBucket, fork_helper, own_addresses
 from ._fds import close_all_but, close_fds, stdio_to_devnull
 from ._net import socket_in_namespace
 from ._netpolicy import Entry, IPAddress, Verdict, check_addresses, check_host, parse_allowlist
@@ -55,34 +55,12 @@ def start(policy: NetworkPolicy, netns_fd: int, userns_fd: int | None, audit: Au
     namespace (``netns_fd``; entered through the sandbox's user namespace ``userns_fd`` when
     rootless), or raises OSError (with the step in ``call``) if it could not."""
     own = own_addresses()
-    # O_NONBLOCK: checked to be a network namespace file (NetworkPolicy), but a FIFO swapped in
-    # since must not hang us; setns refuses anything else.
-    uplink = os.open(policy.uplink, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) if policy.uplink else None
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = os.fork()
-        if pid == 0:  # the proxy
-            code = 1
-            try:
-                os.close(ready_r)
-                _main(policy, (netns_fd, userns_fd), uplink, ready_w, own, audit)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(ready_w)
-        ready_w = -1
-        report = os.read(ready_r, 512)
-    finally:
-        for fd in (ready_r, ready_w, uplink):
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-    if report != b"ok":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        err = _linux.SyscallError(errno.EIO, "egress proxy", report.decode(errors="replace") or "it died")
-        raise err
-    return pid, os.pidfd_open(pid)
+        return fork_helper(
+            policy.uplink, lambda uplink, ready: _main(policy, (netns_fd, userns_fd), uplink, ready, own, audit)
+        )
+    except HelperFailed as failed:
+        raise _linux.SyscallError(errno.EIO, "egress proxy", str(failed)) from None
 
 
 def _main(

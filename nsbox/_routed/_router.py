@@ -37,7 +37,7 @@ import prctl
 
 from .. import _linux
 from .._audit import AuditLog
-from .._egress import RateBucket, own_addresses
+from .._egress import HelperFailed, RateBucket, fork_helper, own_addresses
 from .._errors import SetupError
 from .._fds import close_all_but, stdio_to_devnull
 from .._net import socket_in_namespace
@@ -99,35 +99,16 @@ def start(policy: NetworkPolicy, netns_fd: int, audit: AuditLog) -> tuple[int, i
     table installed and its DNS answering; raises SetupError if routed mode cannot run."""
     own = own_addresses()
     resolver = _resolver(policy)
-    uplink = os.open(policy.uplink, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) if policy.uplink else None
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(ready_r)
-                _main(policy, netns_fd, uplink, ready_w, own, resolver, audit)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(ready_w)
-        ready_w = -1
-        report = os.read(ready_r, 4096)
-    finally:
-        for fd in (ready_r, ready_w, uplink):
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-    if report != b"ok":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        return fork_helper(
+            policy.uplink, lambda uplink, ready: _main(policy, netns_fd, uplink, ready, own, resolver, audit)
+        )
+    except HelperFailed as failed:
         try:
-            failure = json.loads(report)
+            refusal = json.loads(failed.report)
         except ValueError:
-            failure = {"stage": "start the router", "detail": report.decode(errors="replace") or "it died"}
-        raise SetupError(failure["stage"], detail=failure["detail"], remedy=failure.get("remedy", ""))
-    return pid, os.pidfd_open(pid)
+            refusal = {"stage": "start the router", "detail": str(failed)}
+        raise SetupError(refusal["stage"], detail=refusal["detail"], remedy=refusal.get("remedy", "")) from None
 
 
 def _resolver(policy: NetworkPolicy) -> tuple[str, int] | None:
