@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import select
+import signal
 import time
 from collections.abc import Callable
 
@@ -47,6 +49,9 @@ class RateBucket:
         return True
 
 
+HELPER_TIMEOUT = 30.0  #: seconds a helper has to report ready
+
+
 class HelperFailed(Exception):
     """The helper reported (or died) before it was ready: what it wrote, if anything."""
 
@@ -75,7 +80,10 @@ def fork_helper(uplink_path: str | None, main: Callable[[int | None, int], None]
                 os._exit(code)
         os.close(ready_w)
         ready_w = -1
-        report = os.read(ready_r, 4096)
+        readable, _, _ = select.select([ready_r], [], [], HELPER_TIMEOUT)
+        report = os.read(ready_r, 4096) if readable else b"it did not report ready in time"
+        if not readable:
+            os.kill(pid, signal.SIGKILL)  # ours, not yet reaped: the pid is still its
     finally:
         for fd in (ready_r, ready_w, uplink):
             if fd is not None and fd >= 0:

@@ -2,14 +2,16 @@
 per query, A and AAAA answers, names with compression pointers in answers.
 
 Everything a sandbox sends is untrusted: a query is parsed strictly (one question, no
-compression, at most ``MAX_NAME`` bytes of name) and anything else is answered FORMERR or
-dropped. An upstream answer is checked against the query it answers (id, question) before
-any record in it is believed.
+compression, labels of letters, digits, ``-`` and ``_`` only, at most ``MAX_NAME``
+characters of name) and anything else is answered FORMERR or dropped: a label holding a dot
+or any other byte would be one name here and another once sent on. An upstream answer is
+checked against the query it answers (id, question) before any record in it is believed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +23,12 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 MAX_NAME = 253  #: characters of a name in dotted form (RFC 1035 2.3.4: 255 octets on the wire)
 MAX_UDP = 512  #: an answer's size without EDNS (RFC 1035 4.2.1)
 _HEADER = struct.Struct(">HHHHHH")
+_LABEL = re.compile(rb"[A-Za-z0-9_-]{1,63}")  #: what a label of a name we resolve may hold
 _QR, _RD, _RA, _TC = 0x8000, 0x0100, 0x0080, 0x0200
+
+
+class Truncated(ValueError):
+    """The reply to our query, cut short (too large for UDP): no use waiting for another."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +69,11 @@ def parse_query(packet: bytes) -> Query:
     if end + 4 > len(packet):
         raise ValueError("the question has no type and class")
     qtype, qclass = struct.unpack_from(">HH", packet, end)
-    try:
-        name = b".".join(labels).decode("ascii").lower()
-    except UnicodeDecodeError:
-        raise ValueError("a name that is not ASCII") from None
-    if not name or len(name) > MAX_NAME or any(not label for label in labels):
-        raise ValueError("not a host name")
+    if not labels or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError("not a host name: each label letters, digits, '-' or '_'")  # no '.' or bytes inside
+    name = b".".join(labels).decode("ascii").lower()
+    if len(name) > MAX_NAME:
+        raise ValueError("not a host name: longer than 253")
     return Query(qid, name, qtype, qclass, flags, packet[_HEADER.size : end + 4])
 
 
@@ -127,7 +133,7 @@ def parse_answer(packet: bytes, sent: bytes) -> tuple[int, list[Record]]:
     if packet[_HEADER.size : end].lower() != question.lower():
         raise ValueError("a reply to another question")
     if flags & _TC:
-        raise ValueError("a truncated reply")
+        raise Truncated("a truncated reply")
     records: list[Record] = []
     offset = end
     for _ in range(ancount):

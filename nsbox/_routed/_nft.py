@@ -34,7 +34,7 @@ TABLE_F_OWNER = 0x2  #: only the socket that made the table may change it
 TABLE_F_PERSIST = 0x4  #: an owned table stays when its owner's socket closes (Linux 6.9)
 
 # hooks (NF_INET_*) and chain types
-HOOK_INPUT, HOOK_FORWARD, HOOK_POSTROUTING = 1, 2, 4
+HOOK_INPUT, HOOK_FORWARD, HOOK_OUTPUT, HOOK_POSTROUTING = 1, 2, 3, 4
 # verdicts
 DROP, ACCEPT, JUMP, RETURN = 0, 1, -3, -5
 # registers: the verdict, a 16-byte one, and 4-byte ones (for concatenations)
@@ -53,6 +53,7 @@ TYPE_IPADDR, TYPE_INET_SERVICE = 7, 13
 CT_ESTABLISHED, CT_RELATED, CT_NEW = 0x2, 0x4, 0x8
 SET_ELEM_INTERVAL_END = 0x1
 IFNAMSIZ = 16
+REPLY_TIMEOUT = 10.0  #: seconds to wait for the kernel's answer to a request
 
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -113,6 +114,16 @@ def ct_state(dreg: int = REG_1) -> bytes:
     return expr("ct", be32(1, dreg), be32(2, 0))  # NFT_CT_STATE
 
 
+def ct_mark_is(mark: int) -> list[bytes]:
+    return [expr("ct", be32(1, REG_1), be32(2, 3)), cmp(struct.pack("=I", mark))]  # NFT_CT_MARK
+
+
+def ct_mark_set(mark: int) -> list[bytes]:
+    """The connection's mark set to ``mark`` (an immediate into a register, ct's SREG)."""
+    load = expr("immediate", be32(1, REG_1), data(2, struct.pack("=I", mark)))
+    return [load, expr("ct", be32(2, 3), be32(4, REG_1))]
+
+
 def bitwise(mask: bytes, sreg: int = REG_1, dreg: int = REG_1) -> bytes:
     return expr("bitwise", be32(1, sreg), be32(2, dreg), be32(3, len(mask)), data(4, mask), data(5, b"\0" * len(mask)))
 
@@ -160,6 +171,10 @@ def oifname_is(name: str, op: int = EQ) -> list[bytes]:
 
 def nfproto_is_not_ipv4() -> list[bytes]:
     return [meta(META_NFPROTO), cmp(bytes([NFPROTO_IPV4]), NEQ)]
+
+
+def nfproto_is_ipv4() -> list[bytes]:
+    return [meta(META_NFPROTO), cmp(bytes([NFPROTO_IPV4]))]
 
 
 def ct_state_in(states: int) -> list[bytes]:
@@ -216,6 +231,7 @@ class Nft:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         self.sock.bind((0, 0))
+        self.sock.settimeout(REPLY_TIMEOUT)  # a kernel that never answers is an error, not a hang
         self._seq = 0
         self._pending: list[tuple[int, int, bytes]] = []
 
@@ -268,22 +284,24 @@ class Nft:
         """Send the batch as one transaction; raises NftError naming the message refused."""
         batch, waiting = b"", {}
         begin = struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
-        batch += self._header(_BATCH_BEGIN, _F_REQUEST, begin)
+        begin_seq = self._next()  # a batch-level refusal (no nf_tables, no permission) answers this one
+        waiting[begin_seq] = "the batch"
+        batch += self._header(_BATCH_BEGIN, _F_REQUEST, begin, begin_seq)
         for kind, flags, body in self._pending:
             seq = self._next()
-            waiting[seq] = kind
+            waiting[seq] = f"message {kind}"
             batch += self._header((NFNL_SUBSYS_NFTABLES << 8) | kind, _F_REQUEST | _F_ACK | flags, body, seq)
         batch += self._header(_BATCH_END, _F_REQUEST, begin)
         self._pending = []
         self.sock.sendall(batch)
-        while waiting:
+        while len(waiting) > 1:  # every message's answer; the batch's own comes only as an error
             for kind, seq, body in self._receive():
                 if kind != _NLMSG_ERROR or seq not in waiting:
                     continue
                 (code,) = struct.unpack_from("=i", body)
                 what = waiting.pop(seq)
                 if code:
-                    raise NftError(-code, f"nftables refused message {what}: {os.strerror(-code)}")
+                    raise NftError(-code, f"nftables refused {what}: {os.strerror(-code)}")
 
     def dump_elements(self, table: str, set_name: str) -> list[Element]:
         found: list[Element] = []
@@ -325,7 +343,10 @@ class Nft:
         return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
     def _receive(self) -> Iterator[tuple[int, int, bytes]]:
-        chunk = self.sock.recv(1 << 16)
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except TimeoutError:
+            raise NftError(errno.ETIMEDOUT, f"nftables did not answer in {REPLY_TIMEOUT:g} s") from None
         offset = 0
         while offset + 16 <= len(chunk):
             length, kind, _, seq, _ = struct.unpack_from("=IHHII", chunk, offset)

@@ -5,16 +5,20 @@ It claims a slot (``_addresses``) by creating the veth pair, the inner end strai
 sandbox's network namespace as ``eth0``; configures both ends (pyroute2; IPv6 off on both,
 so that no link-local address opens a way to the uplink's services); installs the sandbox's
 nftables table (``_nft``, owned by this process's socket); then answers the sandbox's DNS
-until the supervisor ends it with SIGTERM, when it writes one ``network`` audit event per
-destination (bytes each way, or packets dropped) and removes the veth. Killed instead, it
-still leaves nothing: the table goes with its socket, the veth with the sandbox's namespace.
+until the supervisor ends it with SIGTERM (or dies: the parent-death signal is SIGTERM too),
+when it writes one ``network`` audit event per destination (bytes each way, or packets
+dropped) and removes the veth, then the table. Killed instead, it leaves its table (owned,
+persistent): the sandbox stays filtered, and the next router in the uplink sweeps the table
+once the veth has gone with the sandbox's namespace. Connections are marked with a random
+mark of this router's: only they count as the sandbox's replies, not one that a former
+sandbox of the same slot left in conntrack.
 
 The kernel enforces, in the uplink namespace (``install``): out of the sandbox only IPv4
 TCP and UDP, at most ``rate`` new connections a second, to an address that is listed, or
 that a DNS answer of this router allowed and whose TTL has not run out; never to a blocked
 range or the host's or the uplink's own addresses unless listed exactly; a sensitive port
 only where an entry names it; ``max_bytes`` both ways; into the sandbox only replies; to
-the uplink itself only DNS queries to the gateway. Everything else is dropped and counted.
+the uplink itself nothing. Everything else is dropped and counted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import selectors
 import signal
 import socket
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -58,12 +63,14 @@ from ._addresses import (
 
 INNER_NAME = "eth0"
 MAX_ELEMENTS = 65536  #: per set: addresses allowed by DNS, destinations counted
+MAX_DROPPED = 4096  #: refused destinations (address, port) counted one by one
+MAX_LOGGED = 256  #: of those, logged one by one at close (the most packets first); the rest in one sum
 HOSTS_TTL = 60  #: seconds an answer from NetworkPolicy.hosts is good for
 MAX_TTL = 86400  #: longest an answer keeps its addresses reachable
 RESOLVER_ADDRESS = ("127.0.0.1", 53)  #: where the sandbox's DNS queries go: glibc's default, no resolv.conf needed
 DNS_TIMEOUT = 5.0  #: seconds to wait for the upstream resolver
 DNS_RATE = 100  #: queries a second the gateway takes from one sandbox
-_TCP, _UDP = 6, 17
+_ICMP, _TCP, _UDP = 1, 6, 17
 
 
 @dataclass
@@ -173,6 +180,7 @@ class Router:
         self.dns: socket.socket | None = None
         self.table = ""
         self.queries = RateBucket(DNS_RATE)
+        self.mark = 1 + secrets.randbelow(0xFFFFFFFE)  #: this router's conntrack mark
 
     # -- set-up ------------------------------------------------------------------------------
     def build(self, netns_fd: int) -> None:
@@ -195,7 +203,7 @@ class Router:
             outer = outer_name(self.slot)
             self.table = table_name(self.slot)
             self.nft = _nft.Nft()
-            _sweep_orphans(self.nft, ipr)
+            _sweep_orphans(self.nft, ipr, self.table)
             self.install(self.nft, outer)  # the filter in place before either end is up
             index = ipr.link_lookup(ifname=outer)[0]
             _write_sysctl(f"/proc/sys/net/ipv6/conf/{outer}/disable_ipv6", "1")
@@ -229,15 +237,19 @@ class Router:
         nft.table(t, _nft.TABLE_F_OWNER | _nft.TABLE_F_PERSIST)
         try:
             nft.commit()
-        except _nft.NftError as exc:  # before Linux 6.9: no persistent owned tables
+        except _nft.NftError as exc:
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            nft.table(t)  # unowned: still deleted by finish(), or swept once its veth is gone
-            nft.commit()
+            raise _Refused(  # an unowned table could be flushed or swept while the sandbox runs
+                "create the sandbox's nftables table",
+                "this kernel has no persistent owned nftables tables (NFT_TABLE_F_PERSIST, Linux 6.9)",
+                "use Linux 6.9 or newer for --net routed, or --net allow (the egress proxy)",
+            ) from None
         nft.chain(t, "forward", _nft.HOOK_FORWARD)
         nft.chain(t, "input", _nft.HOOK_INPUT)
+        nft.chain(t, "output", _nft.HOOK_OUTPUT)
         nft.chain(t, "postrouting", _nft.HOOK_POSTROUTING, 100, "nat")
-        for chain in ("egress", "ingress", "destination", "volume", "refuse"):
+        for chain in ("egress", "ingress", "destination", "admit_out", "admit_in", "volume", "refuse"):
             nft.chain(t, chain)
         nft.set(t, "listed", _nft.TYPE_IPADDR, 4)
         nft.set(t, "ports", _PAIR_TYPE, 8, _nft.SET_TIMEOUT, MAX_ELEMENTS)  # address . port
@@ -249,40 +261,47 @@ class Router:
         # an update that cannot add breaks its rule, so no verdict rides on one
         nft.set(t, "sent", _nft.TYPE_IPADDR, 4, _nft.SET_EVAL, MAX_ELEMENTS, counted=True)
         nft.set(t, "received", _nft.TYPE_IPADDR, 4, _nft.SET_EVAL, MAX_ELEMENTS, counted=True)
-        nft.set(t, "dropped", _PAIR_TYPE, 8, _nft.SET_EVAL, MAX_ELEMENTS, counted=True)
-        volume = [_nft.verdict(_nft.JUMP, "volume")] if self.policy.max_bytes is not None else []
+        nft.set(t, "dropped", _PAIR_TYPE, 8, _nft.SET_EVAL, MAX_DROPPED, counted=True)
         refuse = _nft.verdict(_nft.JUMP, "refuse")
-        accept = [_nft.daddr(), _nft.update("sent"), _nft.verdict(_nft.ACCEPT)]
+        admit_out = _nft.verdict(_nft.JUMP, "admit_out")
+        # A connection is this sandbox's when it carries this router's mark (set when admitted):
+        # one that a former sandbox of the same slot left in conntrack is not.
+        ours = _nft.ct_mark_is(self.mark)
+        established = [*_nft.ct_state_in(_nft.CT_ESTABLISHED), *ours]
+        related_icmp = [*_nft.ct_state_in(_nft.CT_RELATED), *_nft.l4proto_is(_ICMP), *ours]  # errors, not helpers
         nft.rule(t, "forward", [*_nft.iifname_is(outer), _nft.verdict(_nft.JUMP, "egress")])
         nft.rule(t, "forward", [*_nft.oifname_is(outer), _nft.verdict(_nft.JUMP, "ingress")])
         # out of the sandbox
         nft.rule(t, "egress", [*_nft.nfproto_is_not_ipv4(), _nft.counter(), _nft.verdict(_nft.DROP)])
-        if volume:
-            nft.rule(t, "egress", volume)
-        established = _nft.ct_state_in(_nft.CT_ESTABLISHED | _nft.CT_RELATED)
-        nft.rule(t, "egress", [*established, *accept])
+        nft.rule(t, "egress", [*established, admit_out])
+        nft.rule(t, "egress", [*related_icmp, admit_out])
         nft.rule(t, "egress", [_nft.limit_over(self.policy.rate), refuse])
         for proto in (_TCP, _UDP):
             nft.rule(t, "egress", [*_nft.l4proto_is(proto), _nft.verdict(_nft.JUMP, "destination")])
         nft.rule(t, "egress", [refuse])
-        # where a new connection may go (a return here is a drop, in egress)
-        pair = _nft.daddr_dport()
-        nft.rule(t, "destination", [*pair, _nft.lookup("ports", _nft.REG32_00), *accept])
-        nft.rule(
-            t,
-            "destination",
-            [_nft.payload(_nft.TRANSPORT_HEADER, 2, 2), _nft.lookup("sensitive"), _nft.verdict(_nft.RETURN)],
-        )
-        nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("listed"), *accept])
+        # where a new connection may go (a return here is a refusal, in egress)
+        nft.rule(t, "destination", [*_nft.daddr_dport(), _nft.lookup("ports", _nft.REG32_00), admit_out])
+        sensitive = [_nft.payload(_nft.TRANSPORT_HEADER, 2, 2), _nft.lookup("sensitive")]
+        nft.rule(t, "destination", [*sensitive, _nft.verdict(_nft.RETURN)])
+        nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("listed"), admit_out])
         nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("blocked"), _nft.verdict(_nft.RETURN)])
-        nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("resolved"), *accept])
-        nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("networks"), *accept])
-        # into the sandbox: replies only
-        if volume:
-            nft.rule(t, "ingress", volume)
-        nft.rule(t, "ingress", [*established, _nft.saddr(), _nft.update("received"), _nft.verdict(_nft.ACCEPT)])
+        nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("resolved"), admit_out])
+        nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("networks"), admit_out])
+        # what is let out: the byte budget, the mark, the count, then accepted
+        nft.rule(t, "admit_out", [_nft.verdict(_nft.JUMP, "volume")])
+        nft.rule(t, "admit_out", _nft.ct_mark_set(self.mark))
+        nft.rule(t, "admit_out", [_nft.daddr(), _nft.update("sent")])
+        nft.rule(t, "admit_out", [_nft.verdict(_nft.ACCEPT)])
+        # into the sandbox: replies to its own connections only (from the uplink too)
+        admit_in = _nft.verdict(_nft.JUMP, "admit_in")
+        nft.rule(t, "ingress", [*established, admit_in])
+        nft.rule(t, "ingress", [*related_icmp, admit_in])
         nft.rule(t, "ingress", [_nft.counter(), _nft.verdict(_nft.DROP)])
-        if self.policy.max_bytes is not None:
+        nft.rule(t, "output", [*_nft.oifname_is(outer), _nft.verdict(_nft.JUMP, "ingress")])
+        nft.rule(t, "admit_in", [_nft.verdict(_nft.JUMP, "volume")])
+        nft.rule(t, "admit_in", [_nft.saddr(), _nft.update("received")])
+        nft.rule(t, "admit_in", [_nft.verdict(_nft.ACCEPT)])
+        if self.policy.max_bytes is not None:  # both ways together, only what is let through counts
             nft.rule(t, "volume", [_nft.quota_over(self.policy.max_bytes), _nft.counter(), _nft.verdict(_nft.DROP)])
         # to the uplink itself: nothing (the sandbox's resolver is a socket in its own namespace)
         nft.rule(t, "input", [*_nft.iifname_is(outer), refuse])
@@ -290,9 +309,8 @@ class Router:
         nft.rule(t, "refuse", [*_nft.daddr_dport(), _nft.update("dropped", _nft.REG32_00)])
         nft.rule(t, "refuse", [_nft.counter(), _nft.verdict(_nft.DROP)])
         address = sandbox_address(self.slot or 0)
-        nft.rule(
-            t, "postrouting", [*_nft.saddr_is(address.packed), *_nft.oifname_is(outer, _nft.NEQ), _nft.masquerade()]
-        )
+        from_sandbox = [*_nft.nfproto_is_ipv4(), *_nft.saddr_is(address.packed)]
+        nft.rule(t, "postrouting", [*from_sandbox, *_nft.oifname_is(outer, _nft.NEQ), _nft.masquerade()])
         nft.commit()
         elements: list[tuple[str, list[tuple[bytes, int | None, int]]]] = [
             ("listed", [(a.packed, None, 0) for a in exact]),
@@ -368,17 +386,20 @@ class Router:
         if self.resolver is None:
             return [], "no resolver: this host's /etc/resolv.conf names no IPv4 nameserver"
         sent = _dns.query(secrets.randbelow(1 << 16), name, _dns.TYPE_A)
+        deadline = time.monotonic() + min(DNS_TIMEOUT, self.policy.timeout)  # for the whole exchange
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as upstream:
-            upstream.settimeout(min(DNS_TIMEOUT, self.policy.timeout))
             try:
                 upstream.connect(self.resolver)
                 upstream.send(sent)
                 while True:
+                    upstream.settimeout(max(0.001, deadline - time.monotonic()))
                     try:
                         rcode, records = _dns.parse_answer(upstream.recv(4096), sent)
                         break
+                    except _dns.Truncated:
+                        return [], "the answer was too large for UDP (no TCP fallback)"
                     except ValueError:
-                        continue  # not the answer to this query: keep waiting for it
+                        continue  # not the answer to this query: keep waiting for it, until the deadline
             except OSError as exc:
                 return [], f"the resolver {self.resolver[0]} did not answer: {exc}"
         if rcode != _dns.NOERROR:
@@ -399,11 +420,13 @@ class Router:
         self.nft.commit()  # acknowledged before the answer leaves: reachable once known
 
     def _log(self, host: str, verdict: str, reason: str | None, **fields: object) -> None:
-        self.audit.network(kind="dns", host=host, verdict=verdict, reason=reason, **fields)
+        with contextlib.suppress(OSError):  # a full disk must not end the sandbox's DNS
+            self.audit.network(kind="dns", host=host, verdict=verdict, reason=reason, **fields)
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self) -> None:
-        """The sandbox's traffic, per destination, into the audit log; then the veth removed."""
+        """The sandbox's traffic, per destination, into the audit log (at most ``MAX_LOGGED``
+        refused destinations one by one, the rest in one sum); then the veth and table removed."""
         if self.nft is not None:
             with contextlib.suppress(OSError):
                 received = {e.key: e for e in self.nft.dump_elements(self.table, "received")}
@@ -417,30 +440,36 @@ class Router:
                         bytes_in=back.bytes if back else 0,
                         packets_out=element.packets,
                     )
-                for element in self.nft.dump_elements(self.table, "dropped"):
+                dropped = sorted(self.nft.dump_elements(self.table, "dropped"), key=lambda e: -e.packets)
+                for element in dropped[:MAX_LOGGED]:
                     address, port = ipaddress.IPv4Address(element.key[:4]), struct.unpack(">H", element.key[4:6])[0]
                     self.audit.network(
                         kind="flow", address=str(address), port=port, verdict="dropped",
                         packets_out=element.packets, bytes_out=element.bytes,
                     )  # fmt: skip
+                if len(dropped) > MAX_LOGGED:
+                    rest = dropped[MAX_LOGGED:]
+                    self.audit.network(
+                        kind="flow", address=None, verdict="dropped", destinations=len(rest),
+                        packets_out=sum(e.packets for e in rest), bytes_out=sum(e.bytes for e in rest),
+                    )  # fmt: skip
         self.teardown()
 
     def teardown(self) -> None:
-        """The table deleted, then the veth (the order the orphan sweep relies on)."""
+        """The veth removed, then the table: the sandbox's way out goes before its filter."""
+        if self.slot is not None:
+            from pyroute2 import IPRoute
+
+            with contextlib.suppress(Exception), IPRoute() as ipr:
+                for index in ipr.link_lookup(ifname=outer_name(self.slot)):
+                    ipr.link("del", index=index)
+            self.slot = None
         if self.nft is not None:
             with contextlib.suppress(OSError):
                 self.nft.delete_table(self.table)
                 self.nft.commit()
             self.nft.close()
             self.nft = None
-        if self.slot is None:
-            return
-        from pyroute2 import IPRoute
-
-        with contextlib.suppress(Exception), IPRoute() as ipr:
-            for index in ipr.link_lookup(ifname=outer_name(self.slot)):
-                ipr.link("del", index=index)
-        self.slot = None
 
 
 _PAIR_TYPE = (_nft.TYPE_IPADDR << 6) | _nft.TYPE_INET_SERVICE
@@ -463,15 +492,16 @@ def _interval_elements(intervals: Iterable[tuple[int, int]]) -> list[tuple[bytes
     return keys
 
 
-def _sweep_orphans(nft: _nft.Nft, ipr: Any) -> None:
+def _sweep_orphans(nft: _nft.Nft, ipr: Any, ours: str) -> None:
     """Delete the tables of routers that ended without deleting theirs (killed): those whose
     veth is gone, i.e. whose sandbox is. The links are listed after the tables: a router
     makes its veth before its table, so a table listed without its veth listed later is an
-    orphan. A table whose veth is there stays: its sandbox lives, and stays filtered."""
+    orphan; so is one named as the table about to be made (``ours``: this router's veth is
+    new). A table whose veth is there stays: its sandbox lives, and stays filtered."""
     tables = [n for n in nft.table_names() if n.startswith("nsbox-") and n[6:].isdigit()]
     links = {str(link.get("IFLA_IFNAME")) for link in ipr.get_links()}
     for name in tables:
-        if outer_name(int(name[6:])) not in links:
+        if name == ours or outer_name(int(name[6:])) not in links:
             nft.delete_table(name)
             with contextlib.suppress(OSError):  # another router's sweep may have been first
                 nft.commit()

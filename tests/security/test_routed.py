@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,6 +193,57 @@ def test_one_sandbox_cannot_reach_another_nor_reconfigure_its_interface(world: W
             changed = second.run(argv, capture_output=True)
             assert changed.exit_code != 0 and b"Operation not permitted" in (changed.stderr or b""), (argv, changed)
         assert probe(second, ["tcp", "api.test", 80, "/still"]) == ["allowed"]
+
+
+def _address_of(sandbox: nsbox.NsSandbox) -> str:
+    shown = (sandbox.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True).stdout or b"").split()
+    return shown[3].decode().split("/")[0]
+
+
+UDP_LISTEN = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+s.settimeout(float(sys.argv[1]))
+print("up", flush=True)
+got = 0
+try:
+    while True:
+        got += len(s.recv(65536))
+except OSError:
+    pass
+print(got)
+"""
+
+
+def test_nothing_but_replies_comes_in_and_a_flood_from_outside_spends_no_budget(world: World) -> None:
+    """Packets from the uplink itself (a process there) and from another sandbox to this one
+    are dropped before they count against its byte budget: afterwards it still has it all."""
+    sender = (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(200):\n"
+        "    s.sendto(b'x' * 1400, (sys.argv[1], 9999))\n"
+        "    time.sleep(0.002)\n"
+    )
+    with (
+        nsbox.NsSandbox(network=routed(world, "api.test", max_bytes=60_000)) as target,
+        nsbox.NsSandbox(network=routed(world, "api.test")) as other,
+    ):
+        address = _address_of(target)
+        results: list[nsbox.RunResult] = []
+        listener = threading.Thread(
+            target=lambda: results.append(target.run(["python3", "-c", UDP_LISTEN, "4"], capture_output=True))
+        )
+        listener.start()
+        time.sleep(1.0)  # the listener binds within that
+        with NetNamespace.existing(world.name).popen([sys.executable, "-c", sender, address]) as from_uplink:
+            from_uplink.wait(timeout=30)
+        other.run(["python3", "-c", sender, address], timeout=30)
+        listener.join(timeout=30)
+        assert results and (results[0].stdout or b"").split() == [b"up", b"0"], results
+        # 2 x 280 KB sent at it, none let through or counted: its 60 KB are still there
+        assert probe(target, ["tcp", "api.test", 80, "/budget"]) == ["allowed"]
 
 
 def _leftovers(world: World) -> tuple[list[str], list[str], list[str], list[int]]:

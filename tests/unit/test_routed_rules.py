@@ -101,3 +101,21 @@ def test_answers_with_compressed_names_and_other_records_yield_the_addresses() -
     assert _dns.parse_answer(head + cname + a_record, sent) == (0, [(ipaddress.IPv4Address("198.51.100.10"), 30)])
     with pytest.raises(ValueError, match="past the packet"):
         _dns.parse_answer(head + cname + a_record[:-2], sent)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [b"data", b"attacker", b"org.", b".\x00", b"x", b"example", b"com"],  # a dot inside a label
+        [b"a b", b"example", b"com"],  # a space
+        [b"\xff", b"example", b"com"],  # not ASCII
+        [b"a\x00", b"example", b"com"],  # a NUL
+    ],
+)
+def test_a_name_is_one_name_here_and_upstream(labels: list[bytes]) -> None:
+    """A label with a dot (or any byte but letters, digits, '-', '_') would match an allowed
+    *.example.com here and be another name once re-encoded for the upstream resolver."""
+    wire = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    packet = struct.pack(">HHHHHH", 1, 0x0100, 1, 0, 0, 0) + wire + b"\x00\x01\x00\x01"
+    with pytest.raises(ValueError, match="not a host name"):
+        _dns.parse_query(packet)
