@@ -231,6 +231,9 @@ def test_an_interrupted_build_leaves_no_mount_and_no_half_root(tmp_path: Path) -
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group: Ctrl-C reaches it and debootstrap, nothing else
+        # as a terminal's foreground job has it: a shell starts background jobs with SIGINT
+        # ignored, which a child inherits (and Python then keeps), so a CI run started with `&` would not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen: list[str] = []
     try:
