@@ -1,6 +1,7 @@
 """The network namespace. With the default policy it holds only ``lo``, brought up here;
 ``socket_in_namespace`` makes the sockets that the egress proxy and the routed mode's
-resolver serve the sandbox from (bound inside it, owned by a process outside).
+resolver serve the sandbox from (bound inside it, owned by a process outside);
+``run_in_namespace`` runs a step inside another network namespace from a child.
 
 Bringing one interface up is a single ioctl (netdevice(7)); pyroute2 costs ~180 ms to
 import, so it is loaded only by the network policies that build veth pairs.
@@ -14,6 +15,7 @@ import fcntl
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 from . import _linux
 
@@ -65,3 +67,37 @@ def socket_in_namespace(netns_fd: int, userns_fd: int | None, kind: int, address
             os.close(fd)
         raise OSError(errno.EIO, data.decode(errors="replace") or "the socket could not be made")
     return socket.socket(fileno=fds[0])
+
+
+def write_sysctl(name: str, value: str) -> None:
+    """A sysctl (``net.ipv4.ip_forward``) of this process's network namespace: /proc/sys/net
+    shows the namespace of the process that opens it."""
+    with open("/proc/sys/" + name.replace(".", "/"), "w", encoding="ascii") as sysctl:
+        sysctl.write(value)
+
+
+def run_in_namespace(netns_fd: int, step: Callable[[], object], what: str) -> None:
+    """``step()`` run by a child in the network namespace ``netns_fd`` (so that the caller
+    stays where it is); its failure raised here as OSError, naming ``what``."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            _linux.setns(netns_fd, _linux.CLONE_NEWNET)
+            step()
+            code = 0
+        except BaseException as exc:  # reported to the parent, whole
+            with contextlib.suppress(OSError):
+                os.write(write_fd, f"{type(exc).__name__}: {exc}".encode()[:1000])
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        message = os.read(read_fd, 1000)
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(errno.EIO, f"{what}: {message.decode(errors='replace') or 'failed'}")

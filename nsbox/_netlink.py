@@ -24,6 +24,7 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 
 from . import _linux
+from ._net import run_in_namespace, write_sysctl
 
 #: Where named network namespaces live (as ``ip netns``): a bind mount of each, by name.
 NETNS_DIR = "/run/netns"
@@ -94,23 +95,21 @@ class NetNamespace:
 
     def sysctl(self, name: str, value: str) -> None:
         """A sysctl of this namespace (``net.ipv4.ip_forward``): written by a child inside."""
-        path = "/proc/sys/" + name.replace(".", "/")  # what /proc/sys/net shows is the reader's namespace
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    _linux.setns(fd, _linux.CLONE_NEWNET)
-                    with open(path, "w", encoding="ascii") as sysctl:
-                        sysctl.write(value)
-                    code = 0
-                finally:
-                    os._exit(code)
+            run_in_namespace(fd, lambda: write_sysctl(name, value), f"setting {name} in {self.name}")
         finally:
             os.close(fd)
-        if os.waitpid(pid, 0)[1] != 0:
-            raise OSError(f"cannot set {name} in {self.name}")
+
+    def forward_into(self, other: NetNamespace, name: str, link: ipaddress.IPv4Network) -> None:
+        """Make this namespace a router into ``other``: a veth pair ``name`` on ``link`` (a /30:
+        its first host here, its second there), forwarding on here, each side's default route
+        through the other."""
+        here, there = (str(a) for a in list(link.hosts())[:2])
+        self.link_to(other, name, f"{here}/{link.prefixlen}", f"{there}/{link.prefixlen}")
+        self.sysctl("net.ipv4.ip_forward", "1")
+        self.default_route(there)
+        other.default_route(here)
 
     def link_names(self) -> list[str]:
         with self._ipr() as ipr:

@@ -322,14 +322,22 @@ class NetworkPolicy:
                     f"{entry.text!r}: network 'routed' takes a port on a host or one IP, not on a network",
                 )
         if self.resolver is not None:
-            text = str(self.resolver)
-            host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
-            try:
-                ipaddress.IPv4Address(host)
-                if port and not 0 < int(port) < 65536:
-                    raise ValueError(port)
-            except ValueError:
-                raise SpecError(option_name("network.resolver"), f"{text!r} is not IPv4[:PORT]") from None
+            self.resolver_address()  # raises SpecError if it is not IPv4[:PORT]
+
+    def resolver_address(self) -> tuple[str, int] | None:
+        """``resolver`` as (IPv4, port; 53 unless given), or None when there is none."""
+        if self.resolver is None:
+            return None
+        text = str(self.resolver)
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+        try:
+            ipaddress.IPv4Address(host)
+            number = int(port) if port else 53
+            if not 0 < number < 65536:
+                raise ValueError(port)
+        except ValueError:
+            raise SpecError(option_name("network.resolver"), f"{text!r} is not IPv4[:PORT]") from None
+        return host, number
 
     @classmethod
     def parse(cls, value: NetworkPolicy | Mapping[str, Any] | str | None) -> NetworkPolicy:

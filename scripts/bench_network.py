@@ -14,6 +14,7 @@ through the routed veth.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -80,10 +81,7 @@ def main() -> int:
         return 1
     token = secrets.token_hex(4)
     with NetNamespace(f"nsbox-bench-up-{token}") as uplink, NetNamespace(f"nsbox-bench-hosts-{token}") as hosts:
-        uplink.link_to(hosts, "bench0", "198.18.0.1/30", "198.18.0.2/30")
-        uplink.sysctl("net.ipv4.ip_forward", "1")
-        uplink.default_route("198.18.0.2")
-        hosts.default_route("198.18.0.1")
+        uplink.forward_into(hosts, "bench0", ipaddress.IPv4Network("198.18.0.0/30"))
         hosts.add_local_addresses([SERVER])
         server = hosts.popen([sys.executable, "-c", SERVE, str(args.megabytes << 20), SERVER], stdout=subprocess.PIPE)
         try:

@@ -11,7 +11,7 @@ import ipaddress
 import itertools
 from collections.abc import Iterable
 
-from .._netpolicy import BLOCK, Entry, IPAddress, special_purpose
+from .._netpolicy import BLOCK, SPECIAL_PURPOSE, Entry, IPAddress, special_purpose
 
 SUBNET = ipaddress.IPv4Network("10.200.0.0/16")
 GATEWAY = ipaddress.IPv4Address("10.200.0.1")
@@ -35,8 +35,6 @@ def blocked_intervals(own: Iterable[IPAddress]) -> list[tuple[int, int]]:
     """The IPv4 destinations refused unless listed exactly, as disjoint [start, end) intervals:
     every special-purpose range whose most specific entry blocks (as ``_netpolicy`` decides
     for the proxy) and each of ``own`` (the host's and the uplink's addresses)."""
-    from .._netpolicy import SPECIAL_PURPOSE
-
     edges = {0, 1 << 32}
     for special in SPECIAL_PURPOSE:
         if special.network.version == 4:

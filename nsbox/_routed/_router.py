@@ -45,7 +45,7 @@ from .._audit import AuditLog
 from .._egress import HelperFailed, RateBucket, fork_helper, own_addresses
 from .._errors import SetupError
 from .._fds import close_all_but, stdio_to_devnull
-from .._net import socket_in_namespace
+from .._net import run_in_namespace, socket_in_namespace, write_sysctl
 from .._netpolicy import SENSITIVE_PORTS, Entry, IPAddress, check_addresses, parse_allowlist
 from .._spec import NetworkPolicy
 from . import _dns, _nft
@@ -105,7 +105,7 @@ def start(policy: NetworkPolicy, netns_fd: int, audit: AuditLog) -> tuple[int, i
     """Fork the router; returns its pid and a pidfd once the sandbox's ``eth0`` is up, its
     table installed and its DNS answering; raises SetupError if routed mode cannot run."""
     own = own_addresses()
-    resolver = _resolver(policy)
+    resolver = policy.resolver_address() or system_resolver()
     try:
         return fork_helper(
             policy.uplink, lambda uplink, ready: _main(policy, netns_fd, uplink, ready, own, resolver, audit)
@@ -116,15 +116,6 @@ def start(policy: NetworkPolicy, netns_fd: int, audit: AuditLog) -> tuple[int, i
         except ValueError:
             refusal = {"stage": "start the router", "detail": str(failed)}
         raise SetupError(refusal["stage"], detail=refusal["detail"], remedy=refusal.get("remedy", "")) from None
-
-
-def _resolver(policy: NetworkPolicy) -> tuple[str, int] | None:
-    if policy.resolver is not None:
-        host, _, port = (
-            policy.resolver.rpartition(":") if policy.resolver.count(":") == 1 else (policy.resolver, "", "")
-        )
-        return (host, int(port)) if port else (policy.resolver, DNS_PORT)
-    return system_resolver()
 
 
 def _main(
@@ -149,14 +140,15 @@ def _main(
         router = Router(policy, own, resolver, audit)
         router.build(netns_fd)
         os.close(netns_fd)
-    except _Refused as refusal:
-        os.write(ready, json.dumps(refusal.__dict__).encode()[:4000])
-        if router is not None:
-            router.teardown()
-        return
     except Exception as exc:  # any failure is reported to the supervisor, whole
-        stage = getattr(exc, "call", None) or "set up the routed network"
-        os.write(ready, json.dumps({"stage": stage, "detail": f"{type(exc).__name__}: {exc}"}).encode()[:4000])
+        if isinstance(exc, _Refused):
+            failure = exc.__dict__
+        else:
+            failure = {
+                "stage": getattr(exc, "call", None) or "set up the routed network",
+                "detail": f"{type(exc).__name__}: {exc}",
+            }
+        os.write(ready, json.dumps(failure).encode()[:4000])
         if router is not None:
             router.teardown()
         return
@@ -206,11 +198,12 @@ class Router:
             _sweep_orphans(self.nft, ipr, self.table)
             self.install(self.nft, outer)  # the filter in place before either end is up
             index = ipr.link_lookup(ifname=outer)[0]
-            _write_sysctl(f"/proc/sys/net/ipv6/conf/{outer}/disable_ipv6", "1")
+            write_sysctl(f"net.ipv6.conf.{outer}.disable_ipv6", "1")
             ipr.addr("add", index=index, address=str(GATEWAY), prefixlen=32)
             ipr.link("set", index=index, state="up")
             ipr.route("add", dst=f"{sandbox_address(self.slot)}/32", oif=index, scope=253)  # RT_SCOPE_LINK
-        _in_namespace(netns_fd, lambda: _configure_inner(sandbox_address(self.slot or 0)))
+        address = sandbox_address(self.slot)
+        run_in_namespace(netns_fd, lambda: _configure_inner(address), f"configuring the sandbox's {INNER_NAME}")
         self.dns = socket_in_namespace(netns_fd, None, socket.SOCK_DGRAM, RESOLVER_ADDRESS)
         self.dns.setblocking(False)
 
@@ -358,8 +351,7 @@ class Router:
             return _dns.error(packet, _dns.FORMERR)
         if query.qclass != _dns.CLASS_IN:
             return _dns.answer(query, _dns.NOTIMP)
-        matching = [e for e in self.entries if e.name is not None or e.suffix is not None]
-        matching = [e for e in matching if e.matches_host(query.name)]
+        matching = [e for e in self.entries if e.network is None and e.matches_host(query.name)]
         if not matching:
             self._log(query.name, "refused", "the name is not in the allowed hosts")
             return _dns.answer(query, _dns.NXDOMAIN)
@@ -518,49 +510,15 @@ def _check_forwarding() -> None:
             )
 
 
-def _write_sysctl(path: str, value: str) -> None:
-    with open(path, "w", encoding="ascii") as sysctl:
-        sysctl.write(value)
-
-
 def _configure_inner(address: ipaddress.IPv4Address) -> None:
     """In the sandbox's network namespace: eth0 with its address, the gateway on the link,
     the default route through it, and no IPv6."""
     from pyroute2 import IPRoute
 
-    _write_sysctl(f"/proc/sys/net/ipv6/conf/{INNER_NAME}/disable_ipv6", "1")
+    write_sysctl(f"net.ipv6.conf.{INNER_NAME}.disable_ipv6", "1")
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=INNER_NAME)[0]
         ipr.addr("add", index=index, address=str(address), prefixlen=32)
         ipr.link("set", index=index, state="up")
         ipr.route("add", dst=f"{GATEWAY}/32", oif=index, scope=253)
         ipr.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY), oif=index)
-
-
-def _in_namespace(netns_fd: int, step: object) -> None:
-    """``step()`` run by a child in the network namespace ``netns_fd`` (so that this process
-    stays where it is); its failure raised here."""
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_fd)
-            _linux.setns(netns_fd, _linux.CLONE_NEWNET)
-            step()  # type: ignore[operator]
-            code = 0
-        except BaseException as exc:  # reported to the parent, whole
-            with contextlib.suppress(OSError):
-                os.write(write_fd, f"{type(exc).__name__}: {exc}".encode()[:1000])
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    try:
-        message = os.read(read_fd, 1000)
-    finally:
-        os.close(read_fd)
-        _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise OSError(
-            errno.EIO, f"configuring the sandbox's {INNER_NAME}: {message.decode(errors='replace') or 'failed'}"
-        )

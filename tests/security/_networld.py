@@ -350,10 +350,7 @@ def routed_world(tmp: Path) -> Iterator[World]:
         servers.append((neighbour, 80, "http", "neighbour"))
     with NetNamespace(f"nsbox-uplink-{token}") as uplink, NetNamespace(f"nsbox-hosts-{token}") as hosts:
         assert not {own, neighbour} & {UPLINK_SIDE, HOSTS_SIDE}, "premise: the world's link is none of this host's"
-        uplink.link_to(hosts, "world0", f"{UPLINK_SIDE}/30", f"{HOSTS_SIDE}/30")
-        uplink.sysctl("net.ipv4.ip_forward", "1")
-        uplink.default_route(HOSTS_SIDE)
-        hosts.default_route(UPLINK_SIDE)
+        uplink.forward_into(hosts, "world0", ipaddress.IPv4Network(f"{UPLINK_SIDE}/30", strict=False))
         with _servers(hosts, tmp, servers) as (pid, black):
             yield World(uplink.name, tmp / "requests.log", own, neighbour, black, pid, resolver=RESOLVER)
 
