@@ -108,7 +108,8 @@ def _check_identity() -> Check:
             "identity",
             True,
             f"uid {os.geteuid()} (rootless): payloads run as uid {first + PAYLOAD_UID - 1} of your subordinate "
-            f"range {first}-{first + count - 1} (/etc/subuid, newuidmap), not as you",
+            f"range {first}-{first + count - 1} (/etc/subuid, newuidmap), not as you; in a sandbox with a writable "
+            "bind as you, so that what they write there is yours",
             required=False,
         )
     if not (shutil.which("newuidmap") and shutil.which("newgidmap")):

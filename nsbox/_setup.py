@@ -120,6 +120,13 @@ class SandboxSetup:
                     ns_fds["net"] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 if mapping.mode == "subordinate" or (allow and not mapping.privileged):
                     ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            if mapping.caller_payload:
+                # Before the maps: then the intermediate becomes a subordinate id, which a v1
+                # cgroup's tasks no longer take from us (the writer's uid must be the mover's,
+                # cgroup-v1.rst); init, forked after Go, is born in the cgroup. The move's RCU
+                # wait (below) is not hidden here.
+                with _setup_stage("put the sandbox in its cgroup", "write"):
+                    self.cgroup.attach(pid)
             with _setup_stage("write the sandbox's id maps", "write"):
                 try:
                     _userns.write_outer_maps_from_parent(pid, mapping)
@@ -159,8 +166,9 @@ class SandboxSetup:
                     # hides. Neither process forks before Attached (a fork would wait for the
                     # move, and a child forked earlier would stay outside); init makes its
                     # cgroup namespace after it, so that the sandbox's cgroup is its root.
-                    self.cgroup.attach(pid)
-                    self.cgroup.attach(started.pid)
+                    if not mapping.caller_payload:
+                        self.cgroup.attach(pid)
+                        self.cgroup.attach(started.pid)
                 ctl.send(Attached(), deadline=time.monotonic() + SETUP_TIMEOUT)
             except (OSError, SetupError) as exc:  # init may have failed meanwhile: its report is the cause
                 reported = self._report_on(self.ctl)

@@ -95,12 +95,13 @@ class Supervisor(SandboxSetup):
     def __init__(self, spec: SandboxSpec, guard_cgroup: bool = False) -> None:
         """``guard_cgroup``: fork a guard that removes the cgroups if this process is
         killed (for the one-shot CLI; an embedded supervisor's spawner sweeps instead)."""
-        mapping = _userns.mapping_for_host()
+        # Rootless, a writable bind makes the payload the caller: what it writes there is theirs.
+        mapping = _userns.mapping_for_host(caller_payload=any(m.writable for m in spec.all_mounts))
         if spec.bind_owner is not None and not mapping.privileged:
             raise SpecError(
                 option_name("bind_owner"),
                 "needs root (a writable bind is then an idmapped mount); as an ordinary user, what the sandbox "
-                "writes into a bind lands as the id the sandbox's user runs as on the host",
+                "writes into a bind lands as you",
             )
         root = _mount.plan_root(spec, (mapping.payload_outer_uid, mapping.payload_outer_gid))
         limits = spec.limits

@@ -11,9 +11,13 @@ Two nested user namespaces (the kernel facts behind this are in user_namespaces(
   user and 1.. are that range, written by the setuid helpers newuidmap/newgidmap (the only
   way an ordinary user may map ids other than their own): the payload then runs as a uid
   of the range, not as the user, so it owns none of the user's files and cannot signal
-  init. All sandboxes of one user share that range. Without one, the user's own id is the
-  only id ("own" mode): the payload shares init's uid, and the report of ``nsbox check``
-  says so. Init builds the mount tree while it holds capabilities here.
+  init. All sandboxes of one user share that range. A sandbox with a writable bind is the
+  exception (podman's ``--userns=keep-id``): its payload's ids are the user's own and A's
+  root is a subordinate id, so that what it writes into the bind is the user's and it can
+  write where the user can; it still cannot signal init, and of the user's files it reaches
+  only what is bound (as root, an idmapped mount does this instead: ``idmap_namespace``).
+  Without a range, the user's own id is the only id ("own" mode): the payload shares
+  init's uid, and the report of ``nsbox check`` says so. Init builds the mount tree while it holds capabilities here.
 * **nested** (B): entered by init once the tree is built. Mounts copied into a mount
   namespace owned by a less privileged user namespace are locked (MNT_LOCKED and the
   locked ro/nosuid/nodev flags, mount_namespaces(7)), so not even root of B can remount
@@ -62,6 +66,9 @@ class IdMapping:
     init_nested_uid: int | None  # None: init keeps the id it has ("own" mode)
     payload_outer_uid: int  # owner of /workspace, which is mounted in A
     payload_outer_gid: int
+    #: subordinate mode with a writable bind (keep-id): the payload is the user, and A's root
+    #: (the intermediate and init) a subordinate id
+    caller_payload: bool = False
 
     @property
     def privileged(self) -> bool:
@@ -109,9 +116,12 @@ def allocate_host_range() -> tuple[int, socket.socket]:
     raise OSError(16, f"all {RANGE_SLOTS} host id ranges are in use")
 
 
-def mapping_for_host(host_base: int = HOST_ID_BASE) -> IdMapping:
+def mapping_for_host(host_base: int = HOST_ID_BASE, caller_payload: bool = False) -> IdMapping:
     """The factory: an unprivileged host range as root; rootless, the user and their
-    subordinate range where the host has one (and newuidmap), else the user's own id."""
+    subordinate range where the host has one (and newuidmap), else the user's own id.
+    ``caller_payload`` (rootless, a sandbox with a writable bind): in subordinate mode the
+    payload's ids are the user's own and A's root a subordinate id instead (podman's
+    ``--userns=keep-id``), so that what the payload writes into a bind is the user's."""
     identity = f"0 0 {ID_RANGE}\n"
     if os.geteuid() == 0:
         outer_uid = f"0 {host_base} {ID_RANGE}\n"
@@ -120,20 +130,24 @@ def mapping_for_host(host_base: int = HOST_ID_BASE) -> IdMapping:
     ranges = subordinate_ranges()
     if ranges is not None:
         (first_uid, uids), (first_gid, gids) = ranges
+        outer_uid, nested_uid = _subordinate_maps(uid, first_uid, uids, PAYLOAD_UID if caller_payload else 0)
+        outer_gid, nested_gid = _subordinate_maps(gid, first_gid, gids, PAYLOAD_GID if caller_payload else 0)
         return IdMapping(
-            "subordinate",
-            f"0 {uid} 1\n1 {first_uid} {uids}\n",
-            f"0 {gid} 1\n1 {first_gid} {gids}\n",
-            # B is the identity on A, in A's two extents: a range of B must lie within
-            # one extent of A (map_id_range_down in kernel/user_namespace.c), else EPERM.
-            f"0 0 1\n1 1 {uids}\n",
-            f"0 0 1\n1 1 {gids}\n",
-            0,
-            PAYLOAD_UID,
-            PAYLOAD_GID,
+            "subordinate", outer_uid, outer_gid, nested_uid, nested_gid, 0, PAYLOAD_UID, PAYLOAD_GID, caller_payload
         )
     # Own: A knows one id (0 = the user); in B that id becomes the payload's.
     return IdMapping("own", f"0 {uid} 1\n", f"0 {gid} 1\n", f"{PAYLOAD_UID} 0 1\n", f"{PAYLOAD_GID} 0 1\n", None, 0, 0)
+
+
+def _subordinate_maps(own: int, first: int, count: int, at: int) -> tuple[str, str]:
+    """A's map and B's (for uids or gids) in subordinate mode: A's ids 0..count are the
+    user's own id, at A's ``at``, and the ``count`` subordinate ids ``first``.. in order
+    around it. B is the identity on A, extent by extent: a range of B must lie within one
+    extent of A (map_id_range_down in kernel/user_namespace.c), else EPERM."""
+    extents = [(0, first, at), (at, own, 1), (at + 1, first + at, count - at)]
+    outer = "".join(f"{inside} {host} {n}\n" for inside, host, n in extents if n > 0)
+    nested = "".join(f"{inside} {inside} {n}\n" for inside, _, n in extents if n > 0)
+    return outer, nested
 
 
 def _user_names() -> tuple[str, ...]:
@@ -234,9 +248,10 @@ def write_proc_file(pid: int, name: str, text: str) -> None:
 
 
 def become_root_in_child(mapping: IdMapping) -> None:
-    """In A after the maps: become A's root (host HOST_ID_BASE, or the user). In
-    subordinate mode also drop the user's supplementary groups, which A shows as its gid 0
-    (the payload would carry the user's group into the sandbox as group "root"): A's
+    """In A after the maps: become A's root (host HOST_ID_BASE, the user, or with a
+    writable bind a subordinate id). In subordinate mode also drop the user's supplementary
+    groups, which A shows as its gid 0 or, with a writable bind, as the payload's gid (the
+    payload would carry the user's groups into the sandbox): A's
     setgroups is "allow" there, as newgidmap wants for a subordinate range. In own mode
     setgroups is "deny" and the groups stay, unmapped (nogroup)."""
     os.setresgid(0, 0, 0)

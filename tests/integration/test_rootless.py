@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,33 @@ def test_payloads_get_a_uid_of_the_subordinate_range_where_the_host_has_one(mapp
     else:
         assert mapping.mode == "own" and subordinate_ranges() is None
         assert host_uids == [os.getuid()]
+
+
+def test_with_a_writable_bind_the_payload_is_the_caller_and_still_not_init(
+    mapping: nsbox._userns.IdMapping,  # type: ignore[name-defined]
+    host_tmp: Callable[..., Path],
+) -> None:
+    """Subordinate mode's keep-id (issue 25): a sandbox with a writable bind runs its payload
+    as the caller, so that what it writes there is the caller's; init stays a subordinate id
+    the payload cannot signal, and the file API still acts as the payload. Own mode: the
+    payload is the caller anyway."""
+    out = host_tmp("keep-id", 0o755)
+    mounts = (nsbox.Mount(str(out), "/workspace/out", writable=True),)
+    with nsbox.NsSandbox(mounts=mounts, cgroups=CGROUP == "delegated") as sandbox:
+        sandbox.run(["sh", "-c", f"{' '.join(SLEEP)} >/dev/null 2>&1 &"])
+        assert wait_until(lambda: _host_uids_of(SLEEP) != [], 10), "the sleep should be visible from the host"
+        host_uids = _host_uids_of(SLEEP)
+        kill = sandbox.run(probe_argv('out["kill_init"] = attempt(lambda: os.kill(1, 15))'), capture_output=True)
+        sandbox.write_file("from-api", b"api")
+        made = sandbox.run(
+            ["sh", "-c", "cp from-api out/ && stat -c '%u %g' from-api out/from-api"], capture_output=True
+        )
+    assert host_uids == [os.getuid()], (host_uids, mapping)
+    assert made.stdout == b"1000 1000\n1000 1000\n", made
+    st = (out / "from-api").stat()
+    assert (st.st_uid, st.st_gid, (out / "from-api").read_bytes()) == (os.getuid(), os.getgid(), b"api")
+    if mapping.mode == "subordinate":
+        assert json.loads(kill.stdout)["kill_init"] == "EPERM", "init is a subordinate id: not the payload's to signal"
 
 
 SLEEP = ("sleep", "31.25")

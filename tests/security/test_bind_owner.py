@@ -1,8 +1,10 @@
-"""Writable binds as root are idmapped mounts (issue 25): inside, the bind is the sandbox's
-own; on the host, what the sandbox writes is the caller's (or ``--bind-owner``'s). Attacked:
-set-id bits written inside must never reach the host (the files are root's there), a
-symlink the sandbox plants in the bind must not steer a host-side write, and a read-only
-bind stays read-only."""
+"""Writable binds (issue 25): inside, the bind is the sandbox's own; on the host, what the
+sandbox writes is the caller's (or, as root, ``--bind-owner``'s), and the sandbox can write
+where the caller can. As root a writable bind is an idmapped mount; as an ordinary user the
+payload runs as the caller (subordinate mode's keep-id, or own mode's one id). Attacked, as
+root and rootless: set-id bits written inside must never reach the host (the files are the
+caller's there), a symlink the sandbox plants in the bind must not steer a host-side write,
+and a read-only bind stays read-only."""
 
 from __future__ import annotations
 
@@ -53,11 +55,11 @@ def _modes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.lstat().st_mode for p in folder.rglob("*")}
 
 
-def test_what_the_sandbox_writes_is_the_callers_and_a_root_owned_folder_is_writable(
+def test_what_the_sandbox_writes_is_the_callers_and_the_callers_0755_folder_is_writable(
     host_tmp: Callable[..., Path],
 ) -> None:
-    require_root("idmapped binds are root's: an ordinary user's writes are its own already")
-    out = host_tmp("out", 0o755)  # root's, 0755: no other uid could write it without the idmap
+    require_sandbox()
+    out = host_tmp("out", 0o755)  # the caller's (root's as root), 0755: no other uid can write it
     (out / "old").write_text("the caller's file\n")
     os.chmod(out / "old", 0o644)
     script = "echo new > out/new && mkdir out/sub && echo more >> out/old && stat -c '%u %g %n' out out/new out/old"
@@ -70,7 +72,7 @@ def test_what_the_sandbox_writes_is_the_callers_and_a_root_owned_folder_is_writa
     )
     for name in ("new", "sub", "old"):
         st = (out / name).stat()
-        assert (st.st_uid, st.st_gid) == (0, 0), (name, st.st_uid, st.st_gid)
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), (name, st.st_uid, st.st_gid)
     assert (out / "old").read_text() == "the caller's file\nmore\n"
 
 
@@ -93,7 +95,7 @@ def test_bind_owner_names_who_owns_the_files_and_others_files_stay_theirs(host_t
 
 
 def test_set_id_bits_written_inside_never_reach_the_host(host_tmp: Callable[..., Path]) -> None:
-    require_root("idmapped binds are root's")
+    require_sandbox()
     out = host_tmp("setid", 0o755)
     with nsbox.NsSandbox(mounts=(Mount(str(out), "/workspace/out", writable=True),)) as sandbox:
         result = sandbox.run(["python3", "-c", SET_ID_ATTEMPTS], capture_output=True)
@@ -103,13 +105,13 @@ def test_set_id_bits_written_inside_never_reach_the_host(host_tmp: Callable[...,
     assert set(answers.values()) == {"EPERM"}, answers
     found = {name: oct(mode) for name, mode in _modes(out).items() if mode & (stat.S_ISUID | stat.S_ISGID)}
     assert found == {}, f"set-id files on the host: {found}"
-    assert (out / "plain").stat().st_uid == 0, "the files are root's on the host: why the bits must never land"
+    assert (out / "plain").stat().st_uid == os.getuid(), "the files are the caller's: why the bits must never land"
 
 
 def test_premise_without_the_filter_a_set_id_bit_would_land_as_roots(host_tmp: Callable[..., Path]) -> None:
     """The same attempts with no syscall filter (seccomp unconfined): the kernel takes them,
-    and the host gets a set-uid file of root's. The filter above is what stops it."""
-    require_root("idmapped binds are root's")
+    and the host gets a set-uid file of the caller's. The filter above is what stops it."""
+    require_sandbox()
     out = host_tmp("setid-premise", 0o700)  # only root can reach what is made here, for the moment it exists
     inner = out / "out"
     inner.mkdir(mode=0o755)
@@ -119,14 +121,14 @@ def test_premise_without_the_filter_a_set_id_bit_would_land_as_roots(host_tmp: C
     answers = json.loads(result.stdout)
     assert answers["chmod 4755"] == "ok", answers
     mode = (inner / "created").stat().st_mode
-    assert mode & stat.S_ISUID and (inner / "created").stat().st_uid == 0, oct(mode)
+    assert mode & stat.S_ISUID and (inner / "created").stat().st_uid == os.getuid(), oct(mode)
     for path in inner.rglob("*"):  # not left set-id a moment longer than needed
         if path.is_file() and not path.is_symlink():
             path.chmod(0o600)
 
 
 def test_a_symlink_planted_in_a_bind_does_not_steer_a_host_side_write(host_tmp: Callable[..., Path]) -> None:
-    require_root("idmapped binds are root's")
+    require_sandbox()
     out = host_tmp("planted", 0o755)
     victim = host_tmp("victim", 0o700) / "precious"
     victim.write_text("untouched\n")
@@ -138,7 +140,7 @@ def test_a_symlink_planted_in_a_bind_does_not_steer_a_host_side_write(host_tmp: 
 
 
 def test_a_read_only_bind_stays_read_only(host_tmp: Callable[..., Path]) -> None:
-    require_root("idmapped binds are root's")
+    require_sandbox()
     data = host_tmp("data", 0o755)
     (data / "a").write_text("a\n")
     os.chmod(data / "a", 0o666)  # writable by anyone: only the mount can refuse
@@ -153,7 +155,8 @@ def test_a_read_only_bind_stays_read_only(host_tmp: Callable[..., Path]) -> None
 
 def test_as_an_ordinary_user_bind_owner_is_refused(host_tmp: Callable[..., Path]) -> None:
     """Idmapped mounts need root over the host's filesystem: an ordinary user's writable binds
-    are plain binds, and naming an owner is refused rather than silently ignored."""
+    are plain binds, written as the caller, and naming another owner is refused rather than
+    silently ignored."""
     if os.geteuid() == 0:
         pytest.skip("an ordinary user's behaviour: the rootless passes run it")
     require_sandbox()

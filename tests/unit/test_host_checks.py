@@ -115,3 +115,34 @@ def test_a_range_named_by_login_or_uid_is_used_and_capped(
     assert _userns.subordinate_ranges() == ((200000, 65535), (200000, 65535))
     check = _host._check_identity()
     assert check.ok and "uid 200999" in check.detail, check
+
+
+def _extents(id_map: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(x) for x in line.split()) for line in id_map.splitlines()]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("caller_payload", [False, True])
+def test_a_writable_bind_makes_the_payload_the_caller_with_the_same_host_ids_mapped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caller_payload: bool
+) -> None:
+    """Subordinate mode, keep-id or not: A maps the user's own id and the same subordinate
+    ids (nothing more, nothing less: newuidmap checks each extent), the payload is the
+    caller only with a writable bind, A's root is then a subordinate id, and every extent
+    of B lies within one of A's (else the kernel refuses B's map)."""
+    _ids_files(monkeypatch, tmp_path, "alice:200000:100000\n", helpers=True)
+    monkeypatch.setattr(_userns.os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(_userns.os, "getegid", lambda: 4343)
+    mapping = _userns.mapping_for_host(caller_payload=caller_payload)
+    assert mapping.mode == "subordinate"
+    for id_map, nested, own in ((mapping.outer_uid_map, mapping.nested_uid_map, 4242),
+                                (mapping.outer_gid_map, mapping.nested_gid_map, 4343)):  # fmt: skip
+        outer = _extents(id_map)
+        hosts = sorted(h + i for _, h, n in outer for i in range(n))
+        assert hosts == sorted([own, *range(200000, 265535)]), "the user's own id and the capped range"
+        inside = sorted(a + i for a, _, n in outer for i in range(n))
+        assert inside == list(range(65536)), "A's ids are 0..65535, each once"
+        for first, lower, count in _extents(nested):
+            assert first == lower and any(a <= first and first + count <= a + n for a, _, n in outer), (first, count)
+        assert _userns._to_host(id_map, 0) == (200000 if caller_payload else own), "A's root"
+    expected = (4242, 4343) if caller_payload else (200999, 200999)
+    assert mapping.payload_host_ids == expected and mapping.file_api_ids == (1000, 1000)
