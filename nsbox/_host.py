@@ -174,7 +174,12 @@ def _check_idmapped_binds() -> Check:
     sandboxes without writable binds do not need it."""
     name = "idmapped binds"
     if os.geteuid() != 0:
-        return Check(name, True, "not used as an ordinary user (writable binds are plain binds)", required=False)
+        return Check(
+            name,
+            True,
+            "not used as an ordinary user: a writable bind is a plain bind, and the payload runs as you",
+            required=False,
+        )
     from . import _linux, _userns
 
     held: list[int] = []

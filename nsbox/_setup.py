@@ -18,8 +18,9 @@ import dataclasses
 import os
 import select
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from . import _child, _linux, _mount, _trace, _userns
@@ -120,21 +121,25 @@ class SandboxSetup:
                     ns_fds["net"] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 if mapping.mode == "subordinate" or (allow and not mapping.privileged):
                     ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-            if mapping.caller_payload:
-                # Before the maps: then the intermediate becomes a subordinate id, which a v1
-                # cgroup's tasks no longer take from us (the writer's uid must be the mover's,
-                # cgroup-v1.rst); init, forked after Go, is born in the cgroup. The move's RCU
-                # wait (below) is not hidden here.
+            # Keep-id: the intermediate becomes a subordinate id at Go, and a v1 cgroup takes
+            # a task only from its own uid (cgroup-v1.rst), so it moves now; init, forked after
+            # Go, is born in the cgroup. The move's RCU wait (below) overlaps the maps' writing.
+            moving = _Meanwhile(self.cgroup.attach, pid) if mapping.caller_payload else None
+            try:
+                with _setup_stage("write the sandbox's id maps", "write"):
+                    try:
+                        _userns.write_outer_maps_from_parent(pid, mapping)
+                    except OSError as exc:  # the intermediate may have failed first: its report is the cause
+                        reported = self._report_on(self._sync)
+                        if reported is None:
+                            raise
+                        raise reported from exc
+            finally:
+                if moving is not None:
+                    moving.join()  # done before anything else, the clean-up included
+            if moving is not None:
                 with _setup_stage("put the sandbox in its cgroup", "write"):
-                    self.cgroup.attach(pid)
-            with _setup_stage("write the sandbox's id maps", "write"):
-                try:
-                    _userns.write_outer_maps_from_parent(pid, mapping)
-                except OSError as exc:  # the intermediate may have failed first: its report is the cause
-                    reported = self._report_on(self._sync)
-                    if reported is None:
-                        raise
-                    raise reported from exc
+                    moving.result()
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -317,6 +322,31 @@ class SandboxSetup:
                 self._intermediate_pid = None
                 return f" (exit status {os.waitstatus_to_exitcode(status)})"
         return ""
+
+
+class _Meanwhile:
+    """``call(*args)`` in a thread of its own, while the caller goes on; ``result()`` waits
+    for it and raises what it raised."""
+
+    def __init__(self, call: Callable[..., object], *args: object) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                call(*args)
+            except BaseException as exc:  # handed to result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="nsbox-meanwhile", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @contextlib.contextmanager
