@@ -38,6 +38,20 @@ def clear_sets_in_child() -> None:
     prctl.cap_permitted.limit()
 
 
+#: What the supervisor keeps of the capabilities joining A gave it (subordinate mode): to end
+#: the sandbox's processes at close, and to act on the workspace as the payload (setfsuid).
+SUPERVISOR = (prctl.CAP_KILL, prctl.CAP_SETUID, prctl.CAP_SETGID)
+
+
+def keep_supervisors_from_parent() -> None:
+    """Subordinate mode, in the supervisor once it has joined A and dropped its groups: no
+    capability in A past ``SUPERVISOR``. The workspace file API then acts with the payload's
+    rights and no more: setfsuid drops the file capabilities only when it changes the id,
+    and with a writable bind the supervisor's uid in A is the payload's own already."""
+    prctl.cap_effective.limit(*SUPERVISOR)
+    prctl.cap_permitted.limit(*SUPERVISOR)
+
+
 #: What run_code's warm interpreter keeps (as uid 0 of the nested namespace, nothing else):
 #: enough to make a forked child the program uid and drop them for good (``_guest/warm.py``).
 WARM = (prctl.CAP_SETGID, prctl.CAP_SETUID, prctl.CAP_SETPCAP)

@@ -18,12 +18,11 @@ import dataclasses
 import os
 import select
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
-from . import _child, _linux, _mount, _trace, _userns
+from . import _caps, _child, _linux, _mount, _trace, _userns
 from ._audit import AuditLog
 from ._cgroup import Cgroup, CgroupGuard
 from ._channel import Channel, readable, socketpair
@@ -121,25 +120,20 @@ class SandboxSetup:
                     ns_fds["net"] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 if mapping.mode == "subordinate" or (allow and not mapping.privileged):
                     ns_fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-            # Keep-id: the intermediate becomes a subordinate id at Go, and a v1 cgroup takes
-            # a task only from its own uid (cgroup-v1.rst), so it moves now; init, forked after
-            # Go, is born in the cgroup. The move's RCU wait (below) overlaps the maps' writing.
-            moving = _Meanwhile(self.cgroup.attach, pid) if mapping.caller_payload else None
-            try:
-                with _setup_stage("write the sandbox's id maps", "write"):
-                    try:
-                        _userns.write_outer_maps_from_parent(pid, mapping)
-                    except OSError as exc:  # the intermediate may have failed first: its report is the cause
-                        reported = self._report_on(self._sync)
-                        if reported is None:
-                            raise
-                        raise reported from exc
-            finally:
-                if moving is not None:
-                    moving.join()  # done before anything else, the clean-up included
-            if moving is not None:
+            if mapping.caller_payload:
+                # Keep-id: the intermediate becomes a subordinate id at Go, and a v1 cgroup
+                # takes a task only from its own uid (cgroup-v1.rst), so it moves now; init,
+                # forked after Go, is born in the cgroup. The move's RCU wait is not hidden.
                 with _setup_stage("put the sandbox in its cgroup", "write"):
-                    moving.result()
+                    self.cgroup.attach(pid)
+            with _setup_stage("write the sandbox's id maps", "write"):
+                try:
+                    _userns.write_outer_maps_from_parent(pid, mapping)
+                except OSError as exc:  # the intermediate may have failed first: its report is the cause
+                    reported = self._report_on(self._sync)
+                    if reported is None:
+                        raise
+                    raise reported from exc
             source_fds: list[int] = []
             if self.plan.mapping.privileged:
                 with _setup_stage("open the bind sources", "open"):
@@ -171,6 +165,7 @@ class SandboxSetup:
                     # hides. Neither process forks before Attached (a fork would wait for the
                     # move, and a child forked earlier would stay outside); init makes its
                     # cgroup namespace after it, so that the sandbox's cgroup is its root.
+                    # (Keep-id moved the intermediate before the maps, init with it.)
                     if not mapping.caller_payload:
                         self.cgroup.attach(pid)
                         self.cgroup.attach(started.pid)
@@ -205,6 +200,9 @@ class SandboxSetup:
                     _userns.join_from_parent(ns_fds["user"])
             with _setup_stage("drop the supplementary groups", "setgroups"):
                 _userns.drop_groups_from_parent(mapping)
+            if mapping.mode == "subordinate":
+                with _setup_stage("drop the capabilities the user namespace gave", "capset"):
+                    _caps.keep_supervisors_from_parent()
         except BaseException as exc:
             self.audit.failed(exc if isinstance(exc, Exception) else SandboxError(type(exc).__name__))
             self.close()
@@ -322,31 +320,6 @@ class SandboxSetup:
                 self._intermediate_pid = None
                 return f" (exit status {os.waitstatus_to_exitcode(status)})"
         return ""
-
-
-class _Meanwhile:
-    """``call(*args)`` in a thread of its own, while the caller goes on; ``result()`` waits
-    for it and raises what it raised."""
-
-    def __init__(self, call: Callable[..., object], *args: object) -> None:
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                call(*args)
-            except BaseException as exc:  # handed to result()
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="nsbox-meanwhile", daemon=True)
-        self._thread.start()
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 @contextlib.contextmanager

@@ -297,14 +297,16 @@ def serve_nested_maps_from_parent(mapping: IdMapping, proc_dir_fd: int, request_
 
 def join_from_parent(userns_fd: int) -> None:
     """Subordinate mode, in the supervisor once set-up is done: join A for good. The payload's
-    files belong to a uid of the user's subordinate range, which an ordinary user can
-    neither setfsuid to nor override on the host; in A, whose owner the user is, the
-    kernel gives full capabilities (user_namespaces(7)), and the file API then acts as
-    the payload, as it does as root. Capabilities in A count only for what A maps:
-    nothing of the host's is gained. The fd is opened right after the maps are written,
-    while the intermediate is still dumpable (later, /proc/<pid>/ns and setns through a
-    pidfd are refused: ptrace access to a non-dumpable process). This comes after
-    anything that needs the host's user namespace (newuidmap, the egress proxy)."""
+    files belong to a uid of the user's subordinate range (with a writable bind, to the user:
+    one path for both), which an ordinary user can neither setfsuid to nor override on the
+    host; in A, whose owner the user is, the kernel gives full capabilities
+    (user_namespaces(7)), and the file API then acts as the payload, as it does as root;
+    ``_caps.keep_supervisors_from_parent`` then drops all but what that and the close need.
+    Capabilities in A count only for what A maps: nothing of the host's is gained. The fd
+    is opened right after the maps are written, while the intermediate is still dumpable
+    (later, /proc/<pid>/ns and setns through a pidfd are refused: ptrace access to a
+    non-dumpable process). This comes after anything that needs the host's user namespace
+    (newuidmap, the egress proxy)."""
     _linux.setns(userns_fd, _linux.CLONE_NEWUSER)
 
 

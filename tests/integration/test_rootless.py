@@ -106,6 +106,16 @@ def test_with_a_writable_bind_the_payload_is_the_caller_and_still_not_init(
         host_uids = _host_uids_of(SLEEP)
         kill = sandbox.run(probe_argv('out["kill_init"] = attempt(lambda: os.kill(1, 15))'), capture_output=True)
         sandbox.write_file("from-api", b"api")
+        sh = "echo s > secret && chmod 000 secret && echo r > kept && chmod 400 kept && mkdir shut && chmod 500 shut"
+        assert sandbox.run(["sh", "-c", sh]).ok
+        # The API acts with the payload's rights and no more (its uid in A is the payload's
+        # own there, so nothing but dropped capabilities stops an override).
+        with pytest.raises(PermissionError):
+            sandbox.read_file("secret")
+        with pytest.raises(PermissionError):
+            sandbox.write_file("kept", b"overwritten")
+        with pytest.raises(PermissionError):
+            sandbox.write_file("shut/new", b"x")
         made = sandbox.run(
             ["sh", "-c", "cp from-api out/ && stat -c '%u %g' from-api out/from-api"], capture_output=True
         )
