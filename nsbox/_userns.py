@@ -17,7 +17,8 @@ Two nested user namespaces (the kernel facts behind this are in user_namespaces(
   write where the user can; it still cannot signal init, and of the user's files it reaches
   only what is bound (as root, an idmapped mount does this instead: ``idmap_namespace``).
   Without a range, the user's own id is the only id ("own" mode): the payload shares
-  init's uid, and the report of ``nsbox check`` says so. Init builds the mount tree while it holds capabilities here.
+  init's uid, and the report of ``nsbox check`` says so. Init builds the mount tree while
+  it holds capabilities here.
 * **nested** (B): entered by init once the tree is built. Mounts copied into a mount
   namespace owned by a less privileged user namespace are locked (MNT_LOCKED and the
   locked ro/nosuid/nodev flags, mount_namespaces(7)), so not even root of B can remount

@@ -108,11 +108,11 @@ def test_set_id_bits_written_inside_never_reach_the_host(host_tmp: Callable[...,
     assert (out / "plain").stat().st_uid == os.getuid(), "the files are the caller's: why the bits must never land"
 
 
-def test_premise_without_the_filter_a_set_id_bit_would_land_as_roots(host_tmp: Callable[..., Path]) -> None:
+def test_premise_without_the_filter_a_set_id_bit_would_land_as_the_callers(host_tmp: Callable[..., Path]) -> None:
     """The same attempts with no syscall filter (seccomp unconfined): the kernel takes them,
     and the host gets a set-uid file of the caller's. The filter above is what stops it."""
     require_sandbox()
-    out = host_tmp("setid-premise", 0o700)  # only root can reach what is made here, for the moment it exists
+    out = host_tmp("setid-premise", 0o700)  # only the caller can reach what is made here, while it exists
     inner = out / "out"
     inner.mkdir(mode=0o755)
     spec = nsbox.SandboxSpec(mounts=(Mount(str(inner), "/workspace/out", writable=True),), seccomp="unconfined")
