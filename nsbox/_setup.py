@@ -183,14 +183,14 @@ class SandboxSetup:
                 raise ProtocolError("init_ready must carry exactly one directory fd")
             self.workspace = Workspace(fds[0], mapping.file_api_ids)
             self._check_root_held()
-            if self.spec.network.mode == "allow":
+            if allow:
                 from . import _proxy  # only for sandboxes with a way out
 
                 with _setup_stage("start the egress proxy", "fork"):
                     self._egress_pid, self._egress_fd = _proxy.start(
                         self.spec.network, ns_fds["net"], ns_fds.get("user"), self.audit
                     )
-            elif self.spec.network.mode == "routed":
+            elif mode == "routed":
                 from ._routed import _router  # only for sandboxes with a routed interface
 
                 with _setup_stage("start the router", "fork"):

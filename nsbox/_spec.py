@@ -17,11 +17,14 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import SecurityError, SpecError
 from ._hostfiles import canonical_path, is_net_namespace, read_host_file
 from ._values import GiB, MiB, bounded, option_name, parse_number, parse_size, parse_timeout
+
+if TYPE_CHECKING:
+    from ._netpolicy import Entry
 
 __all__ = ["GiB", "MiB", "option_name", "parse_size", "parse_timeout"]  # re-exported for callers
 
@@ -271,17 +274,19 @@ class NetworkPolicy:
         hosts: Any = self.allowed_hosts  # checked: it may be anything a caller passed
         if isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts):
             raise SpecError(option_name("allowed_hosts"), f"{hosts!r} is not a list of hosts")
+        entries: tuple[Entry, ...] = ()
         if hosts:  # the parser's module (~6 ms of imports) only where there is a list to parse
             from ._netpolicy import parse_allowlist
 
-            hosts = tuple(e.text for e in parse_allowlist(hosts))
+            entries = parse_allowlist(hosts)
+            hosts = tuple(e.text for e in entries)
         object.__setattr__(self, "allowed_hosts", tuple(hosts))
         if self.mode == "none" and self.allowed_hosts:
             raise SpecError(
                 (option_name("network"), option_name("allowed_hosts")), "hosts need network 'allow' or 'routed'"
             )
         if self.mode == "routed":
-            self._check_routed()
+            self._check_routed(entries)
         elif self.resolver is not None:
             raise SpecError(
                 (option_name("network"), option_name("network.resolver")), "a resolver needs network 'routed'"
@@ -308,12 +313,10 @@ class NetworkPolicy:
         if self.uplink is not None and not is_net_namespace(str(self.uplink)):
             raise SpecError(option_name("network.uplink"), f"{self.uplink!r} is not a network namespace file")
 
-    def _check_routed(self) -> None:
+    def _check_routed(self, entries: tuple[Entry, ...]) -> None:
         """What the kernel's filter cannot hold is refused here, not widened: it sees IPv4
         addresses and ports, so an IPv6 entry or a network with a port has no rule."""
-        from ._netpolicy import parse_allowlist
-
-        for entry in parse_allowlist(self.allowed_hosts):
+        for entry in entries:
             if entry.network is not None and entry.network.version == 6:
                 raise SpecError(option_name("allowed_hosts"), f"{entry.text!r}: network 'routed' is IPv4 only")
             if entry.network is not None and entry.network.num_addresses > 1 and entry.port is not None:

@@ -189,8 +189,8 @@ def saddr(reg: int = REG_1) -> bytes:
     return payload(NETWORK_HEADER, 12, 4, reg)
 
 
-def daddr_is(address: bytes) -> list[bytes]:
-    return [daddr(), cmp(address)]
+def dport(reg: int = REG_1) -> bytes:
+    return payload(TRANSPORT_HEADER, 2, 2, reg)
 
 
 def saddr_is(address: bytes) -> list[bytes]:
@@ -201,13 +201,9 @@ def l4proto_is(number: int) -> list[bytes]:
     return [meta(META_L4PROTO), cmp(bytes([number]))]
 
 
-def dport_is(port: int) -> list[bytes]:
-    return [payload(TRANSPORT_HEADER, 2, 2), cmp(struct.pack(">H", port))]
-
-
 def daddr_dport(sreg_address: int = REG32_00, sreg_port: int = REG32_01) -> list[bytes]:
     """Destination address then port, in two 4-byte registers (an ``addr . port`` key)."""
-    return [daddr(sreg_address), payload(TRANSPORT_HEADER, 2, 2, sreg_port)]
+    return [daddr(sreg_address), dport(sreg_port)]
 
 
 # --- messages -------------------------------------------------------------------------------

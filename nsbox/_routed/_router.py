@@ -274,8 +274,7 @@ class Router:
         nft.rule(t, "egress", [refuse])
         # where a new connection may go (a return here is a refusal, in egress)
         nft.rule(t, "destination", [*_nft.daddr_dport(), _nft.lookup("ports", _nft.REG32_00), admit_out])
-        sensitive = [_nft.payload(_nft.TRANSPORT_HEADER, 2, 2), _nft.lookup("sensitive")]
-        nft.rule(t, "destination", [*sensitive, _nft.verdict(_nft.RETURN)])
+        nft.rule(t, "destination", [_nft.dport(), _nft.lookup("sensitive"), _nft.verdict(_nft.RETURN)])
         nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("listed"), admit_out])
         nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("blocked"), _nft.verdict(_nft.RETURN)])
         nft.rule(t, "destination", [_nft.daddr(), _nft.lookup("resolved"), admit_out])
